@@ -1,0 +1,42 @@
+"""maskmodel: masked modeling and token reduction in JAX/Flax."""
+import setuptools
+
+# Versions are pinned to the set the test suite runs against.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml-collections==1.1.0",
+    "grain==0.2.18",
+    "mlxtend==0.25.0",
+    "scikit-learn==1.9.1",
+    "matplotlib==3.11.2",
+    "tensorboardX==2.6.5",
+    "numpy>=2.0,<3",
+]
+
+EXTRAS = {
+    "tfds": [
+        "tensorflow-datasets==4.9.10",
+        "tensorflow-cpu==2.21.0",
+        "array-record==0.8.6",
+    ],
+    "test": [
+        "pytest==9.2.0",
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
+    ],
+}
+
+setuptools.setup(
+    name="maskmodel",
+    version="0.1.0",
+    description="Masked modeling and token reduction in JAX/Flax.",
+    packages=setuptools.find_packages(include=["maskmodel", "maskmodel.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
