@@ -1,0 +1,4 @@
+"""Data: sources (embedded, sklearn, TFDS, synthetic) and grain pipelines."""
+from maskmodel.data.pipeline import (ImageSpec, eval_batches, train_dataset,
+                                     train_iterator)
+from maskmodel.data.sources import DataError, get_source

@@ -1,0 +1,119 @@
+"""Evaluators by name. Each is `fn(ctx, params, task_state, cache) -> metrics`.
+
+`config.evals.NAME.every` sets how often one runs (0 = only at the end).
+Feature-based evaluators share one feature extraction per round via `cache`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from maskmodel import sharding
+from maskmodel.config import ConfigError
+from maskmodel.data import eval_batches
+from maskmodel.data.pipeline import eval_preprocess
+from maskmodel.evaluators import features as features_lib
+from maskmodel.evaluators.knn import knn_accuracy
+from maskmodel.evaluators.linear_probe import linear_probe
+from maskmodel.evaluators.plots import image_grid
+from maskmodel.models.patches import unpatchify
+
+
+@dataclasses.dataclass
+class Context:
+  config: Any
+  task: Any
+  mesh: Any
+  train_source: Any
+  test_source: Any
+  spec: Any
+  workdir: str
+
+
+def _features(ctx, params, task_state, cache):
+  if "features" not in cache:
+    fn = jax.jit(lambda x: ctx.task.features(params, task_state, x))
+    bs = ctx.config.evals.batch_size
+    cache["features"] = (
+        features_lib.extract(fn, ctx.train_source, batch_size=bs, spec=ctx.spec, mesh=ctx.mesh),
+        features_lib.extract(fn, ctx.test_source, batch_size=bs, spec=ctx.spec, mesh=ctx.mesh))
+  return cache["features"]
+
+
+def knn(ctx, params, task_state, cache):
+  (xtr, ytr), (xte, yte) = _features(ctx, params, task_state, cache)
+  c = ctx.config.evals.knn
+  return {"knn_accuracy": knn_accuracy(xtr, ytr, xte, yte, k=c.k,
+                                       num_classes=ctx.config.data.num_classes)}
+
+
+def probe(ctx, params, task_state, cache):
+  (xtr, ytr), (xte, yte) = _features(ctx, params, task_state, cache)
+  c = ctx.config.evals.linear_probe
+  r = linear_probe(xtr, ytr, xte, yte, num_classes=ctx.config.data.num_classes,
+                   steps=c.steps, lr=c.lr)
+  return {"linear_probe_accuracy": r["test_accuracy"]}
+
+
+def accuracy(ctx, params, task_state, cache):
+  del cache
+  fn = jax.jit(lambda x: ctx.task.logits(params, task_state, x).argmax(-1))
+  correct = total = 0
+  data_sharding = sharding.batch_sharded(ctx.mesh)
+  for batch, n in eval_batches(ctx.test_source, batch_size=ctx.config.evals.batch_size,
+                               spec=ctx.spec):
+    pred = np.asarray(fn(sharding.shard_batch(batch["image"], data_sharding)))[:n]
+    correct += int((pred == batch["label"][:n]).sum())
+    total += n
+  return {"test_accuracy": correct / total}
+
+
+def reconstruction(ctx, params, task_state, cache):
+  """Writes `reconstructions.png`: original / masked / reconstructed rows."""
+  del cache
+  n = ctx.config.evals.reconstruction.num_images
+  images = np.stack([ctx.test_source[i]["image"] for i in range(n)])
+  images = np.stack([eval_preprocess({"image": im, "label": 0}, ctx.spec)["image"]
+                     for im in images])
+  out = jax.jit(ctx.task.reconstruct)(params, task_state, images,
+                                      jax.random.PRNGKey(ctx.config.seed))
+  p, c = ctx.config.model.patch_size, ctx.config.data.channels
+  grid = (images.shape[1] // p, images.shape[2] // p)
+  to_img = lambda x: np.asarray(unpatchify(x, p, grid, c))
+  path = os.path.join(ctx.workdir, "reconstructions.png")
+  image_grid({"original": to_img(out["original"]), "masked": to_img(out["masked"]),
+              "reconstructed": to_img(out["reconstruction"])}, path,
+             ctx.config.data.mean, ctx.config.data.std)
+  masked = out["mask"][..., None]
+  err = float(((out["reconstruction"] - out["original"]) ** 2 * masked).sum()
+              / (masked.sum() * out["original"].shape[-1]))
+  return {"reconstruction_mse_pixels": err}
+
+
+EVALUATORS = {"knn": knn, "linear_probe": probe, "accuracy": accuracy,
+              "reconstruction": reconstruction}
+FEATURE_EVALUATORS = ("knn", "linear_probe")
+
+
+def due(config, step: int, final: bool):
+  """Names of the evaluators to run at `step`."""
+  names = []
+  for name in config.evals.names:
+    if name not in EVALUATORS:
+      raise ConfigError(f"evals.names has unknown evaluator {name!r}; use some of "
+                        f"{sorted(EVALUATORS)}.")
+    every = config.evals[name].every
+    if final or (every and step % every == 0):
+      names.append(name)
+  return names
+
+
+def run(ctx, names, params, task_state):
+  cache, out = {}, {}
+  for name in names:
+    out.update(EVALUATORS[name](ctx, params, task_state, cache))
+  return out

@@ -1,0 +1,93 @@
+"""Orbax checkpoints of the whole run: params, optimizer state, step, RNG and
+the data-iterator state.
+
+Orbax writes each step into a temporary folder and renames it when complete,
+so a kill mid-save never leaves a half-written step behind the latest good
+one. On restore, a step that cannot be read is moved aside (`<step>.corrupt`)
+with a warning and the newest readable step is used instead.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """No readable checkpoint where one was expected."""
+
+
+class Checkpointer:
+  """Saves and restores `(train_state, data_state)` under `directory`."""
+
+  def __init__(self, directory, max_to_keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    self._mngr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def save(self, step: int, train_state, data_state: dict):
+    self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(train_state),
+        data=ocp.args.JsonSave(data_state)))
+
+  def wait(self):
+    self._mngr.wait_until_finished()
+
+  def restore_latest(self, target):
+    """Returns `(train_state, data_state)` from the newest readable step, or None.
+
+    `target` is a train state (arrays or `jax.ShapeDtypeStruct`s with
+    shardings) giving the structure, dtypes and shardings to restore into.
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    steps = sorted(self._mngr.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        out = self._mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract),
+            data=ocp.args.JsonRestore()))
+        return out["state"], out["data"]
+      except Exception as e:  # any failure to read means this step is unusable
+        self._set_aside(step, e)
+    return None
+
+  def _set_aside(self, step, error):
+    path = os.path.join(self.directory, str(step))
+    aside = path + ".corrupt"
+    warnings.warn(f"checkpoint step {step} in {self.directory} is unreadable "
+                  f"({type(error).__name__}: {str(error)[:200]}); moved it to "
+                  f"{aside} and trying the previous step.", stacklevel=2)
+    if jax.process_index() == 0 and os.path.exists(path):
+      os.replace(path, aside)
+    self._mngr.reload()
+
+
+def load_encoder_params(workdir):
+  """The pretrained encoder params of the newest readable checkpoint in `workdir`.
+
+  Accepts a run's workdir or its `checkpoints/` folder. MAE-style params keep
+  the encoder under "encoder"; classifier params are the encoder (+ head).
+  """
+  directory = workdir
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"no checkpoint folder at {workdir!r}; set "
+                          "task.init_from to the workdir of a finished run.")
+  mngr = ocp.CheckpointManager(directory)
+  errors = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      state = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore()))["state"]
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(f"step {step}: {type(e).__name__}")
+      continue
+    params = state["params"]
+    return params["encoder"] if "patch_embed" not in params else params
+  raise CheckpointError(
+      f"no readable checkpoint in {directory!r} ({'; '.join(errors) or 'empty'}); "
+      "point task.init_from at a finished run's workdir.")

@@ -1,0 +1,99 @@
+"""Config defaults shared by every config file, and the checks that make every
+bad value fail early with one line naming the fix."""
+from __future__ import annotations
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config key or value that cannot work; the message names the fix."""
+
+
+def _require(cond, msg):
+  if not cond:
+    raise ConfigError(msg)
+
+
+def validate(config, num_devices: int):
+  """Checks the keys the loop relies on; model/task keys are checked by them."""
+  for key in ("seed", "total_steps", "batch_size", "task", "model", "data",
+              "optimizer", "log_every", "checkpoint_every"):
+    _require(key in config, f"config has no {key!r}; start from a file in "
+             "configs/ (e.g. configs/mae/mnist_vit_tiny.py).")
+  _require(config.total_steps > 0, f"total_steps={config.total_steps} must be > 0.")
+  _require(config.batch_size > 0, f"batch_size={config.batch_size} must be > 0.")
+  _require(config.batch_size % num_devices == 0,
+           f"batch_size={config.batch_size} is not divisible by the "
+           f"{num_devices} devices; use a multiple of {num_devices}.")
+  _require(config.log_every > 0, f"log_every={config.log_every} must be > 0.")
+  _require(config.checkpoint_every >= 0,
+           f"checkpoint_every={config.checkpoint_every} must be >= 0 (0 = only at the end).")
+  o = config.optimizer
+  _require(o.lr > 0, f"optimizer.lr={o.lr} must be > 0.")
+  _require(0 <= o.warmup_steps < config.total_steps,
+           f"optimizer.warmup_steps={o.warmup_steps} must be in [0, total_steps).")
+  _require(0 < o.layer_decay <= 1.0,
+           f"optimizer.layer_decay={o.layer_decay} must be in (0, 1]; 1 disables it.")
+
+
+
+def base_config():
+  """Defaults for every run; config files override what they need."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 128
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.checkpoint_keep = 3
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "mnist5k"
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  c.data.train_split = "train"
+  c.data.test_split = "test"
+  c.data.image_size = 28
+  c.data.channels = 1
+  c.data.num_classes = 10
+  c.data.mean = (0.1307,)
+  c.data.std = (0.3081,)
+  c.data.crop_scale = ml_collections.FieldReference(None, field_type=tuple)
+  c.data.flip = False
+
+  c.model = ml_collections.ConfigDict()
+  c.model.patch_size = 4
+  c.model.width = 128
+  c.model.depth = 4
+  c.model.num_heads = 4
+  c.model.mlp_ratio = 4.0
+  c.model.pool = "cls"
+  c.model.attn_impl = "auto"
+  c.model.dtype = "float32"
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 1e-3
+  c.optimizer.min_lr = 0.0
+  c.optimizer.warmup_steps = 100
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.weight_decay = 0.05
+  c.optimizer.grad_clip = 1.0
+  c.optimizer.layer_decay = 1.0
+
+  c.evals = ml_collections.ConfigDict()
+  c.evals.names = ("knn",)
+  c.evals.batch_size = 256
+  c.evals.compare_random_init = False
+  c.evals.knn = dict(every=0, k=20)
+  c.evals.linear_probe = dict(every=0, steps=500, lr=1e-2)
+  c.evals.accuracy = dict(every=0)
+  c.evals.reconstruction = dict(every=0, num_images=8)
+  return c
+
+
+def mae_task(mask_ratio=0.75, norm_pix_loss=True, decoder_width=512,
+             decoder_depth=8, decoder_heads=16):
+  return ml_collections.ConfigDict(dict(
+      name="mae", mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
+      decoder=dict(width=decoder_width, depth=decoder_depth,
+                   num_heads=decoder_heads)))

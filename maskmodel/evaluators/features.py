@@ -1,0 +1,22 @@
+"""Frozen-feature extraction over a whole split."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from maskmodel import sharding
+from maskmodel.data import eval_batches
+
+
+def extract(feature_fn, source, *, batch_size, spec, mesh):
+  """Applies a jitted `feature_fn(images) -> [B, D]` to every example.
+
+  Returns (features [N, D] float32, labels [N] int32) as numpy arrays.
+  """
+  data_sharding = sharding.batch_sharded(mesh)
+  feats, labels = [], []
+  for batch, n_valid in eval_batches(source, batch_size=batch_size, spec=spec):
+    images = sharding.shard_batch(batch["image"], data_sharding)
+    feats.append(np.asarray(jax.device_get(feature_fn(images)))[:n_valid])
+    labels.append(batch["label"][:n_valid])
+  return np.concatenate(feats).astype(np.float32), np.concatenate(labels)

@@ -1,0 +1,48 @@
+"""Figures for the run report: loss curve and reconstruction grid."""
+from __future__ import annotations
+
+import json
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+
+def loss_curve(metrics_jsonl, out_png, key="loss"):
+  steps, values = [], []
+  with open(metrics_jsonl) as f:
+    for line in f:
+      rec = json.loads(line)
+      if f"train/{key}" in rec:
+        steps.append(rec["step"])
+        values.append(rec[f"train/{key}"])
+  fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+  ax.plot(steps, values)
+  ax.set_xlabel("step")
+  ax.set_ylabel(f"train {key}")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out_png)
+  plt.close(fig)
+
+
+def image_grid(rows: dict, out_png, mean, std):
+  """`rows` maps a title to images [n, H, W, C] (normalized); one row each."""
+  names = list(rows)
+  n = len(next(iter(rows.values())))
+  fig, axes = plt.subplots(len(names), n, figsize=(1.2 * n, 1.3 * len(names)),
+                           dpi=120, squeeze=False)
+  for r, name in enumerate(names):
+    imgs = np.clip(rows[name] * np.asarray(std) + np.asarray(mean), 0, 1)
+    for c in range(n):
+      ax = axes[r, c]
+      img = imgs[c]
+      ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray",
+                vmin=0, vmax=1)
+      ax.set_xticks([])
+      ax.set_yticks([])
+    axes[r, 0].set_ylabel(name, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_png)
+  plt.close(fig)

@@ -1,0 +1,72 @@
+"""Supervised image classification with a ViT: fine-tuning or from scratch.
+
+With `task.init_from` set to an MAE workdir, the encoder starts from its last
+checkpoint (MAE Sec. 4, "fine-tuning"); the head starts at zero.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from maskmodel import checkpoint
+from maskmodel.models import build
+
+
+def softmax_cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
+  onehot = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return optax.softmax_cross_entropy(logits, onehot).mean()
+
+
+class ClassifyTask:
+  """Task contract: `init`, `loss`, plus `logits` and `features` for evals."""
+
+  def __init__(self, config):
+    self.config = config
+    build.grid(config)
+    self.num_classes = config.data.num_classes
+    self.model = build.vit(config.model, num_classes=self.num_classes)
+
+  def init(self, rng, batch):
+    params = self.model.init(rng, batch["image"])["params"]
+    if self.config.task.init_from:
+      pretrained = checkpoint.load_encoder_params(self.config.task.init_from)
+      params = transfer_encoder(params, pretrained)
+    return params, {}
+
+  def logits(self, params, state, images):
+    del state
+    return self.model.apply({"params": params}, images)["logits"]
+
+  def features(self, params, state, images):
+    del state
+    return self.model.apply({"params": params}, images)["pooled"]
+
+  def encoder_params(self, params):
+    return {k: v for k, v in params.items() if k != "head"}
+
+  def loss(self, params, state, batch, rng):
+    del rng
+    logits = self.logits(params, state, batch["image"])
+    loss = softmax_cross_entropy(logits, batch["label"], self.num_classes,
+                                 self.config.task.label_smoothing)
+    acc = (logits.argmax(-1) == batch["label"]).mean()
+    return loss, ({"loss": loss, "accuracy": acc}, state)
+
+
+def transfer_encoder(params, pretrained):
+  """Copies every pretrained encoder leaf into `params`; the head stays new."""
+  missing = set(params) - set(pretrained) - {"head"}
+  if missing:
+    raise ValueError(f"pretrained encoder lacks {sorted(missing)}; was it "
+                     "trained with the same model config?")
+  def check(a, b):
+    if a.shape != b.shape:
+      raise ValueError(f"pretrained shape {b.shape} != model shape {a.shape}; "
+                       "the model config must match the pretraining run.")
+    return jnp.asarray(b, a.dtype)
+  out = dict(params)
+  for k in params:
+    if k != "head":
+      out[k] = jax.tree.map(check, params[k], pretrained[k])
+  return out

@@ -1,0 +1,97 @@
+"""MAE: Masked Autoencoders Are Scalable Vision Learners (He et al. 2021).
+
+Random masking hides `mask_ratio` of the patches; the encoder sees only the
+visible ones; a light decoder predicts the pixels of every patch; the loss is
+the MSE on the masked patches only (Sec. 3, "Reconstruction target"), with an
+optional per-patch normalized-pixel target.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from maskmodel import masking
+from maskmodel.models import build
+from maskmodel.models.mae import MAEDecoder, MaskedAutoencoder
+from maskmodel.models.patches import patchify
+
+
+def normalized_pixel_target(patches, eps=1e-6):
+  """Per-patch (x - mean) / sqrt(var + eps), MAE's `norm_pix_loss` target."""
+  mean = patches.mean(axis=-1, keepdims=True)
+  var = patches.var(axis=-1, keepdims=True)
+  return (patches - mean) / jnp.sqrt(var + eps)
+
+
+def masked_mse(pred, target, mask):
+  """MAE Eq.: mean over masked patches of the per-patch mean squared error."""
+  per_patch = ((pred - target) ** 2).mean(axis=-1)
+  return (per_patch * mask).sum() / mask.sum()
+
+
+class MAETask:
+  """Task contract: `init`, `loss`, plus `features` and `reconstruct` for evals."""
+
+  def __init__(self, config):
+    self.config = config
+    m, t = config.model, config.task
+    self.encoder = build.vit(m, num_classes=0)
+    self.grid = build.grid(config)
+    self.patch_dim = m.patch_size**2 * config.data.channels
+    self.keep = masking.num_kept(self.grid[0] * self.grid[1], t.mask_ratio)
+    self.norm_pix_loss = t.norm_pix_loss
+    dec = t.decoder
+    self.model = MaskedAutoencoder(
+        encoder=self.encoder,
+        decoder=MAEDecoder(grid=self.grid, patch_dim=self.patch_dim,
+                           width=dec.width, depth=dec.depth,
+                           num_heads=dec.num_heads, attn_impl=m.attn_impl,
+                           dtype=build.dtype(m)))
+
+  def mask_policy(self, rng, batch_size):
+    return masking.random_mask(rng, batch_size, self.grid, keep=self.keep)
+
+  def init(self, rng, batch):
+    images = batch["image"]
+    mask = self.mask_policy(jax.random.PRNGKey(0), images.shape[0])
+    params = self.model.init(rng, images, mask.ids_keep, mask.ids_restore)
+    return params["params"], {}
+
+  def predict(self, params, images, rng):
+    mask = self.mask_policy(rng, images.shape[0])
+    pred = self.model.apply({"params": params}, images, mask.ids_keep,
+                            mask.ids_restore)
+    return pred, mask
+
+  def target(self, images):
+    target = patchify(images, self.config.model.patch_size)
+    return normalized_pixel_target(target) if self.norm_pix_loss else target
+
+  def loss(self, params, state, batch, rng):
+    pred, mask = self.predict(params, batch["image"], rng)
+    loss = masked_mse(pred, self.target(batch["image"]), mask.mask)
+    return loss, ({"loss": loss}, state)
+
+  def features(self, params, state, images):
+    del state
+    return self.encoder.apply({"params": params["encoder"]}, images)["pooled"]
+
+  def encoder_params(self, params):
+    return params["encoder"]
+
+  def reconstruct(self, params, state, images, rng):
+    """Returns patches of the input, the masked input and the reconstruction.
+
+    With a normalized-pixel target the prediction is mapped back to pixels
+    with each patch's own mean and std, as in the MAE visualization demo.
+    """
+    del state
+    pred, mask = self.predict(params, images, rng)
+    target = patchify(images, self.config.model.patch_size)
+    if self.norm_pix_loss:
+      mean = target.mean(-1, keepdims=True)
+      std = jnp.sqrt(target.var(-1, keepdims=True) + 1e-6)
+      pred = pred * std + mean
+    m = mask.mask[..., None]
+    return {"original": target, "masked": target * (1 - m),
+            "reconstruction": pred * m + target * (1 - m), "mask": mask.mask}

@@ -1,0 +1,159 @@
+"""THE train/eval loop. Tasks plug in through `init` and `loss`; the loop owns
+the mesh, the input pipeline, the optimizer, the jitted step, evals,
+checkpoints and metrics.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from maskmodel import checkpoint, config as config_lib, evaluators, optim, sharding
+from maskmodel import data as data_lib
+from maskmodel import report as report_lib
+from maskmodel.metrics import MetricWriter
+from maskmodel.models import build
+from maskmodel.tasks import get_task
+
+
+def log(msg):
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def image_spec(config):
+  d = config.data
+  return data_lib.ImageSpec(size=d.image_size, mean=tuple(d.mean), std=tuple(d.std))
+
+
+def sources(config):
+  d = config.data
+  kw = dict(data_dir=d.data_dir, image_size=d.image_size, channels=d.channels,
+            num_classes=d.num_classes)
+  return (data_lib.get_source(d.name, d.train_split, **kw),
+          data_lib.get_source(d.name, d.test_split, **kw))
+
+
+def train_step(task, tx, schedule, state, batch):
+  """One optimizer step; the per-step RNG is fold_in(rng, step)."""
+  rng = jax.random.fold_in(state["rng"], state["step"])
+  grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+  (_, (metrics, task_state)), grads = grad_fn(state["params"], state["task_state"],
+                                              batch, rng)
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
+  new_state = dict(state, step=state["step"] + 1, params=params,
+                   opt_state=opt_state, task_state=task_state)
+  return new_state, metrics
+
+
+def make_optimizer(config, params):
+  layer_ids = None
+  if config.optimizer.layer_decay < 1.0:
+    layer_ids = build.vit_layer_ids(params, config.model.depth)
+  return optim.make_optimizer(config, params, layer_ids, config.model.depth + 1)
+
+
+def initial_state(config, task, example_batch):
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  params, task_state = task.init(init_rng, example_batch)
+  tx, schedule = make_optimizer(config, params)
+  state = {"step": jnp.zeros((), jnp.int32), "params": params,
+           "opt_state": tx.init(params), "task_state": task_state, "rng": train_rng}
+  return state, tx, schedule
+
+
+def _fmt_time(seconds):
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train_and_evaluate(config, workdir):
+  """Runs (or resumes) the run described by `config` in `workdir`.
+
+  Returns the final evaluation metrics.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh()
+  config_lib.validate(config, mesh.size)
+  task = get_task(config)
+  spec = image_spec(config)
+  train_src, test_src = sources(config)
+
+  local_batch = config.batch_size // jax.process_count()
+  ds = data_lib.train_dataset(train_src, batch_size=local_batch, seed=config.seed,
+                              spec=spec, crop_scale=config.data.crop_scale,
+                              flip=config.data.flip)
+  example = ds[0]
+  repl, data_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  state, tx, schedule = initial_state(config, task, example)
+  state = jax.device_put(state, repl)
+  # A copy: the step donates `state`, and the report compares against init.
+  init_params = (jax.tree.map(jnp.copy, state["params"])
+                 if config.evals.compare_random_init else None)
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 max_to_keep=config.checkpoint_keep)
+  data_iter = data_lib.train_iterator(ds)
+  writer = MetricWriter(workdir)
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, data_state = restored
+    data_iter.set_state(data_state)
+    writer.truncate_after(int(state["step"]))
+    log(f"resumed from step {int(state['step'])} in {workdir}")
+  start = int(state["step"])
+
+  step_fn = jax.jit(functools.partial(train_step, task, tx, schedule),
+                    in_shardings=(repl, data_sharding), out_shardings=(repl, repl),
+                    donate_argnums=(0,))
+  ctx = evaluators.Context(config, task, mesh, train_src, test_src, spec, workdir)
+  total = config.total_steps
+  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  log(f"task={config.task.name} data={config.data.name} params={n_params / 1e6:.2f}M "
+      f"devices={mesh.size} batch={config.batch_size} steps={start}->{total}")
+
+  t_last, s_last, t_start = time.time(), start, time.time()
+  for step in range(start + 1, total + 1):
+    batch = sharding.shard_batch(next(data_iter), data_sharding)
+    state, metrics = step_fn(state, batch)
+    if step % config.log_every == 0 or step == total:
+      metrics = jax.device_get(metrics)
+      now = time.time()
+      rate = (step - s_last) / max(now - t_last, 1e-9)
+      t_last, s_last = now, step
+      writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
+      log(f"step {step}/{total}  loss {float(metrics['loss']):.4f}  "
+          f"{rate:.1f} steps/s  ETA {_fmt_time((total - step) / max(rate, 1e-9))}")
+    names = evaluators.due(config, step, final=False) if step < total else []
+    if names:
+      results = evaluators.run(ctx, names, state["params"], state["task_state"])
+      writer.write(step, {f"eval/{k}": v for k, v in results.items()})
+      log(f"eval @ {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
+    if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == total:
+      ckpt.save(step, state, data_iter.get_state())
+  ckpt.wait()
+  train_seconds = time.time() - t_start
+
+  final = evaluators.run(ctx, evaluators.due(config, total, final=True),
+                         state["params"], state["task_state"])
+  writer.write(total, {f"eval/{k}": v for k, v in final.items()})
+  log("final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
+  baseline = {}
+  if config.evals.compare_random_init:
+    names = [n for n in config.evals.names if n in evaluators.FEATURE_EVALUATORS]
+    baseline = evaluators.run(ctx, names, init_params, state["task_state"])
+    log("random init: " + ", ".join(f"{k}={v:.4f}" for k, v in baseline.items()))
+  writer.close()
+  if jax.process_index() == 0:
+    report_lib.write(workdir, config, final, baseline,
+                     train_seconds=train_seconds, steps_run=total - start)
+  return {"final": final, "random_init": baseline, "state": state}
