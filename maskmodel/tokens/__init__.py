@@ -1,0 +1,230 @@
+"""Token reduction: pure functions over `[B, N, D]` tokens, registered by name.
+
+Every method reduces tokens `x [B, N, D]` with sizes `size [B, N, 1]` to a
+static number `keep` of tokens (class token included) and returns
+`Reduced(x, size, source)`. The uniform entry point is
+
+    reduce(method, x, size=None, *, keep, metric=None, cls_attn=None,
+           key_mass=None, attn=None, class_token=True, source=None, **options)
+
+Inputs (plain arrays; reducers never run attention themselves):
+  metric    `[B, N, C]` similarity features, usually the keys averaged over
+            heads; defaults to `x`.
+  cls_attn  `[B, N]` head-averaged attention of the [CLS] query to each key.
+  key_mass  `[B, N]` head-averaged attention each key receives (summed over
+            queries).
+  attn      `[B, N, N]` (or `[B, H, N, N]`) attention probabilities.
+  source    `[B, N, N0]` source map to carry along (start from
+            `init_source(x)`); None disables source tracing.
+
+Methods (`REDUCERS[name].needs` lists what each one reads):
+  tome         ToMe bipartite soft matching (metric). r = N - keep is capped
+               at half of the non-class tokens with a warning, so the output
+               may keep more than `keep` tokens.
+  pitome       PiToMe energy-restricted merging (metric); same cap.
+  topk         Top-K / EViT attentive-token pruning (cls_attn).
+  evit         EViT with inattentive-token fusion (cls_attn).
+  divprune     DivPrune max-min diversity (metric).
+  dart         DART duplication-aware pruning (metric as keys, x).
+  atc          Agglomerative Token Clustering (metric); option linkage.
+  zero_tprune  Zero-TPrune, PageRank importance + similarity (attn, metric).
+  gtp          GTP-ViT graph propagation (key_mass, else cls_attn; metric).
+Extra keyword options go to the method (e.g. `linkage="single"` for atc,
+`impl=` for tome's matching kernel, `margin=` for pitome).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Tuple
+
+from maskmodel.tokens.atc import LINKAGES, agglomerative_labels, atc
+from maskmodel.tokens.common import (Reduced, check_keep, init_size,
+                                     init_source)
+from maskmodel.tokens.dart import dart, dart_select
+from maskmodel.tokens.divprune import divprune, max_min_select
+from maskmodel.tokens.gtp import gtp, propagation_graph
+from maskmodel.tokens.merge import (bipartite_soft_matching, merge_source,
+                                    merge_wavg, tome)
+from maskmodel.tokens.pitome import energy_score, pitome
+from maskmodel.tokens.schedules import (constant_r, decreasing_r, inflected_r,
+                                        tokens_per_layer)
+from maskmodel.tokens.topk import topk_prune
+from maskmodel.tokens.zero_tprune import weighted_pagerank, zero_tprune
+
+STATS = ("metric", "cls_attn", "key_mass", "attn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReducerInfo:
+  """A registered reducer.
+
+  fn: `(x, size, *, keep, metric, cls_attn, key_mass, attn, class_token,
+    source, **options) -> Reduced`, with size and metric already filled in.
+  needs: the statistics it reads (a tuple of names from STATS; "key_mass"
+    for gtp means key_mass or cls_attn).
+  conserves_size: True when the output sizes sum to the input sizes (merging
+    methods); pruning methods drop the removed tokens' sizes.
+  options: the method-specific keyword options `reduce` passes through.
+  """
+  fn: Callable[..., Reduced]
+  needs: Tuple[str, ...]
+  conserves_size: bool
+  options: Tuple[str, ...] = ()
+
+
+REDUCERS: dict[str, ReducerInfo] = {}
+
+
+def register_reducer(name, fn, *, needs, conserves_size, options=()):
+  """Adds a reducer under `name` (see `ReducerInfo` for the call contract)."""
+  unknown = set(needs) - set(STATS)
+  if unknown:
+    raise ValueError(f"reducer {name!r} needs unknown inputs {sorted(unknown)}; "
+                     f"choose from {STATS}.")
+  REDUCERS[name] = ReducerInfo(fn, tuple(needs), conserves_size,
+                               tuple(options))
+
+
+def _require(method, **arrays):
+  for name, value in arrays.items():
+    if value is None:
+      raise ValueError(f"reducer {method!r} needs {name}=[B, N...] "
+                       f"(see maskmodel.tokens docstring); got None.")
+
+
+def _tome(x, size, *, keep, metric, class_token, source, impl="auto", **_):
+  return tome(x, size, metric, r=x.shape[1] - keep, class_token=class_token,
+              source=source, impl=impl)
+
+
+def _pitome(x, size, *, keep, metric, class_token, source, margin=0.5,
+            alpha=1.0, **_):
+  return pitome(x, size, metric, r=x.shape[1] - keep, margin=margin,
+                alpha=alpha, class_token=class_token, source=source)
+
+
+def _topk(x, size, *, keep, cls_attn, class_token, source, fuse=False, **_):
+  _require("topk", cls_attn=cls_attn)
+  return topk_prune(x, size, cls_attn, keep=keep, class_token=class_token,
+                    fuse=fuse, source=source)
+
+
+def _evit(x, size, *, keep, cls_attn, class_token, source, **_):
+  _require("evit", cls_attn=cls_attn)
+  return topk_prune(x, size, cls_attn, keep=keep, class_token=class_token,
+                    fuse=True, source=source)
+
+
+def _divprune(x, size, *, keep, metric, class_token, source, **_):
+  return divprune(x, size, metric, keep=keep, class_token=class_token,
+                  source=source)
+
+
+def _dart(x, size, *, keep, metric, class_token, source, num_pivots=4,
+          selection="per_pivot", **_):
+  return dart(x, size, metric, keep=keep, num_pivots=num_pivots,
+              selection=selection, class_token=class_token, source=source)
+
+
+def _atc(x, size, *, keep, metric, class_token, source, linkage="average",
+         **_):
+  return atc(x, size, metric, keep=keep, linkage=linkage,
+             class_token=class_token, source=source)
+
+
+def _zero_tprune(x, size, *, keep, metric, attn, class_token, source,
+                 num_iters=30, similarity_fraction=0.5, **_):
+  _require("zero_tprune", attn=attn)
+  return zero_tprune(x, size, metric, attn, keep=keep, num_iters=num_iters,
+                     similarity_fraction=similarity_fraction,
+                     class_token=class_token, source=source)
+
+
+def _gtp(x, size, *, keep, metric, key_mass, cls_attn, class_token, source,
+         num_neighbors=4, **_):
+  importance = key_mass if key_mass is not None else cls_attn
+  _require("gtp", key_mass=importance)
+  return gtp(x, size, metric, importance, keep=keep,
+             num_neighbors=num_neighbors, class_token=class_token,
+             source=source)
+
+
+register_reducer("tome", _tome, needs=("metric",), conserves_size=True,
+                 options=("impl",))
+register_reducer("pitome", _pitome, needs=("metric",), conserves_size=True,
+                 options=("margin", "alpha"))
+register_reducer("topk", _topk, needs=("cls_attn",), conserves_size=False,
+                 options=("fuse",))
+register_reducer("evit", _evit, needs=("cls_attn",), conserves_size=True)
+register_reducer("divprune", _divprune, needs=("metric",),
+                 conserves_size=False)
+register_reducer("dart", _dart, needs=("metric",), conserves_size=False,
+                 options=("num_pivots", "selection"))
+register_reducer("atc", _atc, needs=("metric",), conserves_size=True,
+                 options=("linkage",))
+register_reducer("zero_tprune", _zero_tprune, needs=("attn", "metric"),
+                 conserves_size=False,
+                 options=("num_iters", "similarity_fraction"))
+register_reducer("gtp", _gtp, needs=("key_mass", "metric"),
+                 conserves_size=True, options=("num_neighbors",))
+
+
+def get_reducer(name):
+  """The uniform reducer callable for `name`: `reduce` with method bound."""
+  _info(name)
+  return functools.partial(reduce, name)
+
+
+def _info(name):
+  if name not in REDUCERS:
+    raise ValueError(f"token reducer {name!r} is unknown; valid choices are "
+                     f"{sorted(REDUCERS)}.")
+  return REDUCERS[name]
+
+
+def reduce(method, x, size=None, *, keep, metric=None, cls_attn=None,
+           key_mass=None, attn=None, class_token=True, source=None,
+           **options):
+  """Reduces `x [B, N, D]` to `keep` tokens with the named method.
+
+  Args:
+    method: a name in `REDUCERS`.
+    x: `[B, N, D]` tokens.
+    size: `[B, N, 1]` token sizes (default ones).
+    keep: static Python int, tokens left (class token included), 1 <= keep
+      <= N (keep >= 2 with a class token). keep == N returns the inputs.
+    metric, cls_attn, key_mass, attn, source: see the module docstring.
+    class_token: whether token 0 is a [CLS] token (never removed, stays
+      first).
+    **options: method options (module docstring); unknown ones raise.
+
+  Returns:
+    `Reduced(x, size, source)`; source is None when none was given.
+  """
+  info = _info(method)
+  unknown = sorted(set(options) - set(info.options))
+  if unknown:
+    raise TypeError(f"reducer {method!r} got unknown options {unknown}; it "
+                    f"accepts {list(info.options)}.")
+  keep = check_keep(keep, x.shape[1], class_token, method)
+  if size is None:
+    size = init_size(x)
+  if keep == x.shape[1]:
+    return Reduced(x, size, source)
+  if metric is None:
+    metric = x
+  return info.fn(x, size, keep=keep, metric=metric, cls_attn=cls_attn,
+                 key_mass=key_mass, attn=attn, class_token=class_token,
+                 source=source, **options)
+
+
+__all__ = [
+    "LINKAGES", "REDUCERS", "ReducerInfo", "Reduced", "STATS",
+    "agglomerative_labels", "atc", "bipartite_soft_matching", "constant_r",
+    "dart", "dart_select", "decreasing_r", "divprune", "energy_score",
+    "get_reducer", "gtp", "inflected_r", "init_size", "init_source",
+    "max_min_select", "merge_source", "merge_wavg", "pitome",
+    "propagation_graph", "reduce", "register_reducer", "tokens_per_layer",
+    "tome", "topk_prune", "weighted_pagerank", "zero_tprune",
+]

@@ -59,6 +59,8 @@ def gather_tokens(x, idx):
 
 def keep_tokens(x, size, source, idx):
   """Pruning: keep the tokens `idx [B, K]` (and their sizes and sources)."""
+  if size is None:
+    size = init_size(x)
   return Reduced(gather_tokens(x, idx), gather_tokens(size, idx),
                  None if source is None else gather_tokens(source, idx))
 
@@ -71,7 +73,7 @@ def merge_by_assignment(x, size, source, label, num_out):
   disjoint groups, and MXU-friendly), so every slot must receive a token.
   """
   onehot = jax.nn.one_hot(label, num_out, dtype=jnp.float32)  # [B, N, K]
-  size = size.astype(jnp.float32)
+  size = init_size(x) if size is None else size.astype(jnp.float32)
   new_size = jnp.einsum("bnk,bno->bko", onehot, size, precision=_HIGHEST)
   total = jnp.einsum("bnk,bnd->bkd", onehot, x.astype(jnp.float32) * size,
                      precision=_HIGHEST)
