@@ -4,25 +4,41 @@ Layout is `[B, N, H, D]` (batch, tokens, heads, head dim), the layout of
 `jax.nn.dot_product_attention`. `bias` is a per-key additive vector `[B, Nk]`
 (ToMe's proportional attention passes log(size)); `kv_mask` is `[B, Nk]` with
 True = attend.
+
+`impl="pallas"` (and `auto` on GPU/TPU) runs the FlashAttention kernels of
+`flash_attention.py`; `impl="xla"` runs `attention_reference` (or, on GPU,
+`jax.nn.dot_product_attention`, which has the same semantics).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla", "pallas", "interpret")
+from maskmodel.kernels import flash_attention as flash
+from maskmodel.kernels.dispatch import IMPLS, kernel_backend, resolve_impl
+
+__all__ = ["AttentionStats", "IMPLS", "attention", "attention_reference"]
+
+
+class AttentionStats(NamedTuple):
+  """Attention statistics that token reducers read, all `[B, H, Nk]` f32.
+
+  cls_probs: the softmax row of query 0 (the [CLS] token's attention), as
+    used by attention-score pruning (e.g. EViT, ATS).
+  key_mass: for each key, the sum over queries of the probability it
+    receives (the column sums of the attention matrix).
+  """
+  cls_probs: jax.Array
+  key_mass: jax.Array
 
 
 def _check_impl(impl: str) -> str:
-  if impl not in IMPLS:
-    raise ValueError(f"attention impl={impl!r} is unknown; use one of {IMPLS}.")
-  if impl == "auto":
-    return "xla"
-  return impl
+  return resolve_impl(impl, "attention")
 
 
-def attention_reference(q, k, v, *, bias=None, kv_mask=None, causal=False):
-  """Plain-jnp softmax(q k^T / sqrt(d) + bias) v; the reference for kernels."""
+def _logits(q, k, bias, kv_mask, causal):
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
                       preferred_element_type=jnp.float32) * scale
@@ -35,14 +51,73 @@ def attention_reference(q, k, v, *, bias=None, kv_mask=None, causal=False):
     nq, nk = q.shape[1], k.shape[1]
     tri = jnp.tril(jnp.ones((nq, nk), bool), k=nk - nq)
     logits = jnp.where(tri, logits, big_neg)
-  probs = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+  return logits
 
 
-def attention(q, k, v, *, bias=None, kv_mask=None, causal=False, impl="auto"):
-  """Attention over `[B, N, H, D]` inputs; `impl` in auto|xla|pallas|interpret."""
+def attention_reference(q, k, v, *, bias=None, kv_mask=None, causal=False,
+                        return_stats=False):
+  """Plain-jnp softmax(q k^T / sqrt(d) + bias) v; the reference for kernels.
+
+  Hidden logits (kv_mask False, or above the causal diagonal) are set to
+  `finfo(f32).min`, so a query that sees no key averages all values. The
+  causal mask is bottom-right aligned: query i sees key j iff
+  `j <= i + Nk - Nq`. With `return_stats`, also returns `AttentionStats`
+  (built from the full `[B, H, Nq, Nk]` probabilities).
+  """
+  probs = jax.nn.softmax(_logits(q, k, bias, kv_mask, causal), axis=-1)
+  out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+  if not return_stats:
+    return out
+  probs = jax.lax.stop_gradient(probs)
+  return out, AttentionStats(cls_probs=probs[:, :, 0, :],
+                             key_mass=probs.sum(axis=2))
+
+
+def _xla_attention(q, k, v, bias, kv_mask, causal, use_dot_product_attention):
+  """The `xla` implementation; on GPU it goes through the JAX library op."""
+  nq, nk = q.shape[1], k.shape[1]
+  # jax.nn's causal mask is top-left aligned; ours is bottom-right.
+  if not use_dot_product_attention or (causal and nq != nk):
+    return attention_reference(q, k, v, bias=bias, kv_mask=kv_mask,
+                               causal=causal)
+  return jax.nn.dot_product_attention(
+      q, k, v,
+      bias=None if bias is None else bias[:, None, None, :],
+      mask=None if kv_mask is None else kv_mask[:, None, None, :],
+      is_causal=causal)
+
+
+def attention(q, k, v, *, bias=None, kv_mask=None, causal=False, impl="auto",
+              return_stats=False):
+  """Attention over `[B, N, H, D]` inputs; `impl` in auto|xla|pallas|interpret.
+
+  Args:
+    q: `[B, Nq, H, D]`; k, v: `[B, Nk, H, D]`.
+    bias: optional `[B, Nk]` additive logit per key (differentiable).
+    kv_mask: optional `[B, Nk]` bool, True = attend.
+    causal: bottom-right aligned causal mask.
+    impl: `xla` (jnp reference), `pallas` (FlashAttention kernel compiled
+      for GPU/TPU), `interpret` (same kernel, Pallas interpreter; runs on
+      CPU), `auto` (`pallas` on GPU/TPU, `xla` otherwise).
+    return_stats: also return `AttentionStats`; the statistics carry no
+      gradient. The kernels compute them without an `[Nq, Nk]` buffer.
+
+  Returns:
+    `[B, Nq, H, D]` in q's dtype, or `(out, AttentionStats)`.
+  """
   impl = _check_impl(impl)
-  if impl != "xla":
-    raise ValueError(f"attention impl={impl!r} is not available in this build; "
-                     "use impl='xla'.")
-  return attention_reference(q, k, v, bias=bias, kv_mask=kv_mask, causal=causal)
+  if impl == "xla":
+    if return_stats:
+      return attention_reference(q, k, v, bias=bias, kv_mask=kv_mask,
+                                 causal=causal, return_stats=True)
+    return _xla_attention(q, k, v, bias, kv_mask, causal,
+                          use_dot_product_attention=kernel_backend() == "triton")
+  backend = kernel_backend() if impl == "pallas" else "triton"
+  result = flash.flash_attention(q, k, v, bias, kv_mask, causal=causal,
+                                 backend=backend,
+                                 interpret=impl == "interpret",
+                                 return_stats=return_stats)
+  if not return_stats:
+    return result
+  out, cls_probs, key_mass = result
+  return out, AttentionStats(cls_probs=cls_probs, key_mass=key_mass)

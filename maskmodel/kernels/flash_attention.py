@@ -1,0 +1,591 @@
+"""Blocked (flash) attention in Pallas, forward and backward.
+
+FlashAttention (Dao et al., 2022, Alg. 1; the backward follows FlashAttention-2,
+Dao 2023, Alg. 2): each program owns one tile of queries and streams the keys
+and values through in blocks, keeping a running row max `m`, a running
+normaliser `l` and an unnormalised output accumulator (the "online softmax").
+The `[Nq, Nk]` score matrix never exists in memory; only `(block_q, block_k)`
+tiles do. The backward recomputes the tiles from the saved `(m, l)` per query
+row instead of storing probabilities.
+
+Semantics are those of `attention_reference`, including its masking: keys
+hidden by `kv_mask` or by the causal mask get the logit `finfo(f32).min` (not
+-inf), so a query that sees no key at all averages every value, as the
+reference does (the kernel skips causal blocks, so such rows are patched after
+it). Padding added here to reach a whole number of blocks gets -inf and so
+never counts.
+
+One kernel body serves both compiled backends; only the array layout, block
+sizes and compiler parameters differ:
+
+- Triton (GPU): arrays stay `[B, N, H, D]`; the head dim is zero-padded to a
+  power of two >= 16 (Triton's `dot` needs it). K/V tiles are loaded from HBM
+  as the loop reaches them.
+- Mosaic (TPU): arrays are transposed to `[B, H, N, D]` so that every block's
+  last two dims are `(tokens, D)`; `block_k` is a multiple of 128 lanes. Each
+  program's whole-sequence operands (K and V, or Q and dO) are copied to VMEM,
+  which bounds the sequence length by VMEM size.
+
+Per-query vectors are stored as `[B, H, N, 1]` columns and per-key vectors as
+`[B, N // block, 1, block]`, so a key tile's vector is picked by a leading
+index instead of a dynamic slice along the lane axis.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+# The reference fills hidden logits with this, not -inf; keep it identical.
+BIG_NEG = float(jnp.finfo(jnp.float32).min)
+_NT = (((1,), (1,)), ((), ()))  # contract the last dims: a @ b.T
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+  """Tile sizes: queries x keys per program, for forward and backward."""
+  block_q: int
+  block_k: int
+  block_q_bwd: int
+  block_k_bwd: int
+
+
+# Starting points, not tuned on hardware (none was available; see README).
+DEFAULT_BLOCK_SIZES = {
+    "triton": BlockSizes(block_q=128, block_k=64, block_q_bwd=64,
+                         block_k_bwd=64),
+    "mosaic": BlockSizes(block_q=128, block_k=128, block_q_bwd=128,
+                         block_k_bwd=128),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  """Everything static about one call; hashable so it can key jit caches."""
+  backend: str  # "triton" | "mosaic": layout and compiler parameters.
+  interpret: bool
+  causal: bool
+  has_kv_mask: bool
+  nq: int  # Unpadded lengths: they define the causal diagonal and padding.
+  nk: int
+  nq_pad: int
+  nk_pad: int
+  scale: float
+  blocks: BlockSizes
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def _clamp_blocks(blocks: BlockSizes, backend: str, nq: int,
+                  nk: int) -> BlockSizes:
+  """Shrinks tiles for short sequences so little work is spent on padding."""
+  if backend == "mosaic":
+    # Query tiles are sublane-tiled (multiples of 8); key tiles sit on the
+    # 128-wide lane axis of the score tile, so they stay multiples of 128.
+    fit_q = lambda b: min(b, _round_up(nq, 8))
+    fit_k = lambda b: b
+  else:
+    # Triton tiles are powers of two and `dot` needs at least 16.
+    fit_q = lambda b: min(b, max(16, pl.next_power_of_2(nq)))
+    fit_k = lambda b: min(b, max(16, pl.next_power_of_2(nk)))
+  return BlockSizes(fit_q(blocks.block_q), fit_k(blocks.block_k),
+                    fit_q(blocks.block_q_bwd), fit_k(blocks.block_k_bwd))
+
+
+# ----------------------------------------------------------------------------
+# Kernel bodies (shared by Triton, Mosaic and the interpreter).
+# ----------------------------------------------------------------------------
+
+
+def _scores(q, k, key_bias, key_valid, q_start, k_start, cfg: _Config):
+  """One `(block_q, block_k)` tile of logits, masked like the reference.
+
+  Returns the logits and the visibility mask (None when everything is
+  visible), which the backward needs to zero gradients of hidden logits.
+  """
+  s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32)
+  s = s * cfg.scale + key_bias
+  cols = k_start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
+  visible = None
+  if cfg.has_kv_mask:
+    visible = key_valid > 0
+  if cfg.causal:
+    # Bottom-right aligned, as `jnp.tril(..., k=nk - nq)` in the reference.
+    rows = q_start + lax.broadcasted_iota(jnp.int32, s.shape, 0)
+    diagonal = cols <= rows + (cfg.nk - cfg.nq)
+    visible = diagonal if visible is None else visible & diagonal
+  if visible is not None:
+    s = jnp.where(visible, s, BIG_NEG)
+  if cfg.nk_pad != cfg.nk:
+    s = jnp.where(cols < cfg.nk, s, -jnp.inf)
+  return s, visible
+
+
+def _key_block_end(q_start, block_q, block_k, num_k_blocks, cfg):
+  """One past the last key block that a query tile can see (causal skip).
+
+  At least one block is always visited so that every row has a finite max;
+  rows that see no key at all are patched outside the kernel.
+  """
+  if not cfg.causal:
+    return num_k_blocks
+  last_col = q_start + (block_q - 1 + cfg.nk - cfg.nq)
+  end = lax.div(last_col, jnp.int32(block_k)) + 1
+  return jnp.clip(end, 1, num_k_blocks)
+
+
+def _query_block_start(k_start, block_q, cfg):
+  """First query block that can see any key of a key tile (causal skip)."""
+  if not cfg.causal:
+    return 0
+  first_row = jnp.maximum(k_start - (cfg.nk - cfg.nq), 0)
+  return lax.div(first_row, jnp.int32(block_q))
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref,
+                    o_ref, m_ref, l_ref, *, cfg: _Config):
+  """Online softmax over key blocks for one query tile (FlashAttention Alg. 1)."""
+  block_q, block_k = cfg.blocks.block_q, cfg.blocks.block_k
+  num_k_blocks = cfg.nk_pad // block_k
+  q_start = pl.program_id(2) * block_q
+  q = q_ref[...]
+
+  def body(j, carry):
+    acc, m, l = carry
+    k_start = pl.multiple_of(j * block_k, block_k)
+    k = k_ref[pl.ds(k_start, block_k), :]
+    v = v_ref[pl.ds(k_start, block_k), :]
+    s, _ = _scores(q, k, bias_ref[j], valid_ref[j], q_start, k_start, cfg)
+    m_new = jnp.maximum(m, s.max(axis=1, keepdims=True))
+    rescale = jnp.exp(m - m_new)
+    p = jnp.exp(s - m_new)
+    l = rescale * l + p.sum(axis=1, keepdims=True)
+    acc = rescale * acc + jnp.dot(p.astype(v.dtype), v,
+                                  preferred_element_type=jnp.float32)
+    return acc, m_new, l
+
+  init = (jnp.zeros((block_q, q.shape[-1]), jnp.float32),
+          jnp.full((block_q, 1), -jnp.inf, jnp.float32),
+          jnp.zeros((block_q, 1), jnp.float32))
+  end = _key_block_end(q_start, block_q, block_k, num_k_blocks, cfg)
+  acc, m, l = lax.fori_loop(0, end, body, init)
+  o_ref[...] = (acc / l).astype(o_ref.dtype)
+  m_ref[...] = m
+  l_ref[...] = l
+
+
+def _probs(s, m, l):
+  # Padded query rows carry m=+inf, l=1, so their probabilities are exactly 0.
+  return jnp.exp(s - m) / l
+
+
+def _dkdv_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref, do_ref, m_ref,
+                 l_ref, delta_ref, dk_ref, dv_ref, dbias_ref, *, cfg: _Config):
+  """dK, dV and the per-head bias gradient for one key tile.
+
+  Streams query tiles (FlashAttention-2 backward, Alg. 2, outer loop over
+  keys): dV += P^T dO; dS = P * (dO V^T - delta); dK += dS^T Q * scale; and
+  d(bias) is the column sum of dS.
+  """
+  block_q, block_k = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
+  num_q_blocks = cfg.nq_pad // block_q
+  k_start = pl.program_id(2) * block_k
+  k, v = k_ref[...], v_ref[...]
+  key_bias, key_valid = bias_ref[...], valid_ref[...]
+
+  def body(i, carry):
+    dk, dv, dbias = carry
+    q_start = pl.multiple_of(i * block_q, block_q)
+    rows = pl.ds(q_start, block_q)
+    q, do = q_ref[rows, :], do_ref[rows, :]
+    s, visible = _scores(q, k, key_bias, key_valid, q_start, k_start, cfg)
+    p = _probs(s, m_ref[rows, :], l_ref[rows, :])
+    dv = dv + jnp.dot(p.astype(do.dtype).T, do,
+                      preferred_element_type=jnp.float32)
+    dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
+    ds = p * (dp - delta_ref[rows, :])
+    if visible is not None:  # Hidden logits are constants in the reference.
+      ds = jnp.where(visible, ds, 0.0)
+    dk = dk + jnp.dot(ds.astype(q.dtype).T, q,
+                      preferred_element_type=jnp.float32)
+    dbias = dbias + ds.sum(axis=0, keepdims=True)
+    return dk, dv, dbias
+
+  init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32),
+          jnp.zeros((1, block_k), jnp.float32))
+  start = _query_block_start(k_start, block_q, cfg)
+  dk, dv, dbias = lax.fori_loop(start, num_q_blocks, body, init)
+  dk_ref[...] = (dk * cfg.scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+  dbias_ref[...] = dbias
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref, do_ref, m_ref, l_ref,
+               delta_ref, dq_ref, *, cfg: _Config):
+  """dQ for one query tile: dQ += dS K * scale over the visible key blocks."""
+  block_q, block_k = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
+  num_k_blocks = cfg.nk_pad // block_k
+  q_start = pl.program_id(2) * block_q
+  q, do = q_ref[...], do_ref[...]
+  m, l, delta = m_ref[...], l_ref[...], delta_ref[...]
+
+  def body(j, dq):
+    k_start = pl.multiple_of(j * block_k, block_k)
+    k = k_ref[pl.ds(k_start, block_k), :]
+    v = v_ref[pl.ds(k_start, block_k), :]
+    s, visible = _scores(q, k, bias_ref[j], valid_ref[j], q_start, k_start,
+                         cfg)
+    p = _probs(s, m, l)
+    dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
+    ds = p * (dp - delta)
+    if visible is not None:
+      ds = jnp.where(visible, ds, 0.0)
+    return dq + jnp.dot(ds.astype(k.dtype), k,
+                        preferred_element_type=jnp.float32)
+
+  end = _key_block_end(q_start, block_q, block_k, num_k_blocks, cfg)
+  dq = lax.fori_loop(0, end, body, jnp.zeros(q.shape, jnp.float32))
+  dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
+
+
+def _key_mass_kernel(q_ref, k_ref, bias_ref, valid_ref, m_ref, l_ref,
+                     mass_ref, *, cfg: _Config):
+  """Column sums of the attention matrix for one key tile, recomputed from
+  the saved row statistics (a second pass; nothing `[Nq, Nk]` is stored)."""
+  block_q, block_k = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
+  num_q_blocks = cfg.nq_pad // block_q
+  k_start = pl.program_id(2) * block_k
+  k = k_ref[...]
+  key_bias, key_valid = bias_ref[...], valid_ref[...]
+
+  def body(i, mass):
+    q_start = pl.multiple_of(i * block_q, block_q)
+    rows = pl.ds(q_start, block_q)
+    s, _ = _scores(q_ref[rows, :], k, key_bias, key_valid, q_start, k_start,
+                   cfg)
+    p = _probs(s, m_ref[rows, :], l_ref[rows, :])
+    return mass + p.sum(axis=0, keepdims=True)
+
+  start = _query_block_start(k_start, block_q, cfg)
+  mass_ref[...] = lax.fori_loop(start, num_q_blocks, body,
+                                jnp.zeros((1, block_k), jnp.float32))
+
+
+# ----------------------------------------------------------------------------
+# BlockSpecs and pallas_call plumbing. Every grid is (batch, head, tile).
+# ----------------------------------------------------------------------------
+
+
+def _token_spec(cfg: _Config, block: int | None, length: int, dim: int):
+  """Spec for a q/k/v-like array; `block=None` gives the whole sequence."""
+  tiled = block is not None
+  block = block if tiled else length
+  if cfg.backend == "mosaic":  # [B, H, N, D]
+    index = (lambda b, h, i: (b, h, i, 0)) if tiled else (
+        lambda b, h, i: (b, h, 0, 0))
+    return pl.BlockSpec((None, None, block, dim), index)
+  index = (lambda b, h, i: (b, i, h, 0)) if tiled else (  # [B, N, H, D]
+      lambda b, h, i: (b, 0, h, 0))
+  return pl.BlockSpec((None, block, None, dim), index)
+
+
+def _row_spec(block: int | None, length: int):
+  """Spec for a per-query column vector stored as [B, H, N, 1]."""
+  if block is None:
+    return pl.BlockSpec((None, None, length, 1), lambda b, h, i: (b, h, 0, 0))
+  return pl.BlockSpec((None, None, block, 1), lambda b, h, i: (b, h, i, 0))
+
+
+def _key_spec(block: int, num_blocks: int, tiled: bool):
+  """Spec for a per-key vector stored as [B, num_blocks, 1, block]."""
+  if tiled:
+    return pl.BlockSpec((None, None, 1, block), lambda b, h, i: (b, i, 0, 0))
+  return pl.BlockSpec((None, num_blocks, 1, block), lambda b, h, i: (b, 0, 0, 0))
+
+
+def _compiler_params(cfg: _Config, head_dim: int, itemsize: int,
+                     resident_tokens: int):
+  if cfg.interpret:
+    return None
+  if cfg.backend == "triton":
+    from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
+    return plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8,
+                                num_stages=2)
+  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+  # Two whole-sequence operands (K and V, or Q and dO), double-buffered.
+  resident = 2 * 2 * resident_tokens * head_dim * itemsize
+  vmem_limit = None
+  if resident > 8 * 2**20:
+    vmem_limit = min(int(resident * 1.5) + 16 * 2**20, 100 * 2**20)
+  return pltpu.CompilerParams(
+      dimension_semantics=("parallel", "parallel", "parallel"),
+      vmem_limit_bytes=vmem_limit)
+
+
+def _pallas(kernel, cfg, grid, in_specs, out_specs, out_shape, name,
+            head_dim, itemsize, resident_tokens):
+  return pl.pallas_call(
+      functools.partial(kernel, cfg=cfg),
+      grid=grid,
+      in_specs=in_specs,
+      out_specs=out_specs,
+      out_shape=out_shape,
+      compiler_params=_compiler_params(cfg, head_dim, itemsize,
+                                       resident_tokens),
+      interpret=cfg.interpret,
+      name=name,
+  )
+
+
+def _dims(cfg: _Config, x):
+  """(batch, heads, head_dim) of a q/k/v array in the kernel layout."""
+  if cfg.backend == "mosaic":
+    return x.shape[0], x.shape[1], x.shape[3]
+  return x.shape[0], x.shape[2], x.shape[3]
+
+
+def _key_vector(x, block):
+  return x.reshape(x.shape[0], -1, 1, block)
+
+
+def _forward(q, k, v, key_bias, key_valid, cfg: _Config):
+  batch, heads, dim = _dims(cfg, q)
+  bq, bk = cfg.blocks.block_q, cfg.blocks.block_k
+  nkb = cfg.nk_pad // bk
+  row = jax.ShapeDtypeStruct((batch, heads, cfg.nq_pad, 1), jnp.float32)
+  return _pallas(
+      _forward_kernel, cfg,
+      grid=(batch, heads, cfg.nq_pad // bq),
+      in_specs=[_token_spec(cfg, bq, cfg.nq_pad, dim),
+                _token_spec(cfg, None, cfg.nk_pad, dim),
+                _token_spec(cfg, None, cfg.nk_pad, dim),
+                _key_spec(bk, nkb, tiled=False),
+                _key_spec(bk, nkb, tiled=False)],
+      out_specs=[_token_spec(cfg, bq, cfg.nq_pad, dim),
+                 _row_spec(bq, cfg.nq_pad), _row_spec(bq, cfg.nq_pad)],
+      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), row, row],
+      name="flash_attention_forward",
+      head_dim=dim, itemsize=q.dtype.itemsize, resident_tokens=cfg.nk_pad,
+  )(q, k, v, _key_vector(key_bias, bk), _key_vector(key_valid, bk))
+
+
+def _mask_padded_rows(cfg: _Config, m, l):
+  """Padded query rows get m=+inf, l=1: probability exactly 0 everywhere."""
+  if cfg.nq_pad == cfg.nq:
+    return m, l
+  real = jnp.arange(cfg.nq_pad)[:, None] < cfg.nq
+  return jnp.where(real, m, jnp.inf), jnp.where(real, l, 1.0)
+
+
+def _backward(q, k, v, key_bias, key_valid, out, m, l, dout, cfg: _Config):
+  batch, heads, dim = _dims(cfg, q)
+  bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
+  nkb = cfg.nk_pad // bk
+  m, l = _mask_padded_rows(cfg, m, l)
+  # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij (FlashAttention-2, eq. 4).
+  delta = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), -1)
+  if cfg.backend == "triton":
+    delta = delta.transpose(0, 2, 1)  # [B, N, H] -> [B, H, N]
+  delta = delta[..., None]
+  kbias, kvalid = _key_vector(key_bias, bk), _key_vector(key_valid, bk)
+  common = dict(head_dim=dim, itemsize=q.dtype.itemsize)
+
+  dk, dv, dbias = _pallas(
+      _dkdv_kernel, cfg,
+      grid=(batch, heads, nkb),
+      in_specs=[_token_spec(cfg, None, cfg.nq_pad, dim),
+                _token_spec(cfg, bk, cfg.nk_pad, dim),
+                _token_spec(cfg, bk, cfg.nk_pad, dim),
+                _key_spec(bk, nkb, tiled=True),
+                _key_spec(bk, nkb, tiled=True),
+                _token_spec(cfg, None, cfg.nq_pad, dim),
+                _row_spec(None, cfg.nq_pad),
+                _row_spec(None, cfg.nq_pad),
+                _row_spec(None, cfg.nq_pad)],
+      out_specs=[_token_spec(cfg, bk, cfg.nk_pad, dim),
+                 _token_spec(cfg, bk, cfg.nk_pad, dim),
+                 pl.BlockSpec((None, None, None, 1, bk),
+                              lambda b, h, i: (b, h, i, 0, 0))],
+      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
+                 jax.ShapeDtypeStruct(v.shape, v.dtype),
+                 jax.ShapeDtypeStruct((batch, heads, nkb, 1, bk),
+                                      jnp.float32)],
+      name="flash_attention_dkdv", resident_tokens=cfg.nq_pad, **common,
+  )(q, k, v, kbias, kvalid, dout, m, l, delta)
+
+  dq = _pallas(
+      _dq_kernel, cfg,
+      grid=(batch, heads, cfg.nq_pad // bq),
+      in_specs=[_token_spec(cfg, bq, cfg.nq_pad, dim),
+                _token_spec(cfg, None, cfg.nk_pad, dim),
+                _token_spec(cfg, None, cfg.nk_pad, dim),
+                _key_spec(bk, nkb, tiled=False),
+                _key_spec(bk, nkb, tiled=False),
+                _token_spec(cfg, bq, cfg.nq_pad, dim),
+                _row_spec(bq, cfg.nq_pad),
+                _row_spec(bq, cfg.nq_pad),
+                _row_spec(bq, cfg.nq_pad)],
+      out_specs=_token_spec(cfg, bq, cfg.nq_pad, dim),
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      name="flash_attention_dq", resident_tokens=cfg.nk_pad, **common,
+  )(q, k, v, kbias, kvalid, dout, m, l, delta)
+
+  dbias = dbias.sum(axis=1).reshape(key_bias.shape)
+  return dq, dk, dv, dbias
+
+
+def _key_mass(q, k, key_bias, key_valid, m, l, cfg: _Config):
+  batch, heads, dim = _dims(cfg, q)
+  bk = cfg.blocks.block_k_bwd
+  nkb = cfg.nk_pad // bk
+  m, l = _mask_padded_rows(cfg, m, l)
+  mass = _pallas(
+      _key_mass_kernel, cfg,
+      grid=(batch, heads, nkb),
+      in_specs=[_token_spec(cfg, None, cfg.nq_pad, dim),
+                _token_spec(cfg, bk, cfg.nk_pad, dim),
+                _key_spec(bk, nkb, tiled=True),
+                _key_spec(bk, nkb, tiled=True),
+                _row_spec(None, cfg.nq_pad),
+                _row_spec(None, cfg.nq_pad)],
+      out_specs=pl.BlockSpec((None, None, None, 1, bk),
+                             lambda b, h, i: (b, h, i, 0, 0)),
+      out_shape=jax.ShapeDtypeStruct((batch, heads, nkb, 1, bk), jnp.float32),
+      name="flash_attention_key_mass", head_dim=dim,
+      itemsize=q.dtype.itemsize, resident_tokens=cfg.nq_pad,
+  )(q, k, _key_vector(key_bias, bk), _key_vector(key_valid, bk), m, l)
+  return mass.reshape(batch, heads, cfg.nk_pad)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _flash(q, k, v, key_bias, key_valid, cfg):
+  """Returns (out, m, l) on padded kernel-layout arrays; m, l: [B, H, Nq, 1]."""
+  return _forward(q, k, v, key_bias, key_valid, cfg)
+
+
+def _flash_fwd(q, k, v, key_bias, key_valid, cfg):
+  out, m, l = _forward(q, k, v, key_bias, key_valid, cfg)
+  return (out, m, l), (q, k, v, key_bias, key_valid, out, m, l)
+
+
+def _flash_bwd(cfg, residuals, cotangents):
+  q, k, v, key_bias, key_valid, out, m, l = residuals
+  dout = cotangents[0]  # m and l only feed statistics, which are constants.
+  dq, dk, dv, dbias = _backward(q, k, v, key_bias, key_valid, out, m, l,
+                                dout, cfg)
+  return dq, dk, dv, dbias.astype(key_bias.dtype), jnp.zeros_like(key_valid)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("causal", "backend", "interpret", "block_sizes",
+                              "return_stats"))
+def flash_attention(q, k, v, bias=None, kv_mask=None, *, causal=False,
+                    backend="triton", interpret=False, block_sizes=None,
+                    return_stats=False):
+  """Flash attention on `[B, N, H, D]` inputs; see `attention` for semantics.
+
+  Args:
+    q: `[B, Nq, H, D]`; k, v: `[B, Nk, H, D]`; f32 or bf16.
+    bias: optional per-key additive logits `[B, Nk]` (differentiable).
+    kv_mask: optional `[B, Nk]` bool, True = attend.
+    causal: query i sees key j iff `j <= i + Nk - Nq`.
+    backend: "triton" or "mosaic": layout, tile sizes and compiler params.
+    interpret: run the kernels in the Pallas interpreter (any platform).
+    block_sizes: optional `BlockSizes`; defaults per backend.
+    return_stats: also return `(cls_probs, key_mass)`, both `[B, H, Nk]` f32
+      and without gradient.
+
+  Returns:
+    out `[B, Nq, H, D]`, or `(out, cls_probs, key_mass)`.
+  """
+  if backend not in DEFAULT_BLOCK_SIZES:
+    raise ValueError(f"backend={backend!r}; use 'triton' or 'mosaic'.")
+  batch, nq, heads, dim = q.shape
+  nk = k.shape[1]
+  if k.shape != (batch, nk, heads, dim) or v.shape != k.shape:
+    raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape}: expected "
+                     "[B, Nq, H, D] and two [B, Nk, H, D].")
+  for name, x in (("bias", bias), ("kv_mask", kv_mask)):
+    if x is not None and x.shape != (batch, nk):
+      raise ValueError(f"{name} has shape {x.shape}; expected {(batch, nk)}.")
+
+  blocks = _clamp_blocks(block_sizes or DEFAULT_BLOCK_SIZES[backend], backend,
+                         nq, nk)
+  nq_pad = _round_up(nq, math.lcm(blocks.block_q, blocks.block_q_bwd))
+  nk_pad = _round_up(nk, math.lcm(blocks.block_k, blocks.block_k_bwd))
+  cfg = _Config(backend=backend, interpret=interpret, causal=causal,
+                has_kv_mask=kv_mask is not None, nq=nq, nk=nk, nq_pad=nq_pad,
+                nk_pad=nk_pad, scale=dim ** -0.5, blocks=blocks)
+
+  # Zero-padding the head dim changes no logit and adds only zero columns.
+  dim_pad = dim if backend == "mosaic" else max(16, pl.next_power_of_2(dim))
+
+  def to_kernel_layout(x, n_pad):
+    x = jnp.pad(x, ((0, 0), (0, n_pad - x.shape[1]), (0, 0),
+                    (0, dim_pad - dim)))
+    return x.transpose(0, 2, 1, 3) if backend == "mosaic" else x
+
+  qp, kp, vp = (to_kernel_layout(q, nq_pad), to_kernel_layout(k, nk_pad),
+                to_kernel_layout(v, nk_pad))
+  key_bias = (jnp.zeros((batch, nk), jnp.float32) if bias is None
+              else bias.astype(jnp.float32))
+  key_valid = (jnp.ones((batch, nk), jnp.float32) if kv_mask is None
+               else kv_mask.astype(jnp.float32))
+  key_bias = jnp.pad(key_bias, ((0, 0), (0, nk_pad - nk)))
+  key_valid = jnp.pad(key_valid, ((0, 0), (0, nk_pad - nk)))
+
+  out, m, l = _flash(qp, kp, vp, key_bias, key_valid, cfg)
+  if backend == "mosaic":
+    out = out.transpose(0, 2, 1, 3)
+  out = out[:, :nq, :, :dim]
+  m, l = lax.stop_gradient(m[..., 0]), lax.stop_gradient(l[..., 0])
+
+  # A query that sees no key (all hidden by kv_mask or the causal mask) has
+  # every logit equal to BIG_NEG in the reference, hence uniform weights over
+  # all keys. The kernel skipped causal blocks, so patch those rows here; plain
+  # jnp autodiff then routes their gradient to v. In-kernel, such rows get a
+  # zero output cotangent, so they add nothing to the kernel's gradients.
+  hidden = None
+  if causal or kv_mask is not None:
+    hidden = m <= BIG_NEG  # [B, H, Nq_pad]
+    mean_v = v.astype(jnp.float32).mean(axis=1).astype(v.dtype)  # [B, H, D]
+    out = jnp.where(hidden[:, :, :nq].transpose(0, 2, 1)[..., None],
+                    mean_v[:, None], out)
+  if not return_stats:
+    return out
+
+  if hidden is not None:  # Their uniform mass is added back below.
+    m, l = jnp.where(hidden, jnp.inf, m), jnp.where(hidden, 1.0, l)
+  key_mass = _key_mass(lax.stop_gradient(qp), lax.stop_gradient(kp),
+                       lax.stop_gradient(key_bias), key_valid, m[..., None],
+                       l[..., None], cfg)[:, :, :nk]
+  cls_probs = _cls_probs(lax.stop_gradient(q), lax.stop_gradient(k),
+                         lax.stop_gradient(key_bias[:, :nk]), kv_mask,
+                         m[:, :, 0], l[:, :, 0], cfg)
+  if hidden is not None:
+    num_hidden = hidden[:, :, :nq].sum(axis=-1, dtype=jnp.float32)
+    key_mass = key_mass + (num_hidden / nk)[..., None]
+    cls_probs = jnp.where(hidden[:, :, :1], 1.0 / nk, cls_probs)
+  return out, cls_probs, key_mass
+
+
+def _cls_probs(q, k, key_bias, kv_mask, m0, l0, cfg: _Config):
+  """Softmax row of query 0, `[B, H, Nk]`: one row, so plain jnp is cheap."""
+  s = jnp.einsum("bhd,bkhd->bhk", q[:, 0], k,
+                 preferred_element_type=jnp.float32)
+  s = s * cfg.scale + key_bias[:, None, :]
+  if kv_mask is not None:
+    s = jnp.where(kv_mask[:, None, :], s, BIG_NEG)
+  if cfg.causal:
+    s = jnp.where(jnp.arange(cfg.nk) <= cfg.nk - cfg.nq, s, BIG_NEG)
+  return _probs(s, m0[..., None], l0[..., None])
