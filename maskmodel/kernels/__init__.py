@@ -1,3 +1,9 @@
-"""Kernels: one public entry point per op, with an `impl` switch."""
-from maskmodel.kernels.attention import attention, attention_reference
+"""Kernels: one public entry point per op, with an `impl` switch.
+
+`impl` is one of auto|xla|pallas|interpret (see `dispatch.py`). Each Pallas
+kernel has a plain-jnp reference that defines its semantics.
+"""
+from maskmodel.kernels.attention import (AttentionStats, attention,
+                                         attention_reference)
+from maskmodel.kernels.dispatch import IMPLS
 from maskmodel.kernels.matching import token_matching, token_matching_reference

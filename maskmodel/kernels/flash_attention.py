@@ -115,7 +115,9 @@ def _scores(q, k, key_bias, key_valid, q_start, k_start, cfg: _Config):
   cols = k_start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
   visible = None
   if cfg.has_kv_mask:
-    visible = key_valid > 0
+    # Compare at full tile shape: Mosaic is stricter about broadcasting
+    # boolean vectors than float ones.
+    visible = jnp.broadcast_to(key_valid, s.shape) > 0
   if cfg.causal:
     # Bottom-right aligned, as `jnp.tril(..., k=nk - nq)` in the reference.
     rows = q_start + lax.broadcasted_iota(jnp.int32, s.shape, 0)
@@ -138,7 +140,7 @@ def _key_block_end(q_start, block_q, block_k, num_k_blocks, cfg):
     return num_k_blocks
   last_col = q_start + (block_q - 1 + cfg.nk - cfg.nq)
   end = lax.div(last_col, jnp.int32(block_k)) + 1
-  return jnp.clip(end, 1, num_k_blocks)
+  return jnp.minimum(jnp.maximum(end, 1), num_k_blocks)
 
 
 def _query_block_start(k_start, block_q, cfg):

@@ -1,13 +1,28 @@
 """Token matching: the core of ToMe's bipartite soft matching.
 
-For each row of A `[B, Na, C]` find its most similar row of B `[B, Nb, C]`
-(dot product of pre-normalized metrics, i.e. cosine similarity).
+ToMe (Bolya et al., 2023, Sec. 3, "bipartite soft matching") splits the tokens
+into two sets A and B, and draws one edge from every A token to its most
+similar B token (cosine similarity of the attention keys). This module finds
+those edges: for each row of A `[B, Na, C]` the best row of B `[B, Nb, C]`
+by dot product of pre-normalized metrics.
+
+The Pallas kernel never builds the `[Na, Nb]` similarity matrix: each program
+owns a tile of A rows and streams B in tiles, keeping a running (max, argmax)
+per row. Ties go to the smallest B index, as with `jnp.argmax`.
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
+import dataclasses
+import functools
 
-from maskmodel.kernels.attention import _check_impl
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from maskmodel.kernels.dispatch import kernel_backend, resolve_impl
+
+_NT = (((1,), (1,)), ((), ()))
 
 
 def token_matching_reference(a, b, *, class_token=False):
@@ -24,10 +39,132 @@ def token_matching_reference(a, b, *, class_token=False):
   return node_max, node_idx
 
 
+@dataclasses.dataclass(frozen=True)
+class MatchingBlocks:
+  """Rows of A per program, rows of B per loop step."""
+  block_a: int
+  block_b: int
+
+
+# Starting points, not tuned on hardware. On TPU the B tile is the lane axis
+# of the score tile (multiple of 128); on GPU tiles are powers of two >= 16.
+DEFAULT_MATCHING_BLOCKS = {
+    "triton": MatchingBlocks(block_a=64, block_b=64),
+    "mosaic": MatchingBlocks(block_a=128, block_b=128),
+}
+
+
+def _matching_kernel(a_ref, b_ref, max_ref, idx_ref, *, nb: int,
+                     block_b: int, precision):
+  """Running (max, first argmax) over B tiles for one tile of A rows."""
+  a = a_ref[...]
+  block_a = a.shape[0]
+  num_b_blocks = b_ref.shape[0] // block_b
+
+  def body(j, carry):
+    best, best_idx = carry
+    start = pl.multiple_of(j * block_b, block_b)
+    s = lax.dot_general(a, b_ref[pl.ds(start, block_b), :], _NT,
+                        precision=precision,
+                        preferred_element_type=jnp.float32)
+    cols = start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
+    if b_ref.shape[0] != nb:  # Padded B rows can never win.
+      s = jnp.where(cols < nb, s, -jnp.inf)
+    tile_max = s.max(axis=1, keepdims=True)
+    # First column attaining the max; f32 indices are exact below 2**24 and
+    # keep the reduction in the float unit on every backend.
+    tile_idx = jnp.where(s == tile_max, cols.astype(jnp.float32),
+                         jnp.inf).min(axis=1, keepdims=True)
+    # Strictly greater: on ties the earlier tile, hence the lower index, wins.
+    better = tile_max > best
+    return (jnp.where(better, tile_max, best),
+            jnp.where(better, tile_idx, best_idx))
+
+  init = (jnp.full((block_a, 1), -jnp.inf, jnp.float32),
+          jnp.zeros((block_a, 1), jnp.float32))
+  best, best_idx = lax.fori_loop(0, num_b_blocks, body, init)
+  max_ref[...] = best
+  idx_ref[...] = best_idx.astype(jnp.int32)
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+@functools.partial(jax.jit, static_argnames=("backend", "interpret",
+                                             "blocks"))
+def token_matching_pallas(a, b, *, backend="triton", interpret=False,
+                          blocks=None):
+  """Pallas (max, argmax) of `a @ b^T` per A row; returns `[B, Na]` f32, i32."""
+  if backend not in DEFAULT_MATCHING_BLOCKS:
+    raise ValueError(f"backend={backend!r}; use 'triton' or 'mosaic'.")
+  batch, na, dim = a.shape
+  nb = b.shape[1]
+  if b.shape != (batch, nb, dim):
+    raise ValueError(f"a {a.shape} and b {b.shape} must be [B, Na, C] and "
+                     "[B, Nb, C].")
+  blocks = blocks or DEFAULT_MATCHING_BLOCKS[backend]
+  block_a, block_b = blocks.block_a, blocks.block_b
+  if backend == "triton":  # Power-of-two tiles, at least 16 for `dot`.
+    block_a = min(block_a, max(16, pl.next_power_of_2(na)))
+    block_b = min(block_b, max(16, pl.next_power_of_2(nb)))
+    dim_pad = max(16, pl.next_power_of_2(dim))
+  else:
+    block_a = min(block_a, _round_up(na, 8))
+    dim_pad = dim
+  na_pad, nb_pad = _round_up(na, block_a), _round_up(nb, block_b)
+  # Zero columns change no dot product.
+  a = jnp.pad(a, ((0, 0), (0, na_pad - na), (0, dim_pad - dim)))
+  b = jnp.pad(b, ((0, 0), (0, nb_pad - nb), (0, dim_pad - dim)))
+
+  # f32 metrics are compared in full precision: a TF32 matmul could flip the
+  # argmax between near-equal candidates.
+  precision = (lax.Precision.HIGHEST if a.dtype == jnp.float32
+               else lax.Precision.DEFAULT)
+  compiler_params = None
+  if not interpret and backend == "triton":
+    from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
+    compiler_params = plgpu.CompilerParams(num_warps=4, num_stages=2)
+  elif not interpret:
+    from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+    compiler_params = pltpu.CompilerParams(
+        dimension_semantics=("parallel", "parallel"))
+
+  column = jax.ShapeDtypeStruct((batch, na_pad, 1), jnp.float32)
+  node_max, node_idx = pl.pallas_call(
+      functools.partial(_matching_kernel, nb=nb, block_b=block_b,
+                        precision=precision),
+      grid=(batch, na_pad // block_a),
+      in_specs=[pl.BlockSpec((None, block_a, dim_pad), lambda i, j: (i, j, 0)),
+                pl.BlockSpec((None, nb_pad, dim_pad), lambda i, j: (i, 0, 0))],
+      out_specs=[pl.BlockSpec((None, block_a, 1), lambda i, j: (i, j, 0)),
+                 pl.BlockSpec((None, block_a, 1), lambda i, j: (i, j, 0))],
+      out_shape=[column, jax.ShapeDtypeStruct(column.shape, jnp.int32)],
+      compiler_params=compiler_params,
+      interpret=interpret,
+      name="token_matching",
+  )(a, b)
+  return node_max[:, :na, 0], node_idx[:, :na, 0]
+
+
 def token_matching(a, b, *, class_token=False, impl="auto"):
-  """Best B match for each A row; `impl` in auto|xla|pallas|interpret."""
-  impl = _check_impl(impl)
-  if impl != "xla":
-    raise ValueError(f"token_matching impl={impl!r} is not available in this "
-                     "build; use impl='xla'.")
-  return token_matching_reference(a, b, class_token=class_token)
+  """Best B match for each A row; `impl` in auto|xla|pallas|interpret.
+
+  Args:
+    a: `[B, Na, C]` and b: `[B, Nb, C]`, L2-normalized metrics (any float).
+    class_token: A's row 0 is [CLS]; its score is set to -inf.
+    impl: `xla` (jnp reference), `pallas` (kernel compiled for GPU/TPU),
+      `interpret` (same kernel, Pallas interpreter), `auto`.
+
+  Returns:
+    node_max `[B, Na]` f32 and node_idx `[B, Na]` int32 (first index on ties).
+  """
+  impl = resolve_impl(impl, "token_matching")
+  if impl == "xla":
+    return token_matching_reference(a, b, class_token=class_token)
+  backend = kernel_backend() if impl == "pallas" else "triton"
+  node_max, node_idx = token_matching_pallas(
+      a, b, backend=backend, interpret=impl == "interpret")
+  if class_token:
+    node_max = node_max.at[:, 0].set(-jnp.inf)
+  return node_max, node_idx

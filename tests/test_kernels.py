@@ -1,0 +1,362 @@
+"""Pallas kernels (interpret mode on CPU) against their jnp references.
+
+Tolerances: f32 results are compared with an absolute tolerance of 1e-5 (the
+kernel and the reference differ only in summation order). bf16 results are
+compared relative to the largest reference magnitude: 2% for outputs and 5%
+for gradients, about a few bf16 ulps (2**-8 relative) after accumulation.
+"""
+import functools
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maskmodel.kernels import (AttentionStats, attention, attention_reference,
+                               token_matching, token_matching_reference)
+from maskmodel.kernels import dispatch
+from maskmodel.kernels import flash_attention as flash
+from maskmodel.kernels import matching
+
+# The package re-exports the `attention` function under the module's name.
+attention_module = importlib.import_module("maskmodel.kernels.attention")
+
+F32_ATOL = 1e-5
+SMALL_BLOCKS = flash.BlockSizes(block_q=16, block_k=16, block_q_bwd=16,
+                                block_k_bwd=16)
+
+
+def _inputs(seed, batch, nq, nk, heads, dim, dtype=jnp.float32, bias=True,
+            mask=True):
+  rng = np.random.default_rng(seed)
+  q, k, v = (jnp.asarray(rng.normal(size=(batch, n, heads, dim)), dtype)
+             for n in (nq, nk, nk))
+  b = jnp.asarray(rng.normal(size=(batch, nk)), jnp.float32) if bias else None
+  # Key 0 stays visible so only the dedicated test has rows that see nothing.
+  m = None
+  if mask:
+    m = jnp.asarray(rng.random((batch, nk)) > 0.4).at[:, 0].set(True)
+  return q, k, v, b, m
+
+
+def _reference_stats(q, k, bias, kv_mask, causal):
+  logits = attention_module._logits(q, k, bias, kv_mask, causal)
+  probs = jax.nn.softmax(logits, axis=-1)
+  return probs[:, :, 0, :], probs.sum(axis=2)
+
+
+def _grads(fn, q, k, v, bias, cotangent):
+  loss = lambda q, k, v, b: jnp.sum(fn(q, k, v, b).astype(jnp.float32)
+                                    * cotangent)
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(q, k, v, bias)
+
+
+def _max_abs(x, y):
+  return float(jnp.max(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32))))
+
+
+# (batch, nq, nk, heads, dim, causal, bias, mask, blocks)
+FORWARD_CASES = [
+    pytest.param(2, 37, 37, 2, 32, False, True, True, SMALL_BLOCKS,
+                 id="odd-len-bias-mask"),
+    pytest.param(2, 37, 37, 2, 32, True, False, False, SMALL_BLOCKS,
+                 id="odd-len-causal"),
+    pytest.param(2, 20, 45, 2, 32, True, True, True, SMALL_BLOCKS,
+                 id="nq<nk-causal-bias-mask"),
+    pytest.param(1, 45, 20, 1, 48, True, False, True, SMALL_BLOCKS,
+                 id="nq>nk-causal-d48"),
+    pytest.param(2, 7, 7, 2, 64, False, True, False, None,
+                 id="shorter-than-block"),
+]
+
+
+@pytest.mark.parametrize(
+    "batch,nq,nk,heads,dim,causal,use_bias,use_mask,blocks", FORWARD_CASES)
+def test_flash_forward_and_stats_match_reference(batch, nq, nk, heads, dim,
+                                                 causal, use_bias, use_mask,
+                                                 blocks):
+  q, k, v, bias, mask = _inputs(0, batch, nq, nk, heads, dim, bias=use_bias,
+                                mask=use_mask)
+  out, cls_probs, key_mass = flash.flash_attention(
+      q, k, v, bias, mask, causal=causal, interpret=True, block_sizes=blocks,
+      return_stats=True)
+  ref = attention_reference(q, k, v, bias=bias, kv_mask=mask, causal=causal)
+  ref_cls, ref_mass = _reference_stats(q, k, bias, mask, causal)
+
+  assert out.shape == ref.shape and out.dtype == ref.dtype
+  np.testing.assert_allclose(out, ref, atol=F32_ATOL, rtol=0)
+  assert cls_probs.shape == key_mass.shape == (batch, heads, nk)
+  np.testing.assert_allclose(cls_probs, ref_cls, atol=F32_ATOL, rtol=0)
+  np.testing.assert_allclose(key_mass, ref_mass, atol=F32_ATOL, rtol=1e-5)
+  # Column sums of a row-stochastic matrix: total mass is Nq per head.
+  np.testing.assert_allclose(key_mass.sum(-1), nq, rtol=1e-5)
+
+
+GRAD_CASES = [
+    pytest.param(2, 37, 37, 2, 32, False, SMALL_BLOCKS, id="bias-mask"),
+    pytest.param(2, 20, 45, 2, 32, True, SMALL_BLOCKS, id="nq<nk-causal"),
+    pytest.param(1, 37, 29, 2, 64, True,
+                 flash.BlockSizes(block_q=32, block_k=16, block_q_bwd=16,
+                                  block_k_bwd=32), id="nq>nk-causal-mixed-blocks"),
+]
+
+
+@pytest.mark.parametrize("batch,nq,nk,heads,dim,causal,blocks", GRAD_CASES)
+def test_flash_gradients_match_reference(batch, nq, nk, heads, dim, causal,
+                                         blocks):
+  q, k, v, bias, mask = _inputs(1, batch, nq, nk, heads, dim)
+  cot = jnp.asarray(np.random.default_rng(2).normal(size=q.shape), jnp.float32)
+  kernel = lambda q, k, v, b: flash.flash_attention(
+      q, k, v, b, mask, causal=causal, interpret=True, block_sizes=blocks)
+  reference = lambda q, k, v, b: attention_reference(
+      q, k, v, bias=b, kv_mask=mask, causal=causal)
+  got = _grads(kernel, q, k, v, bias, cot)
+  want = _grads(reference, q, k, v, bias, cot)
+  for name, g, w in zip(("dq", "dk", "dv", "dbias"), got, want):
+    assert g.shape == w.shape, name
+    assert float(jnp.abs(w).max()) > 1e-2, name  # Non-trivial gradient.
+    np.testing.assert_allclose(g, w, atol=2e-5, rtol=0, err_msg=name)
+
+
+def test_flash_queries_that_see_no_key_match_reference():
+  """All keys of example 0 hidden: the reference averages all values."""
+  q, k, v, bias, mask = _inputs(3, 2, 37, 37, 1, 32)
+  mask = mask.at[0].set(False)
+  cot = jnp.asarray(np.random.default_rng(4).normal(size=q.shape), jnp.float32)
+  kernel = lambda q, k, v, b: flash.flash_attention(
+      q, k, v, b, mask, causal=True, interpret=True, block_sizes=SMALL_BLOCKS)
+  reference = lambda q, k, v, b: attention_reference(
+      q, k, v, bias=b, kv_mask=mask, causal=True)
+
+  out = kernel(q, k, v, bias)
+  np.testing.assert_allclose(out[0], jnp.broadcast_to(v[0].mean(0), out[0].shape),
+                             atol=F32_ATOL)
+  np.testing.assert_allclose(out, reference(q, k, v, bias), atol=F32_ATOL)
+  for g, w in zip(_grads(kernel, q, k, v, bias, cot),
+                  _grads(reference, q, k, v, bias, cot)):
+    np.testing.assert_allclose(g, w, atol=2e-5, rtol=0)
+  _, cls_probs, key_mass = flash.flash_attention(
+      q, k, v, bias, mask, causal=True, interpret=True,
+      block_sizes=SMALL_BLOCKS, return_stats=True)
+  ref_cls, ref_mass = _reference_stats(q, k, bias, mask, True)
+  np.testing.assert_allclose(cls_probs, ref_cls, atol=F32_ATOL)
+  np.testing.assert_allclose(key_mass, ref_mass, atol=1e-4)
+
+
+def test_flash_bf16_within_documented_tolerance():
+  q, k, v, bias, mask = _inputs(5, 2, 37, 37, 2, 64, dtype=jnp.bfloat16)
+  cot = jnp.asarray(np.random.default_rng(6).normal(size=q.shape), jnp.float32)
+  kernel = lambda q, k, v, b: flash.flash_attention(
+      q, k, v, b, mask, causal=True, interpret=True, block_sizes=SMALL_BLOCKS)
+  reference = lambda q, k, v, b: attention_reference(
+      q, k, v, bias=b, kv_mask=mask, causal=True)
+
+  out, ref = kernel(q, k, v, bias), reference(q, k, v, bias)
+  assert out.dtype == jnp.bfloat16
+  assert _max_abs(out, ref) <= 0.02 * float(jnp.abs(ref.astype(float)).max())
+  for name, g, w in zip(("dq", "dk", "dv", "dbias"),
+                        _grads(kernel, q, k, v, bias, cot),
+                        _grads(reference, q, k, v, bias, cot)):
+    assert g.dtype == w.dtype, name
+    scale = float(jnp.abs(w.astype(jnp.float32)).max())
+    assert _max_abs(g, w) <= 0.05 * scale, (name, _max_abs(g, w), scale)
+
+
+def test_flash_mosaic_layout_in_interpreter():
+  """The TPU variant ([B, H, N, D] layout, 128-wide key tiles) computes the
+  same function; compiled Mosaic is not exercised here."""
+  q, k, v, bias, mask = _inputs(7, 1, 37, 150, 2, 32)
+  blocks = flash.BlockSizes(block_q=8, block_k=128, block_q_bwd=16,
+                            block_k_bwd=128)
+  cot = jnp.asarray(np.random.default_rng(8).normal(size=q.shape), jnp.float32)
+  kernel = lambda q, k, v, b: flash.flash_attention(
+      q, k, v, b, mask, causal=True, backend="mosaic", interpret=True,
+      block_sizes=blocks)
+  reference = lambda q, k, v, b: attention_reference(
+      q, k, v, bias=b, kv_mask=mask, causal=True)
+  np.testing.assert_allclose(kernel(q, k, v, bias), reference(q, k, v, bias),
+                             atol=F32_ATOL)
+  for g, w in zip(_grads(kernel, q, k, v, bias, cot),
+                  _grads(reference, q, k, v, bias, cot)):
+    np.testing.assert_allclose(g, w, atol=2e-5, rtol=0)
+
+
+def test_attention_entry_point_interpret_with_stats():
+  q, k, v, bias, mask = _inputs(9, 2, 33, 33, 2, 32)
+  out, stats = attention(q, k, v, bias=bias, kv_mask=mask, impl="interpret",
+                         return_stats=True)
+  ref_out, ref_stats = attention(q, k, v, bias=bias, kv_mask=mask, impl="xla",
+                                 return_stats=True)
+  assert isinstance(stats, AttentionStats)
+  assert isinstance(ref_stats, AttentionStats)
+  np.testing.assert_allclose(out, ref_out, atol=F32_ATOL)
+  np.testing.assert_allclose(stats.cls_probs, ref_stats.cls_probs,
+                             atol=F32_ATOL)
+  np.testing.assert_allclose(stats.key_mass, ref_stats.key_mass, atol=F32_ATOL)
+  # Stats are constants for autodiff.
+  g = jax.grad(lambda q: attention(q, k, v, impl="interpret",
+                                   return_stats=True)[1].key_mass.sum())(q)
+  assert not np.any(np.asarray(g))
+
+
+def _largest_intermediate(jaxpr) -> int:
+  """Largest array (elements) anywhere in a jaxpr, kernels included."""
+  largest = 0
+  for eqn in jaxpr.eqns:
+    for var in list(eqn.invars) + list(eqn.outvars):
+      shape = getattr(var.aval, "shape", ())
+      largest = max(largest, int(np.prod(shape)) if shape else 1)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          largest = max(largest, _largest_intermediate(sub.jaxpr))
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          largest = max(largest, _largest_intermediate(sub))
+  return largest
+
+
+def test_flash_never_materializes_scores():
+  n, dim = 512, 32
+  q, k, v, bias, mask = _inputs(10, 1, n, n, 1, dim)
+
+  def loss(q, k, v, b):
+    out, cls_probs, key_mass = flash.flash_attention(
+        q, k, v, b, mask, causal=True, interpret=True, return_stats=True)
+    return out.sum() + cls_probs.sum() + key_mass.sum()
+
+  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3)))(q, k, v, bias)
+  assert "pallas_call" in str(jaxpr)
+  assert _largest_intermediate(jaxpr.jaxpr) <= n * 128  # Far below n * n.
+  ref_jaxpr = jax.make_jaxpr(
+      lambda q, k, v: attention_reference(q, k, v).sum())(q, k, v)
+  assert _largest_intermediate(ref_jaxpr.jaxpr) >= n * n  # The check bites.
+
+
+@pytest.mark.parametrize("platform,backend,custom_call", [
+    ("cuda", "triton", "__gpu$xla.gpu.triton"),
+    ("tpu", "mosaic", "tpu_custom_call"),
+])
+def test_compiled_paths_lower_for_gpu_and_tpu(platform, backend, custom_call):
+  """Lowers the compiled (non-interpret) kernels for GPU and TPU from CPU.
+
+  Pallas lowers to Triton IR / the Mosaic dialect in Python, so this checks
+  that every primitive has a lowering rule and that block shapes satisfy the
+  backend's rules (powers of two for Triton; (8, 128) tiling for Mosaic). The
+  backend compilers themselves only run on the device.
+  """
+  n = 197  # ViT-B/16 at 224px, with [CLS].
+  for dtype, dim, causal in ((jnp.bfloat16, 64, True), (jnp.float32, 48, False)):
+    q, k, v, bias, mask = _inputs(16, 2, n, n, 2, dim, dtype=dtype)
+
+    def loss(q, k, v, b):
+      out, cls_probs, key_mass = flash.flash_attention(
+          q, k, v, b, mask, causal=causal, backend=backend, return_stats=True)
+      return out.astype(jnp.float32).sum() + cls_probs.sum() + key_mass.sum()
+
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).trace(
+        q, k, v, bias).lower(lowering_platforms=(platform,)).as_text()
+    # Forward, dK/dV, dQ and key mass: four kernels.
+    assert text.count(f"custom_call @{custom_call}") == 4, text[:2000]
+
+  a, b = q[:, :98, 0].astype(jnp.float32), k[:, :99, 0].astype(jnp.float32)
+  text = jax.jit(functools.partial(matching.token_matching_pallas,
+                                   backend=backend)).trace(a, b).lower(
+                                       lowering_platforms=(platform,)).as_text()
+  assert text.count(f"custom_call @{custom_call}") == 1
+
+
+def test_xla_dot_product_attention_path_matches_reference():
+  """The GPU `xla` branch (jax.nn.dot_product_attention) runs on CPU too."""
+  q, k, v, bias, mask = _inputs(11, 2, 24, 24, 2, 32)
+  for causal in (False, True):
+    got = attention_module._xla_attention(q, k, v, bias, mask, causal,
+                                          use_dot_product_attention=True)
+    want = attention_reference(q, k, v, bias=bias, kv_mask=mask, causal=causal)
+    np.testing.assert_allclose(got, want, atol=F32_ATOL)
+
+
+def test_auto_dispatch_stays_on_xla_on_cpu():
+  assert jax.default_backend() == "cpu"
+  assert dispatch.resolve_impl("auto") == "xla"
+  assert dispatch.kernel_backend("gpu") == "triton"
+  assert dispatch.kernel_backend("cuda") == "triton"
+  assert dispatch.kernel_backend("tpu") == "mosaic"
+  assert dispatch.kernel_backend("cpu") is None
+  q, k, v, bias, mask = _inputs(12, 1, 16, 16, 2, 32)
+  jaxpr = str(jax.make_jaxpr(lambda q, k, v: attention(
+      q, k, v, bias=bias, kv_mask=mask, impl="auto"))(q, k, v))
+  assert "pallas_call" not in jaxpr
+  np.testing.assert_array_equal(
+      attention(q, k, v, bias=bias, kv_mask=mask),
+      attention_reference(q, k, v, bias=bias, kv_mask=mask))
+  a, b = q[:, :, 0], k[:, :, 0]
+  assert "pallas_call" not in str(jax.make_jaxpr(
+      lambda a, b: token_matching(a, b, impl="auto"))(a, b))
+
+
+def test_unknown_or_unavailable_impl_raises():
+  q = jnp.zeros((1, 4, 1, 32))
+  a = jnp.zeros((1, 4, 8))
+  with pytest.raises(ValueError, match="unknown"):
+    attention(q, q, q, impl="cuda")
+  with pytest.raises(ValueError, match="unknown"):
+    token_matching(a, a, impl="triton")
+  with pytest.raises(ValueError, match="impl='interpret'"):
+    attention(q, q, q, impl="pallas")  # No compiled Pallas on CPU.
+  with pytest.raises(ValueError, match="impl='interpret'"):
+    token_matching(a, a, impl="pallas")
+
+
+# ----------------------------------------------------------------------------
+# Token matching.
+# ----------------------------------------------------------------------------
+
+
+def _unit(rng, shape):
+  x = rng.normal(size=shape)
+  return jnp.asarray(x / np.linalg.norm(x, axis=-1, keepdims=True), jnp.float32)
+
+
+@pytest.mark.parametrize("backend,batch,na,nb,dim,blocks", [
+    pytest.param("triton", 2, 99, 98, 64, matching.MatchingBlocks(16, 32),
+                 id="triton-multi-tile"),
+    pytest.param("triton", 2, 5, 3, 24, None, id="triton-shorter-than-tile"),
+    pytest.param("mosaic", 2, 50, 300, 32, matching.MatchingBlocks(16, 128),
+                 id="mosaic-layout"),
+])
+def test_matching_kernel_matches_reference(backend, batch, na, nb, dim,
+                                           blocks):
+  rng = np.random.default_rng(13)
+  a, b = _unit(rng, (batch, na, dim)), _unit(rng, (batch, nb, dim))
+  node_max, node_idx = matching.token_matching_pallas(
+      a, b, backend=backend, interpret=True, blocks=blocks)
+  ref_max, ref_idx = token_matching_reference(a, b)
+  assert node_idx.dtype == jnp.int32 and node_max.dtype == jnp.float32
+  np.testing.assert_array_equal(node_idx, ref_idx)
+  np.testing.assert_allclose(node_max, ref_max, atol=1e-5)
+
+
+def test_matching_breaks_ties_like_argmax():
+  """Integer-valued metrics make exact ties; the first index must win."""
+  rng = np.random.default_rng(14)
+  a = jnp.asarray(rng.integers(-1, 2, size=(2, 40, 16)), jnp.float32)
+  b = jnp.asarray(rng.integers(-1, 2, size=(2, 70, 16)), jnp.float32)
+  b = b.at[:, 50].set(b[:, 3])  # The same best row in two different tiles.
+  scores = np.einsum("bac,bnc->ban", a, b)
+  assert np.any((scores == scores.max(-1, keepdims=True)).sum(-1) > 1)
+  node_max, node_idx = matching.token_matching_pallas(
+      a, b, interpret=True, blocks=matching.MatchingBlocks(16, 16))
+  np.testing.assert_array_equal(node_idx, scores.argmax(-1))
+  np.testing.assert_array_equal(node_max, scores.max(-1))
+
+
+def test_token_matching_entry_point_class_token():
+  rng = np.random.default_rng(15)
+  a, b = _unit(rng, (2, 9, 64)), _unit(rng, (2, 8, 64))
+  node_max, node_idx = token_matching(a, b, class_token=True,
+                                      impl="interpret")
+  ref_max, ref_idx = token_matching(a, b, class_token=True, impl="xla")
+  assert np.all(np.isneginf(node_max[:, 0]))
+  np.testing.assert_array_equal(node_idx, ref_idx)
+  np.testing.assert_allclose(node_max[:, 1:], ref_max[:, 1:], atol=1e-5)
