@@ -9,6 +9,8 @@ INSTALL_REQUIRES = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "pillow==13.0.0",
     "grain==0.2.18",
     "mlxtend==0.25.0",
     "scikit-learn==1.9.1",

@@ -17,7 +17,9 @@ def get_config(arg=None):
   c = mm.base_config()
   c.task = mm.mae_task(mask_ratio=0.75, norm_pix_loss=True, decoder_width=64,
                        decoder_depth=2, decoder_heads=4)
-  c.total_steps = 2000
+  c.model.width = 96
+  c.model.num_heads = 3
+  c.total_steps = 1500
   c.batch_size = 128
   c.log_every = 100
   c.checkpoint_every = 500
@@ -26,7 +28,7 @@ def get_config(arg=None):
   c.data.crop_scale = (0.5, 1.0)  # digits are centered; keep most of each one
   c.evals.names = ("knn", "linear_probe", "reconstruction")
   c.evals.compare_random_init = True
-  c.evals.knn.every = 1000
+  c.evals.knn.every = 500
 
   if arg == "smoke":
     c.total_steps = 20

@@ -77,9 +77,11 @@ class TfdsSource:
                       "pip install -e '.[tfds]'.") from e
     try:
       builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # tfds raises several types for unknown names
-      raise DataError(f"TFDS dataset {name!r} is unknown ({e}). Check the name, "
-                      "or register the builder before use.") from None
+    except Exception:  # pylint: disable=broad-except
+      # tfds raises several types for unknown names, with very long messages.
+      raise DataError(f"TFDS dataset {name!r} is unknown and not found under "
+                      f"data_dir={data_dir!r}; check the name and "
+                      "--config.data.data_dir.") from None
     if not builder.is_prepared():
       raise DataError(
           f"TFDS dataset {name!r} is not prepared under data_dir={data_dir!r}. "

@@ -5,8 +5,9 @@ Dao 2023, Alg. 2): each program owns one tile of queries and streams the keys
 and values through in blocks, keeping a running row max `m`, a running
 normaliser `l` and an unnormalised output accumulator (the "online softmax").
 The `[Nq, Nk]` score matrix never exists in memory; only `(block_q, block_k)`
-tiles do. The backward recomputes the tiles from the saved `(m, l)` per query
-row instead of storing probabilities.
+tiles do. The forward saves one log-sum-exp per query row; the backward and
+the key-mass statistic recompute probability tiles from it instead of storing
+them.
 
 Semantics are those of `attention_reference`, including its masking: keys
 hidden by `kv_mask` or by the causal mask get the logit `finfo(f32).min` (not
@@ -152,7 +153,7 @@ def _query_block_start(k_start, block_q, cfg):
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref,
-                    o_ref, m_ref, l_ref, *, cfg: _Config):
+                    o_ref, lse_ref, *, cfg: _Config):
   """Online softmax over key blocks for one query tile (FlashAttention Alg. 1)."""
   block_q, block_k = cfg.blocks.block_q, cfg.blocks.block_k
   num_k_blocks = cfg.nk_pad // block_k
@@ -179,17 +180,18 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref,
   end = _key_block_end(q_start, block_q, block_k, num_k_blocks, cfg)
   acc, m, l = lax.fori_loop(0, end, body, init)
   o_ref[...] = (acc / l).astype(o_ref.dtype)
-  m_ref[...] = m
-  l_ref[...] = l
+  # A row whose keys are all hidden has m = BIG_NEG, and log(l) vanishes in
+  # rounding: lse = BIG_NEG marks it (see `flash_attention`).
+  lse_ref[...] = m + jnp.log(l)
 
 
-def _probs(s, m, l):
-  # Padded query rows carry m=+inf, l=1, so their probabilities are exactly 0.
-  return jnp.exp(s - m) / l
+def _probs(s, lse):
+  # Padded query rows carry lse=+inf, so their probabilities are exactly 0.
+  return jnp.exp(s - lse)
 
 
-def _dkdv_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref, do_ref, m_ref,
-                 l_ref, delta_ref, dk_ref, dv_ref, dbias_ref, *, cfg: _Config):
+def _dkdv_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref, do_ref, lse_ref,
+                 delta_ref, dk_ref, dv_ref, dbias_ref, *, cfg: _Config):
   """dK, dV and the per-head bias gradient for one key tile.
 
   Streams query tiles (FlashAttention-2 backward, Alg. 2, outer loop over
@@ -208,7 +210,7 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref, do_ref, m_ref,
     rows = pl.ds(q_start, block_q)
     q, do = q_ref[rows, :], do_ref[rows, :]
     s, visible = _scores(q, k, key_bias, key_valid, q_start, k_start, cfg)
-    p = _probs(s, m_ref[rows, :], l_ref[rows, :])
+    p = _probs(s, lse_ref[rows, :])
     dv = dv + jnp.dot(p.astype(do.dtype).T, do,
                       preferred_element_type=jnp.float32)
     dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
@@ -229,14 +231,14 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref, do_ref, m_ref,
   dbias_ref[...] = dbias
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref, do_ref, m_ref, l_ref,
+def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref, do_ref, lse_ref,
                delta_ref, dq_ref, *, cfg: _Config):
   """dQ for one query tile: dQ += dS K * scale over the visible key blocks."""
   block_q, block_k = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
   num_k_blocks = cfg.nk_pad // block_k
   q_start = pl.program_id(2) * block_q
   q, do = q_ref[...], do_ref[...]
-  m, l, delta = m_ref[...], l_ref[...], delta_ref[...]
+  lse, delta = lse_ref[...], delta_ref[...]
 
   def body(j, dq):
     k_start = pl.multiple_of(j * block_k, block_k)
@@ -244,7 +246,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref, do_ref, m_ref, l_ref,
     v = v_ref[pl.ds(k_start, block_k), :]
     s, visible = _scores(q, k, bias_ref[j], valid_ref[j], q_start, k_start,
                          cfg)
-    p = _probs(s, m, l)
+    p = _probs(s, lse)
     dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
     ds = p * (dp - delta)
     if visible is not None:
@@ -257,10 +259,10 @@ def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, valid_ref, do_ref, m_ref, l_ref,
   dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
 
 
-def _key_mass_kernel(q_ref, k_ref, bias_ref, valid_ref, m_ref, l_ref,
-                     mass_ref, *, cfg: _Config):
+def _key_mass_kernel(q_ref, k_ref, bias_ref, valid_ref, lse_ref, mass_ref, *,
+                     cfg: _Config):
   """Column sums of the attention matrix for one key tile, recomputed from
-  the saved row statistics (a second pass; nothing `[Nq, Nk]` is stored)."""
+  the saved log-sum-exp (a second pass; nothing `[Nq, Nk]` is stored)."""
   block_q, block_k = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
   num_q_blocks = cfg.nq_pad // block_q
   k_start = pl.program_id(2) * block_k
@@ -272,7 +274,7 @@ def _key_mass_kernel(q_ref, k_ref, bias_ref, valid_ref, m_ref, l_ref,
     rows = pl.ds(q_start, block_q)
     s, _ = _scores(q_ref[rows, :], k, key_bias, key_valid, q_start, k_start,
                    cfg)
-    p = _probs(s, m_ref[rows, :], l_ref[rows, :])
+    p = _probs(s, lse_ref[rows, :])
     return mass + p.sum(axis=0, keepdims=True)
 
   start = _query_block_start(k_start, block_q, cfg)
@@ -371,26 +373,26 @@ def _forward(q, k, v, key_bias, key_valid, cfg: _Config):
                 _key_spec(bk, nkb, tiled=False),
                 _key_spec(bk, nkb, tiled=False)],
       out_specs=[_token_spec(cfg, bq, cfg.nq_pad, dim),
-                 _row_spec(bq, cfg.nq_pad), _row_spec(bq, cfg.nq_pad)],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), row, row],
+                 _row_spec(bq, cfg.nq_pad)],
+      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), row],
       name="flash_attention_forward",
       head_dim=dim, itemsize=q.dtype.itemsize, resident_tokens=cfg.nk_pad,
   )(q, k, v, _key_vector(key_bias, bk), _key_vector(key_valid, bk))
 
 
-def _mask_padded_rows(cfg: _Config, m, l):
-  """Padded query rows get m=+inf, l=1: probability exactly 0 everywhere."""
+def _mask_padded_rows(cfg: _Config, lse):
+  """Padded query rows get lse=+inf: probability exactly 0 everywhere."""
   if cfg.nq_pad == cfg.nq:
-    return m, l
+    return lse
   real = jnp.arange(cfg.nq_pad)[:, None] < cfg.nq
-  return jnp.where(real, m, jnp.inf), jnp.where(real, l, 1.0)
+  return jnp.where(real, lse, jnp.inf)
 
 
-def _backward(q, k, v, key_bias, key_valid, out, m, l, dout, cfg: _Config):
+def _backward(q, k, v, key_bias, key_valid, out, lse, dout, cfg: _Config):
   batch, heads, dim = _dims(cfg, q)
   bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
   nkb = cfg.nk_pad // bk
-  m, l = _mask_padded_rows(cfg, m, l)
+  lse = _mask_padded_rows(cfg, lse)
   # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij (FlashAttention-2, eq. 4).
   delta = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), -1)
   if cfg.backend == "triton":
@@ -409,7 +411,6 @@ def _backward(q, k, v, key_bias, key_valid, out, m, l, dout, cfg: _Config):
                 _key_spec(bk, nkb, tiled=True),
                 _token_spec(cfg, None, cfg.nq_pad, dim),
                 _row_spec(None, cfg.nq_pad),
-                _row_spec(None, cfg.nq_pad),
                 _row_spec(None, cfg.nq_pad)],
       out_specs=[_token_spec(cfg, bk, cfg.nk_pad, dim),
                  _token_spec(cfg, bk, cfg.nk_pad, dim),
@@ -420,7 +421,7 @@ def _backward(q, k, v, key_bias, key_valid, out, m, l, dout, cfg: _Config):
                  jax.ShapeDtypeStruct((batch, heads, nkb, 1, bk),
                                       jnp.float32)],
       name="flash_attention_dkdv", resident_tokens=cfg.nq_pad, **common,
-  )(q, k, v, kbias, kvalid, dout, m, l, delta)
+  )(q, k, v, kbias, kvalid, dout, lse, delta)
 
   dq = _pallas(
       _dq_kernel, cfg,
@@ -432,22 +433,21 @@ def _backward(q, k, v, key_bias, key_valid, out, m, l, dout, cfg: _Config):
                 _key_spec(bk, nkb, tiled=False),
                 _token_spec(cfg, bq, cfg.nq_pad, dim),
                 _row_spec(bq, cfg.nq_pad),
-                _row_spec(bq, cfg.nq_pad),
                 _row_spec(bq, cfg.nq_pad)],
       out_specs=_token_spec(cfg, bq, cfg.nq_pad, dim),
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
       name="flash_attention_dq", resident_tokens=cfg.nk_pad, **common,
-  )(q, k, v, kbias, kvalid, dout, m, l, delta)
+  )(q, k, v, kbias, kvalid, dout, lse, delta)
 
   dbias = dbias.sum(axis=1).reshape(key_bias.shape)
   return dq, dk, dv, dbias
 
 
-def _key_mass(q, k, key_bias, key_valid, m, l, cfg: _Config):
+def _key_mass(q, k, key_bias, key_valid, lse, cfg: _Config):
   batch, heads, dim = _dims(cfg, q)
   bk = cfg.blocks.block_k_bwd
   nkb = cfg.nk_pad // bk
-  m, l = _mask_padded_rows(cfg, m, l)
+  lse = _mask_padded_rows(cfg, lse)
   mass = _pallas(
       _key_mass_kernel, cfg,
       grid=(batch, heads, nkb),
@@ -455,33 +455,32 @@ def _key_mass(q, k, key_bias, key_valid, m, l, cfg: _Config):
                 _token_spec(cfg, bk, cfg.nk_pad, dim),
                 _key_spec(bk, nkb, tiled=True),
                 _key_spec(bk, nkb, tiled=True),
-                _row_spec(None, cfg.nq_pad),
                 _row_spec(None, cfg.nq_pad)],
       out_specs=pl.BlockSpec((None, None, None, 1, bk),
                              lambda b, h, i: (b, h, i, 0, 0)),
       out_shape=jax.ShapeDtypeStruct((batch, heads, nkb, 1, bk), jnp.float32),
       name="flash_attention_key_mass", head_dim=dim,
       itemsize=q.dtype.itemsize, resident_tokens=cfg.nq_pad,
-  )(q, k, _key_vector(key_bias, bk), _key_vector(key_valid, bk), m, l)
+  )(q, k, _key_vector(key_bias, bk), _key_vector(key_valid, bk), lse)
   return mass.reshape(batch, heads, cfg.nk_pad)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _flash(q, k, v, key_bias, key_valid, cfg):
-  """Returns (out, m, l) on padded kernel-layout arrays; m, l: [B, H, Nq, 1]."""
+  """Returns (out, lse) on padded kernel-layout arrays; lse: [B, H, Nq, 1]."""
   return _forward(q, k, v, key_bias, key_valid, cfg)
 
 
 def _flash_fwd(q, k, v, key_bias, key_valid, cfg):
-  out, m, l = _forward(q, k, v, key_bias, key_valid, cfg)
-  return (out, m, l), (q, k, v, key_bias, key_valid, out, m, l)
+  out, lse = _forward(q, k, v, key_bias, key_valid, cfg)
+  return (out, lse), (q, k, v, key_bias, key_valid, out, lse)
 
 
 def _flash_bwd(cfg, residuals, cotangents):
-  q, k, v, key_bias, key_valid, out, m, l = residuals
-  dout = cotangents[0]  # m and l only feed statistics, which are constants.
-  dq, dk, dv, dbias = _backward(q, k, v, key_bias, key_valid, out, m, l,
-                                dout, cfg)
+  q, k, v, key_bias, key_valid, out, lse = residuals
+  dout = cotangents[0]  # lse only feeds statistics, which are constants.
+  dq, dk, dv, dbias = _backward(q, k, v, key_bias, key_valid, out, lse, dout,
+                                cfg)
   return dq, dk, dv, dbias.astype(key_bias.dtype), jnp.zeros_like(key_valid)
 
 
@@ -546,11 +545,11 @@ def flash_attention(q, k, v, bias=None, kv_mask=None, *, causal=False,
   key_bias = jnp.pad(key_bias, ((0, 0), (0, nk_pad - nk)))
   key_valid = jnp.pad(key_valid, ((0, 0), (0, nk_pad - nk)))
 
-  out, m, l = _flash(qp, kp, vp, key_bias, key_valid, cfg)
+  out, lse = _flash(qp, kp, vp, key_bias, key_valid, cfg)
   if backend == "mosaic":
     out = out.transpose(0, 2, 1, 3)
   out = out[:, :nq, :, :dim]
-  m, l = lax.stop_gradient(m[..., 0]), lax.stop_gradient(l[..., 0])
+  lse = lax.stop_gradient(lse[..., 0])  # [B, H, Nq_pad]
 
   # A query that sees no key (all hidden by kv_mask or the causal mask) has
   # every logit equal to BIG_NEG in the reference, hence uniform weights over
@@ -559,7 +558,7 @@ def flash_attention(q, k, v, bias=None, kv_mask=None, *, causal=False,
   # zero output cotangent, so they add nothing to the kernel's gradients.
   hidden = None
   if causal or kv_mask is not None:
-    hidden = m <= BIG_NEG  # [B, H, Nq_pad]
+    hidden = lse < 0.5 * BIG_NEG  # [B, H, Nq_pad]
     mean_v = v.astype(jnp.float32).mean(axis=1).astype(v.dtype)  # [B, H, D]
     out = jnp.where(hidden[:, :, :nq].transpose(0, 2, 1)[..., None],
                     mean_v[:, None], out)
@@ -567,13 +566,13 @@ def flash_attention(q, k, v, bias=None, kv_mask=None, *, causal=False,
     return out
 
   if hidden is not None:  # Their uniform mass is added back below.
-    m, l = jnp.where(hidden, jnp.inf, m), jnp.where(hidden, 1.0, l)
+    lse = jnp.where(hidden, jnp.inf, lse)
   key_mass = _key_mass(lax.stop_gradient(qp), lax.stop_gradient(kp),
-                       lax.stop_gradient(key_bias), key_valid, m[..., None],
-                       l[..., None], cfg)[:, :, :nk]
+                       lax.stop_gradient(key_bias), key_valid, lse[..., None],
+                       cfg)[:, :, :nk]
   cls_probs = _cls_probs(lax.stop_gradient(q), lax.stop_gradient(k),
                          lax.stop_gradient(key_bias[:, :nk]), kv_mask,
-                         m[:, :, 0], l[:, :, 0], cfg)
+                         lse[:, :, 0], cfg)
   if hidden is not None:
     num_hidden = hidden[:, :, :nq].sum(axis=-1, dtype=jnp.float32)
     key_mass = key_mass + (num_hidden / nk)[..., None]
@@ -581,7 +580,7 @@ def flash_attention(q, k, v, bias=None, kv_mask=None, *, causal=False,
   return out, cls_probs, key_mass
 
 
-def _cls_probs(q, k, key_bias, kv_mask, m0, l0, cfg: _Config):
+def _cls_probs(q, k, key_bias, kv_mask, lse0, cfg: _Config):
   """Softmax row of query 0, `[B, H, Nk]`: one row, so plain jnp is cheap."""
   s = jnp.einsum("bhd,bkhd->bhk", q[:, 0], k,
                  preferred_element_type=jnp.float32)
@@ -590,4 +589,4 @@ def _cls_probs(q, k, key_bias, kv_mask, m0, l0, cfg: _Config):
     s = jnp.where(kv_mask[:, None, :], s, BIG_NEG)
   if cfg.causal:
     s = jnp.where(jnp.arange(cfg.nk) <= cfg.nk - cfg.nq, s, BIG_NEG)
-  return _probs(s, m0[..., None], l0[..., None])
+  return _probs(s, lse0[..., None])

@@ -1,0 +1,38 @@
+"""The main job end to end through the CLI, at smoke size."""
+import json
+import os
+
+from conftest import SMOKE, run_cli
+
+
+def test_main_job_writes_report(tmp_path):
+  wd = tmp_path / "run"
+  proc = run_cli("--config", SMOKE, "--workdir", str(wd), "--config.total_steps=12")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert "step 5/12" in out and "steps/s" in out and "ETA" in out
+  for name in ("metrics.jsonl", "loss_curve.png", "reconstructions.png", "report.md"):
+    assert (wd / name).stat().st_size > 0, name
+  assert any(p.name.startswith("events") for p in (wd / "tensorboard").iterdir())
+  recs = [json.loads(l) for l in open(wd / "metrics.jsonl")]
+  train = [r for r in recs if "train/loss" in r]
+  assert [r["step"] for r in train] == [5, 10, 12]
+  final = recs[-1]
+  for k in ("eval/knn_accuracy", "eval/linear_probe_accuracy"):
+    assert 0.0 <= final[k] <= 1.0
+  report = (wd / "report.md").read_text()
+  assert "| knn_accuracy |" in report and "random init" in report
+  assert "| linear_probe_accuracy |" in report
+  # 12 steps with checkpoint_every=10: steps 10 and 12 are kept.
+  steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [10, 12]
+
+
+def test_finetune_from_mae_checkpoint(tmp_path):
+  pre = tmp_path / "pre"
+  assert run_cli("--config", SMOKE, "--workdir", str(pre), "--config.total_steps=8",
+                 "--config.evals.names=()").returncode == 0
+  proc = run_cli("--config", "configs/classify/mnist_vit_tiny.py:smoke",
+                 "--workdir", str(tmp_path / "ft"), f"--config.task.init_from={pre}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "final: test_accuracy=" in proc.stdout

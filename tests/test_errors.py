@@ -1,0 +1,50 @@
+"""Bad input: each case fails with one clear line naming the fix, no traceback."""
+import os
+
+import pytest
+
+from conftest import SMOKE, run_cli
+
+
+def _assert_clean_error(proc, *needles):
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  err = proc.stderr.strip().splitlines()[-1]
+  assert err.startswith("error: ")
+  for n in needles:
+    assert n in err, err
+
+
+@pytest.mark.parametrize("override,needles", [
+    (["--config.no_such_key=1"], ["unknown config key", "no_such_key"]),
+    (["--config.model.patch_size=5"], ["not divisible by model.patch_size=5"]),
+    (["--config.task.mask_ratio=1.2"], ["mask_ratio=1.2 is outside (0, 1)"]),
+    (["--config.data.name=imagenet_typo"], ["dataset 'imagenet_typo' is unknown"]),
+    (["--config.batch_size=abc"], ["batch_size"]),
+])
+def test_bad_config(tmp_path, override, needles):
+  proc = run_cli("--config", SMOKE, "--workdir", str(tmp_path), *override)
+  _assert_clean_error(proc, *needles)
+
+
+def test_missing_config_file(tmp_path):
+  proc = run_cli("--config", "configs/nope.py", "--workdir", str(tmp_path))
+  _assert_clean_error(proc, "does not exist")
+
+
+def test_tfds_dataset_not_prepared(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  proc = run_cli("--config", SMOKE, "--workdir", str(tmp_path / "w"),
+                 "--config.data.name=tfds:mnist",
+                 f"--config.data.data_dir={tmp_path / 'empty'}")
+  _assert_clean_error(proc, "not prepared", "tfds build mnist")
+
+
+def test_corrupt_init_checkpoint(tmp_path):
+  bad = tmp_path / "pretrain" / "checkpoints" / "10"
+  (bad / "state").mkdir(parents=True)
+  (bad / "state" / "garbage").write_text("not a checkpoint")
+  proc = run_cli("--config", "configs/classify/mnist_vit_tiny.py:smoke",
+                 "--workdir", str(tmp_path / "ft"),
+                 f"--config.task.init_from={tmp_path / 'pretrain'}")
+  _assert_clean_error(proc, "no readable checkpoint")

@@ -1,0 +1,643 @@
+"""Properties of the token-reduction library (maskmodel.tokens)."""
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maskmodel import tokens as T
+from maskmodel.kernels import attention
+from maskmodel.tokens import flops as F
+from maskmodel.tokens import visualize as V
+
+METHODS = sorted(T.REDUCERS)
+MERGING = [m for m in METHODS if T.REDUCERS[m].conserves_size]
+# Methods whose output is a size-weighted sum of inputs (total mass kept).
+MASS_CONSERVING = ["atc", "gtp", "pitome", "tome"]
+
+
+def _inputs(seed=0, b=2, n=17, d=8):
+  """Random tokens and the attention statistics a ViT layer would give."""
+  kx, kq = jax.random.split(jax.random.PRNGKey(seed))
+  x = jax.random.normal(kx, (b, n, d))
+  attn = jax.nn.softmax(2.0 * jax.random.normal(kq, (b, n, n)), axis=-1)
+  return dict(x=x, metric=x + 0.1, cls_attn=attn[:, 0], key_mass=attn.sum(1),
+              attn=attn)
+
+
+def _reduce_eager(method, inp, keep, size=None, source=None, **kw):
+  return T.reduce(method, inp["x"], size, keep=keep, metric=inp["metric"],
+                  cls_attn=inp["cls_attn"], key_mass=inp["key_mass"],
+                  attn=inp["attn"], source=source, **kw)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 5))
+def _reduce_jit(method, inp, keep, size, source, options):
+  return _reduce_eager(method, inp, keep, size, source, **dict(options))
+
+
+def _reduce(method, inp, keep, size=None, source=None, **kw):
+  """`reduce` on a dict of inputs, jitted (one compile per configuration)."""
+  return _reduce_jit(method, inp, keep, size, source, tuple(sorted(kw.items())))
+
+
+def _kept_index(source):
+  """Input index held by each output token of a pruning method."""
+  return np.asarray(source).argmax(-1)
+
+
+# ----------------------------------------------------------------- ToMe ----
+
+def _tome_numpy(metric, x, size, r, class_token):
+  """Plain-numpy port of the reference ToMe bipartite_soft_matching."""
+  metric = metric / np.linalg.norm(metric, axis=-1, keepdims=True)
+  a, b = metric[:, ::2], metric[:, 1::2]
+  scores = a @ b.transpose(0, 2, 1)
+  if class_token:
+    scores[:, 0, :] = -np.inf
+  node_max, node_idx = scores.max(-1), scores.argmax(-1)
+  edge_idx = np.argsort(-node_max, axis=-1, kind="stable")
+  unm_idx, src_idx = edge_idx[:, r:], edge_idx[:, :r]
+  dst_idx = np.take_along_axis(node_idx, src_idx, axis=1)
+  if class_token:
+    unm_idx = np.sort(unm_idx, axis=-1)
+
+  def merge(v, mode):
+    src, dst = v[:, ::2], v[:, 1::2].copy()
+    unm = np.take_along_axis(src, unm_idx[..., None], axis=1)
+    src = np.take_along_axis(src, src_idx[..., None], axis=1)
+    for bi in range(v.shape[0]):
+      for i in range(r):
+        j = dst_idx[bi, i]
+        if mode == "sum":
+          dst[bi, j] += src[bi, i]
+        else:
+          dst[bi, j] = np.maximum(dst[bi, j], src[bi, i])
+    return np.concatenate([unm, dst], axis=1)
+
+  n = x.shape[1]
+  source = merge(np.broadcast_to(np.eye(n), (x.shape[0], n, n)), "amax")
+  new_size = merge(size, "sum")
+  return merge(x * size, "sum") / new_size, new_size, source
+
+
+@pytest.mark.parametrize("class_token", [False, True])
+@pytest.mark.parametrize("n,r", [(16, 5), (17, 8), (9, 1)])
+def test_tome_matches_numpy_reference(class_token, n, r):
+  rng = np.random.default_rng(n + r + class_token)
+  metric = rng.normal(size=(3, n, 6)).astype(np.float32)
+  x = rng.normal(size=(3, n, 5)).astype(np.float32)
+  size = rng.integers(1, 4, size=(3, n, 1)).astype(np.float32)
+  want_x, want_size, want_source = _tome_numpy(metric, x, size, r, class_token)
+  merge, _ = T.bipartite_soft_matching(jnp.asarray(metric), r,
+                                       class_token=class_token)
+  got_x, got_size = T.merge_wavg(merge, jnp.asarray(x), jnp.asarray(size))
+  got_source = T.merge_source(merge, jnp.asarray(x))
+  np.testing.assert_allclose(got_x, want_x, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(got_size, want_size)
+  np.testing.assert_array_equal(got_source, want_source)
+
+
+def _duplicated_tokens(seed=0, b=2, pairs=4, singles=4, d=8):
+  """Tokens 2i and 2i+1 are identical for i < pairs; the rest are distinct."""
+  v = jax.random.normal(jax.random.PRNGKey(seed), (b, pairs + singles, d))
+  return jnp.concatenate([jnp.repeat(v[:, :pairs], 2, axis=1),
+                          v[:, pairs:]], axis=1)
+
+
+def test_tome_merging_duplicates_loses_nothing():
+  x = _duplicated_tokens()
+  merge, unmerge = T.bipartite_soft_matching(x, 4)
+  merged, size = T.merge_wavg(merge, x)
+  assert merged.shape[1] == x.shape[1] - 4
+  # The four merged tokens have size 2 and equal their (identical) parts.
+  assert sorted(np.asarray(size[0, :, 0]).tolist()) == [1.0] * 4 + [2.0] * 4
+  np.testing.assert_allclose(unmerge(merged), x, rtol=1e-6, atol=1e-6)
+
+
+def test_tome_unmerge_restores_every_source_position():
+  inp = _inputs(seed=3, n=20)
+  x = inp["x"]
+  merge, unmerge = T.bipartite_soft_matching(inp["metric"], 7)
+  merged, _ = T.merge_wavg(merge, x)
+  source = T.merge_source(merge, x)
+  restored = unmerge(merged)
+  # Each input position gets back the value of the token that holds it.
+  np.testing.assert_allclose(
+      restored, jnp.einsum("bkj,bkd->bjd", source, merged), rtol=1e-6)
+  # Positions that merged with nothing get their own input value back.
+  alone = np.asarray(jnp.einsum("bkj,bk->bj", source, source.sum(-1))) == 1
+  np.testing.assert_allclose(np.asarray(restored)[alone], np.asarray(x)[alone],
+                             rtol=1e-6)
+  assert (~alone).sum() >= 7   # and some did merge
+
+
+def test_proportional_attention_over_merged_duplicates():
+  x = _duplicated_tokens(seed=1, pairs=4, singles=4, d=16)
+  b, n, d = x.shape
+  heads, hd = 2, 8
+  wk, wv, wq = jax.random.normal(jax.random.PRNGKey(7), (3, d, heads * hd))
+  q = jax.random.normal(jax.random.PRNGKey(8), (b, 5, heads, hd))
+  merge, _ = T.bipartite_soft_matching(x, 4)
+  merged, size = T.merge_wavg(merge, x)
+  proj = lambda t, w: (t @ w).reshape(t.shape[0], t.shape[1], heads, hd)
+  full = attention(q, proj(x, wk), proj(x, wv))
+  prop = attention(q, proj(merged, wk), proj(merged, wv),
+                   bias=jnp.log(size[..., 0]))
+  plain = attention(q, proj(merged, wk), proj(merged, wv))
+  np.testing.assert_allclose(prop, full, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(plain, full, atol=1e-3)   # the bias is what fixes it
+
+
+def test_tome_r_too_large_warns_and_clips():
+  inp = _inputs(n=11)
+  with pytest.warns(UserWarning, match="clipping r=9 to 5"):
+    merge, _ = T.bipartite_soft_matching(inp["metric"], 9, class_token=True)
+  assert merge(inp["x"]).shape[1] == 11 - 5
+  with pytest.warns(UserWarning, match="clipping"):
+    out = T.reduce("tome", inp["x"], keep=2, metric=inp["metric"])
+  assert out.x.shape[1] == 6
+  with pytest.warns(UserWarning, match="PiToMe"):
+    T.pitome(inp["x"], None, inp["metric"], r=7, class_token=True)
+
+
+# ------------------------------------------------------------- all methods --
+
+@pytest.mark.parametrize("method", METHODS)
+def test_class_token_is_never_reduced(method):
+  inp = _inputs(seed=2)
+  x = inp["x"].at[:, 0].set(inp["x"][:, 1])          # tempt a merge with 1
+  inp = dict(inp, x=x, metric=x,
+             cls_attn=inp["cls_attn"].at[:, 0].set(0.0),
+             key_mass=inp["key_mass"].at[:, 0].set(0.0),
+             attn=inp["attn"].at[:, :, 0].set(0.0))
+  out = _reduce(method, inp, keep=9, source=T.init_source(x))
+  np.testing.assert_array_equal(out.x[:, 0], x[:, 0])
+  np.testing.assert_array_equal(out.size[:, 0, 0], 1.0)
+  np.testing.assert_array_equal(
+      out.source[:, 0], np.broadcast_to(np.eye(x.shape[1])[0], (2, x.shape[1])))
+  assert float(jnp.abs(out.source[:, 1:, 0]).max()) == 0.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sizes_and_sources_stay_consistent(method):
+  inp = _inputs(seed=4, n=21)
+  size = jnp.asarray(np.random.default_rng(0).integers(1, 5, (2, 21, 1)),
+                     jnp.float32)
+  out = _reduce(method, inp, keep=11, size=size,
+                source=T.init_source(inp["x"]))
+  assert out.x.shape == (2, 11, 8) and out.size.shape == (2, 11, 1)
+  src = np.asarray(out.source)
+  assert set(np.unique(src)) <= {0.0, 1.0}
+  assert (src.sum(1) <= 1).all()           # an input is held at most once
+  held = np.einsum("bkj,bjo->bko", src, np.asarray(size))
+  if T.REDUCERS[method].conserves_size:
+    np.testing.assert_allclose(out.size.sum((1, 2)), size.sum((1, 2)),
+                               rtol=1e-6)
+  if method != "gtp":                       # gtp spreads sizes fractionally
+    np.testing.assert_allclose(out.size, held, rtol=1e-6)
+  if method in MASS_CONSERVING:
+    np.testing.assert_allclose((out.size * out.x).sum(1),
+                               (size * inp["x"]).sum(1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_runs_under_jit_and_vmap(method):
+  inp = _inputs(seed=5)
+  source = T.init_source(inp["x"])
+  eager = _reduce_eager(method, inp, keep=9, source=source)
+  fn = jax.jit(lambda i, s: _reduce_eager(method, i, keep=9, source=s))
+  jitted = fn(inp, source)
+  for got, want in zip(jitted, eager):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  other = _inputs(seed=6)
+  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), inp, other)
+  mapped = jax.vmap(fn, in_axes=(0, None))(stacked, source)
+  for i, single in enumerate((inp, other)):
+    want = fn(single, source)
+    for got, w in zip(mapped, want):
+      np.testing.assert_allclose(got[i], w, rtol=1e-5, atol=1e-6)
+
+
+def test_every_method_on_eight_simulated_devices():
+  script = textwrap.dedent("""
+      import numpy as np, jax, jax.numpy as jnp
+      from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+      from maskmodel import tokens as T
+      assert jax.device_count() == 8, jax.devices()
+      mesh = Mesh(np.array(jax.devices()), ("data",))
+      kx, kq = jax.random.split(jax.random.PRNGKey(0))
+      x = jax.random.normal(kx, (8, 17, 8))
+      attn = jax.nn.softmax(2.0 * jax.random.normal(kq, (8, 17, 17)), -1)
+      inp = dict(x=x, metric=x + 0.1, cls_attn=attn[:, 0],
+                 key_mass=attn.sum(1), attn=attn, source=T.init_source(x))
+      shard = lambda a: jax.device_put(a, NamedSharding(
+          mesh, P("data", *([None] * (a.ndim - 1)))))
+      sharded = jax.tree.map(shard, inp)
+      for method in sorted(T.REDUCERS):
+        f = lambda i: T.reduce(method, i["x"], keep=9, metric=i["metric"],
+                               cls_attn=i["cls_attn"], key_mass=i["key_mass"],
+                               attn=i["attn"], source=i["source"])
+        out = jax.jit(f)(sharded)
+        assert out.x.sharding.is_equivalent_to(
+            NamedSharding(mesh, P("data", None, None)), 3), out.x.sharding
+        # Same computation on one device, one example at a time.
+        one = jax.jit(jax.vmap(lambda i: f(jax.tree.map(lambda a: a[None], i)),
+                               out_axes=1))
+        want = one(jax.device_put(inp, jax.devices()[0]))
+        for got, w in zip(out, want):
+          np.testing.assert_allclose(got, np.asarray(w)[0], rtol=1e-5,
+                                     atol=1e-6)
+        print("ok", method)
+      """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=root,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == [w for m in METHODS for w in ("ok", m)]
+
+
+# ----------------------------------------------------------- bad inputs ----
+
+def test_bad_inputs_raise_clear_errors():
+  inp = _inputs(n=9)
+  with pytest.raises(ValueError, match="valid choices are .*'tome'"):
+    _reduce("tomee", inp, keep=4)
+  with pytest.raises(ValueError, match="valid choices"):
+    T.get_reducer("nope")
+  for bad in (0, -3):
+    with pytest.raises(ValueError, match="positive int"):
+      _reduce("topk", inp, keep=bad)
+  with pytest.raises(ValueError, match="exceeds the 9 tokens"):
+    _reduce("atc", inp, keep=10)
+  with pytest.raises(ValueError, match="keep >= 2"):
+    _reduce("divprune", inp, keep=1)
+  with pytest.raises(TypeError, match="static Python int"):
+    _reduce("dart", inp, keep=4.0)
+  with pytest.raises(TypeError, match="static Python int"):
+    jax.jit(lambda k: _reduce("dart", inp, keep=k))(4)
+  with pytest.raises(ValueError, match="needs cls_attn"):
+    T.reduce("topk", inp["x"], keep=4)
+  with pytest.raises(ValueError, match="needs attn"):
+    T.reduce("zero_tprune", inp["x"], keep=4)
+  with pytest.raises(TypeError, match="accepts \\['linkage'\\]"):
+    _reduce("atc", inp, keep=4, linkag="single")
+  with pytest.raises(ValueError, match="linkage='ward' is unknown"):
+    _reduce("atc", inp, keep=4, linkage="ward")
+  with pytest.raises(ValueError, match="mode='max' is unknown"):
+    T.bipartite_soft_matching(inp["metric"], 2)[0](inp["x"], mode="max")
+  # keep == N is the identity; get_reducer binds the method.
+  same = T.get_reducer("tome")(inp["x"], keep=9)
+  np.testing.assert_array_equal(same.x, inp["x"])
+
+
+# ----------------------------------------------------------- schedules -----
+
+def test_schedules():
+  # ToMe's parse_r with inflect -0.5: r from 1.5r down to 0.5r.
+  assert T.decreasing_r(16, 12) == [24, 22, 21, 19, 18, 16, 15, 13, 12, 10, 9,
+                                    8]
+  # Constant r=16 on ViT-B/16: the cap binds only in the last layer.
+  assert T.tokens_per_layer(16, 12, 197) == [197 - 16 * (i + 1)
+                                             for i in range(11)] + [11]
+  assert T.tokens_per_layer("decreasing:16", 3, 197) == [173, 151, 131]
+  # Bipartite cap: at most half of the non-class tokens per layer.
+  assert T.tokens_per_layer(("constant", 40), 3, 65) == [33, 17, 9]
+  assert T.tokens_per_layer(40, 2, 65, bipartite=False) == [25, 2]
+  assert T.tokens_per_layer(("rate", 0.7, (1, 2)), 4, 197) == [197, 139, 98,
+                                                               98]
+  assert T.tokens_per_layer([150, 100, 100], 3, 197) == [150, 100, 100]
+  with pytest.raises(ValueError, match="non-increasing"):
+    T.tokens_per_layer([150, 160, 100], 3, 197)
+  with pytest.raises(ValueError, match="one per layer"):
+    T.tokens_per_layer([150], 3, 197)
+  with pytest.raises(ValueError, match="unknown"):
+    T.tokens_per_layer("fast:3", 3, 197)
+
+
+# ---------------------------------------------------------- Top-k / EViT ---
+
+def test_topk_keeps_exactly_the_top_k():
+  inp = _inputs(seed=9, n=25)
+  scores = np.asarray(inp["cls_attn"])
+  src = T.init_source(inp["x"])
+  out = _reduce("topk", inp, keep=10, source=src)
+  for b in range(2):
+    want = {0} | set((np.argsort(-scores[b, 1:])[:9] + 1).tolist())
+    assert set(_kept_index(out.source[b]).tolist()) == want
+  # EViT: keep - 2 attentive tokens plus one fused token of all the rest.
+  fused = _reduce("evit", inp, keep=10, source=src)
+  for b in range(2):
+    top = np.argsort(-scores[b, 1:])[:8] + 1
+    rest = np.setdiff1d(np.arange(1, 25), top)
+    assert set(_kept_index(fused.source[b, :9]).tolist()) == {0} | set(
+        top.tolist())
+    assert np.flatnonzero(fused.source[b, 9]).tolist() == rest.tolist()
+    w = scores[b, rest] / scores[b, rest].sum()
+    np.testing.assert_allclose(fused.x[b, 9], w @ np.asarray(inp["x"][b, rest]),
+                               rtol=1e-5, atol=1e-6)
+    assert float(fused.size[b, 9, 0]) == len(rest)
+
+
+# -------------------------------------------------------------- PiToMe -----
+
+def _pitome_numpy(metric, x, r, margin, class_token):
+  p = int(class_token)
+  m = metric[:, p:] / np.linalg.norm(metric[:, p:], axis=-1, keepdims=True)
+  sim = m @ m.transpose(0, 2, 1)
+  f = np.where(sim >= margin, sim, np.exp(np.minimum(sim - margin, 0)) - 1)
+  order = np.argsort(-f.mean(-1), axis=-1, kind="stable")
+  outs = []
+  for b in range(x.shape[0]):
+    xb = x[b, p:]
+    a_idx, b_idx = order[b, :2 * r:2], order[b, 1:2 * r:2]
+    dst = sim[b][np.ix_(a_idx, b_idx)].argmax(-1)
+    merged = [[xb[j]] for j in b_idx]
+    for i, t in zip(a_idx, dst):
+      merged[t].append(xb[i])
+    tokens = ([x[b, 0]] if class_token else []) + [
+        xb[j] for j in order[b, 2 * r:]] + [np.mean(g, 0) for g in merged]
+    outs.append(np.stack(tokens))
+  return np.stack(outs)
+
+
+@pytest.mark.parametrize("class_token", [False, True])
+def test_pitome_matches_numpy_and_protects_low_energy_tokens(class_token):
+  rng = np.random.default_rng(11)
+  center = rng.normal(size=8)
+  cluster = center + 0.05 * rng.normal(size=(2, 10, 8))     # high energy
+  distinct = rng.normal(size=(2, 7, 8))                     # low energy
+  x = np.concatenate([distinct[:, :1], cluster, distinct[:, 1:]], 1)
+  x = x.astype(np.float32)
+  r = 4
+  out = T.pitome(jnp.asarray(x), None, jnp.asarray(x), r=r, margin=0.5,
+                 class_token=class_token, source=T.init_source(jnp.asarray(x)))
+  np.testing.assert_allclose(out.x, _pitome_numpy(x, x, r, 0.5, class_token),
+                             rtol=1e-5, atol=1e-6)
+  for b in range(2):
+    src, size = np.asarray(out.source[b]), np.asarray(out.size[b, :, 0])
+    # Merged tokens hold only inputs of the high-energy cluster (1..10) ...
+    assert set(np.flatnonzero(src[size > 1].sum(0)).tolist()) <= set(
+        range(1, 11))
+    # ... and every low-energy input survives alone and unchanged.
+    for j in [0] + list(range(11, 17)):
+      row = np.flatnonzero(src[:, j])
+      assert len(row) == 1 and size[row[0]] == 1
+      np.testing.assert_array_equal(out.x[b, row[0]], x[b, j])
+
+
+# ------------------------------------------------------------ DivPrune -----
+
+def _min_pairwise_distance(v, idx):
+  u = v[idx] / np.linalg.norm(v[idx], axis=-1, keepdims=True)
+  d = 1.0 - u @ u.T
+  return d[~np.eye(len(idx), dtype=bool)].min()
+
+
+def test_divprune_is_more_diverse_than_random_subsets():
+  rng = np.random.default_rng(0)
+  v = rng.normal(size=(3, 48, 6)).astype(np.float32)
+  idx = np.asarray(T.max_min_select(jnp.asarray(v), 10))
+  for b in range(3):
+    assert len(set(idx[b].tolist())) == 10
+    ours = _min_pairwise_distance(v[b], idx[b])
+    rand = [_min_pairwise_distance(v[b], rng.choice(48, 10, replace=False))
+            for _ in range(200)]
+    assert ours >= max(rand), (ours, max(rand))
+  # Exact duplicates are never selected twice.
+  dup = np.repeat(v[:, :4], 6, axis=1)
+  idx = np.asarray(T.max_min_select(jnp.asarray(dup), 6))
+  for b in range(3):
+    assert len({tuple(dup[b, i]) for i in idx[b][:4]}) == 4
+    assert len(set(idx[b].tolist())) == 6
+
+
+# ---------------------------------------------------------------- DART -----
+
+def test_dart_keeps_pivots_and_drops_their_duplicates():
+  d = 12
+  eye = np.eye(d, dtype=np.float32)
+  pivots = 10.0 * eye[:2]                       # largest key norms
+  dups = np.stack([eye[0], eye[0], eye[1], eye[1] + 0.01 * eye[9]])
+  distinct = eye[2:8] - 0.1 * (eye[0] + eye[1])  # anti-aligned with pivots
+  x = np.concatenate([np.ones((1, d), np.float32), pivots, dups, distinct])
+  x = jnp.asarray(x[None])
+  for selection in ("per_pivot", "max"):
+    out = T.dart(x, None, x, keep=9, num_pivots=2, selection=selection,
+                 class_token=True, source=T.init_source(x))
+    kept = set(_kept_index(out.source[0]).tolist())
+    assert kept == {0, 1, 2} | set(range(7, 13)), (selection, kept)
+
+
+# ----------------------------------------------------------------- ATC -----
+
+def _angles_to_tokens(deg):
+  t = np.deg2rad(np.asarray(deg, np.float32))
+  return jnp.asarray(np.stack([np.cos(t), np.sin(t)], -1)[None])
+
+
+def test_atc_matches_hand_computed_clusters():
+  # Unit vectors at these angles; cosine distance grows with the angle gap.
+  # Gaps: ab 14, bc 38, cd 12, de 8, ef 5, df 13, ce 20, cf 25 degrees.
+  # All linkages first join e-f (5), then:
+  #  single:   d-{ef} = min(8, 13) = 8 joins; c-{def} = min(12, ..) = 12 beats
+  #            a-b = 14  -> {a} {b} {c d e f}
+  #  complete: d-{ef} = max(8, 13) = 13 loses to c-d = 12; then a-b = 14
+  #            beats {cd}-{ef} = 25 -> {a b} {c d} {e f}
+  #  average:  d-{ef} = mean(1-cos 8, 1-cos 13) = 0.0177 < 1-cos 12 = 0.0219
+  #            joins; c-{def} = mean(1-cos 12, 20, 25) = 0.0586 > 1-cos 14 =
+  #            0.0297 so a-b joins -> {a b} {c} {d e f}
+  metric = _angles_to_tokens([0, 14, 52, 64, 72, 77])
+  want = {"single": [0, 1, 2, 2, 2, 2], "complete": [0, 0, 1, 1, 2, 2],
+          "average": [0, 0, 1, 2, 2, 2]}
+  for linkage, labels in want.items():
+    got = T.agglomerative_labels(metric, 3, linkage)
+    assert np.asarray(got[0]).tolist() == labels, linkage
+  # Through atc with a class token: features are size-weighted cluster means.
+  x = jnp.concatenate([jnp.full((1, 1, 2), 9.0), metric], axis=1)
+  size = jnp.asarray([[1, 1, 1, 2, 1, 1, 3]], jnp.float32)[..., None]
+  out = T.atc(x, size, x, keep=4, linkage="complete")
+  np.testing.assert_allclose(out.size[0, :, 0], [1, 2, 3, 4])
+  np.testing.assert_allclose(out.x[0, 3],
+                             (x[0, 5] * 1 + x[0, 6] * 3) / 4, rtol=1e-6)
+
+
+def test_atc_agrees_with_scipy_on_random_data():
+  hierarchy = pytest.importorskip("scipy.cluster.hierarchy")
+  from scipy.spatial.distance import squareform
+  rng = np.random.default_rng(5)
+  v = rng.normal(size=(4, 14, 5)).astype(np.float64)
+  u = v / np.linalg.norm(v, axis=-1, keepdims=True)
+  for linkage in T.LINKAGES:
+    got = np.asarray(T.agglomerative_labels(jnp.asarray(v, jnp.float32), 5,
+                                            linkage))
+    for b in range(4):
+      dist = np.clip(1.0 - u[b] @ u[b].T, 0, None)
+      z = hierarchy.linkage(squareform(dist, checks=False), linkage)
+      want = hierarchy.fcluster(z, 5, "maxclust")
+      same_got = got[b][:, None] == got[b][None, :]
+      same_want = want[:, None] == want[None, :]
+      assert (same_got == same_want).all(), (linkage, b, got[b], want)
+
+
+# --------------------------------------------------------- Zero-TPrune -----
+
+def test_weighted_pagerank_is_the_stationary_distribution():
+  rng = np.random.default_rng(2)
+  a = rng.random((2, 12, 12)) ** 3
+  a = a / a.sum(-1, keepdims=True)
+  s = np.asarray(T.weighted_pagerank(jnp.asarray(a, jnp.float32), 100))
+  for b in range(2):
+    w, vecs = np.linalg.eig(a[b].T)
+    stat = np.real(vecs[:, np.argmax(np.real(w))])
+    np.testing.assert_allclose(s[b], stat / stat.sum(), rtol=1e-4, atol=1e-6)
+  # Heads are averaged first.
+  heads = jnp.stack([jnp.asarray(a, jnp.float32)] * 3, axis=1)
+  np.testing.assert_allclose(T.weighted_pagerank(heads, 100), s, rtol=1e-6)
+
+
+def test_zero_tprune_importance_then_similarity():
+  inp = _inputs(seed=12, n=21)
+  importance = np.asarray(T.weighted_pagerank(inp["attn"], 30))
+  src = T.init_source(inp["x"])
+  only_importance = _reduce("zero_tprune", inp, keep=9, source=src,
+                            similarity_fraction=0.0)
+  for b in range(2):
+    want = {0} | set((np.argsort(-importance[b, 1:])[:8] + 1).tolist())
+    assert set(_kept_index(only_importance.source[b]).tolist()) == want
+  # S-stage: a less important token that duplicates an important one goes,
+  # although a lower-importance distinct token would go in the I-stage.
+  n = 9
+  attn = np.full((1, n, n), 1e-3, np.float32)
+  attn[:, :, 1:5] = 1.0                          # tokens 1-4 matter most
+  attn[:, :, 5:] = np.array([0.5, 0.4, 0.3, 0.2])
+  attn /= attn.sum(-1, keepdims=True)
+  x = np.eye(n, dtype=np.float32)[None]
+  x[0, 5] = x[0, 2]                              # 5 duplicates important 2
+  x = jnp.asarray(x)
+  out = T.zero_tprune(x, None, x, jnp.asarray(attn), keep=8,
+                      similarity_fraction=1.0, source=T.init_source(x))
+  assert set(_kept_index(out.source[0]).tolist()) == {0, 1, 2, 3, 4, 6, 7, 8}
+  out = T.zero_tprune(x, None, x, jnp.asarray(attn), keep=8,
+                      similarity_fraction=0.0, source=T.init_source(x))
+  assert set(_kept_index(out.source[0]).tolist()) == {0, 1, 2, 3, 4, 5, 6, 7}
+
+
+# ----------------------------------------------------------------- GTP -----
+
+def test_gtp_propagates_removed_tokens_to_their_neighbours():
+  inp = _inputs(seed=13, n=15)
+  importance = np.asarray(inp["key_mass"])
+  out = _reduce("gtp", inp, keep=6, source=T.init_source(inp["x"]))
+  for b in range(2):
+    want = [0] + sorted((np.argsort(-importance[b, 1:])[:5] + 1).tolist())
+    # Each output token holds exactly one of the most important tokens.
+    held = np.asarray(out.source[b])[:, want]
+    np.testing.assert_array_equal(held, np.eye(6))
+  # A removed exact duplicate of a kept token flows entirely into it.
+  d = 6
+  x = np.eye(d, dtype=np.float32)[None]
+  x = np.concatenate([x, x[:, 2:3]], axis=1)     # token 6 duplicates 2
+  imp = jnp.asarray([[9, 5, 5, 5, 5, 5, 0]], jnp.float32)
+  out = T.gtp(jnp.asarray(x), None, jnp.asarray(x), imp, keep=6,
+              num_neighbors=1)
+  np.testing.assert_allclose(out.size[0, :, 0], [1, 1, 2, 1, 1, 1])
+  np.testing.assert_allclose(out.x[0], x[0, :6], atol=1e-6)
+
+
+# --------------------------------------------------------------- FLOPs -----
+
+def _plain_vit(params, images, kept, *, patch, heads):
+  """A plain-jnp ViT forward that drops tokens between attention and MLP."""
+  b, h, w, c = images.shape
+  gh, gw = h // patch, w // patch
+  p = images.reshape(b, gh, patch, gw, patch, c).transpose(0, 1, 3, 2, 4, 5)
+  x = p.reshape(b, gh * gw, patch * patch * c) @ params["embed"]
+  x = jnp.concatenate([jnp.broadcast_to(params["cls"], (b, 1, x.shape[-1])),
+                       x], axis=1)
+  ln = lambda t: (t - t.mean(-1, keepdims=True)) * jax.lax.rsqrt(
+      t.var(-1, keepdims=True) + 1e-6)
+  width = x.shape[-1]
+  for layer, n_out in zip(params["layers"], kept):
+    n = x.shape[1]
+    q, k, v = jnp.split(ln(x) @ layer["qkv"], 3, axis=-1)
+    split = lambda t: t.reshape(b, n, heads, width // heads)
+    y = attention(split(q), split(k), split(v)).reshape(b, n, width)
+    x = x + y @ layer["proj"]
+    # Reduce by averaging the tail into one token, so that no computed token
+    # is dead code XLA could drop.
+    x = jnp.concatenate([x[:, :n_out - 1],
+                         x[:, n_out - 1:].mean(1, keepdims=True)], axis=1)
+    x = x + jax.nn.gelu(ln(x) @ layer["fc1"]) @ layer["fc2"]
+  return ln(x.mean(1)) @ params["head"]
+
+
+def test_flops_match_xla_cost_analysis():
+  image, patch, depth, width, mlp, heads, classes = 32, 4, 4, 192, 4.0, 3, 10
+  kept = [57, 49, 41, 33]
+  key = iter(jax.random.split(jax.random.PRNGKey(0), 32))
+  normal = lambda *s: jax.random.normal(next(key), s) * 0.02
+  hidden = int(width * mlp)
+  params = {"embed": normal(patch * patch * 3, width),
+            "cls": normal(1, 1, width), "head": normal(width, classes),
+            "layers": [{"qkv": normal(width, 3 * width),
+                        "proj": normal(width, width),
+                        "fc1": normal(width, hidden),
+                        "fc2": normal(hidden, width)} for _ in range(depth)]}
+  images = jnp.zeros((1, image, image, 3))
+  for schedule in (kept, None):
+    fwd = functools.partial(_plain_vit, kept=schedule or [65] * depth,
+                            patch=patch, heads=heads)
+    cost = jax.jit(fwd).lower(params, images).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    ours = F.vit_flops(image, patch, depth, width, mlp, heads, schedule,
+                       num_classes=classes)
+    assert abs(ours - cost["flops"]) / cost["flops"] < 0.03, (ours, cost)
+  full = F.vit_flops(image, patch, depth, width, mlp, heads, None)
+  assert F.vit_flops(image, patch, depth, width, mlp, heads, kept) < full
+  with pytest.raises(ValueError, match="non-increasing"):
+    F.vit_flops(image, patch, depth, width, mlp, heads, [57, 60, 41, 33])
+
+
+# ------------------------------------------------------------ token maps ---
+
+def test_token_map_colours_groups_and_draws_borders(tmp_path):
+  rng = np.random.default_rng(0)
+  image = rng.random((8, 8, 3)).astype(np.float32)
+  # 4x4 grid of 2x2 patches; token 1 holds the left half (8 patches), the
+  # other 8 patches stay alone. Column 0 is the class token.
+  source = np.zeros((10, 17), np.float32)
+  source[0, 0] = 1
+  grid = np.arange(16).reshape(4, 4)
+  source[1, 1 + grid[:, :2].ravel()] = 1
+  for t, patch_id in enumerate(grid[:, 2:].ravel()):
+    source[2 + t, 1 + patch_id] = 1
+  out = V.token_map(image, source, 2)
+  left_mean = image[:, :4].mean((0, 1))
+  interior = [(1, 1), (3, 1), (4, 2), (6, 1)]    # inside the left group
+  for yx in interior:
+    np.testing.assert_allclose(out[yx], left_mean, rtol=1e-5)
+  np.testing.assert_array_equal(out[:, 3], 0.0)   # border left|right half
+  np.testing.assert_array_equal(out[:, 4], 0.0)
+  assert (out[1:3, 1] != 0).all()                 # no border inside a group
+  path = V.save_token_map(str(tmp_path / "map.png"), image, source, 2)
+  with open(path, "rb") as fh:
+    assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+  import matplotlib.image
+  assert matplotlib.image.imread(path).shape[:2] == (8, 8)
+  # A real ToMe source map covers every patch exactly once.
+  x = jnp.asarray(rng.normal(size=(1, 17, 4)), jnp.float32)
+  red = T.reduce("tome", x, keep=9, source=T.init_source(x))
+  groups = V.patch_groups(red.source[0], (4, 4))
+  assert (groups >= 1).all() and len(np.unique(groups)) == 8
+  V.save_token_maps(str(tmp_path / "maps.png"), [image], [red.source[0]], 2)
+  assert (tmp_path / "maps.png").stat().st_size > 0
