@@ -314,8 +314,8 @@ def _key_spec(block: int, num_blocks: int, tiled: bool):
   return pl.BlockSpec((None, num_blocks, 1, block), lambda b, h, i: (b, 0, 0, 0))
 
 
-def _compiler_params(cfg: _Config, head_dim: int, itemsize: int,
-                     resident_tokens: int):
+def _compiler_params(cfg: _Config, head_dim: int, vmem_bytes: int):
+  """Backend compiler parameters; `vmem_bytes` estimates Mosaic's residency."""
   if cfg.interpret:
     return None
   if cfg.backend == "triton":
@@ -323,26 +323,37 @@ def _compiler_params(cfg: _Config, head_dim: int, itemsize: int,
     return plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8,
                                 num_stages=2)
   from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
-  # Two whole-sequence operands (K and V, or Q and dO), double-buffered.
-  resident = 2 * 2 * resident_tokens * head_dim * itemsize
-  vmem_limit = None
-  if resident > 8 * 2**20:
-    vmem_limit = min(int(resident * 1.5) + 16 * 2**20, 100 * 2**20)
+  vmem_limit = None  # The default scoped limit suffices for short sequences.
+  if vmem_bytes > 8 * 2**20:
+    vmem_limit = min(vmem_bytes + 16 * 2**20, 100 * 2**20)
   return pltpu.CompilerParams(
       dimension_semantics=("parallel", "parallel", "parallel"),
       vmem_limit_bytes=vmem_limit)
 
 
+def _resident_vmem_bytes(tokens: int, dim: int, itemsize: int,
+                         num_token_operands: int, num_row_operands: int,
+                         num_key_operands: int) -> int:
+  """Double-buffered VMEM held by whole-sequence blocks on TPU.
+
+  In VMEM an `[N, 1]` f32 column occupies full 128-lane tiles, and a
+  `[N // b, 1, b]` key vector full 8-sublane tiles.
+  """
+  per_buffer = (num_token_operands * tokens * dim * itemsize
+                + num_row_operands * tokens * 128 * 4
+                + num_key_operands * tokens * 8 * 4)
+  return 2 * per_buffer
+
+
 def _pallas(kernel, cfg, grid, in_specs, out_specs, out_shape, name,
-            head_dim, itemsize, resident_tokens):
+            head_dim, vmem_bytes):
   return pl.pallas_call(
       functools.partial(kernel, cfg=cfg),
       grid=grid,
       in_specs=in_specs,
       out_specs=out_specs,
       out_shape=out_shape,
-      compiler_params=_compiler_params(cfg, head_dim, itemsize,
-                                       resident_tokens),
+      compiler_params=_compiler_params(cfg, head_dim, vmem_bytes),
       interpret=cfg.interpret,
       name=name,
   )
@@ -375,8 +386,9 @@ def _forward(q, k, v, key_bias, key_valid, cfg: _Config):
       out_specs=[_token_spec(cfg, bq, cfg.nq_pad, dim),
                  _row_spec(bq, cfg.nq_pad)],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), row],
-      name="flash_attention_forward",
-      head_dim=dim, itemsize=q.dtype.itemsize, resident_tokens=cfg.nk_pad,
+      name="flash_attention_forward", head_dim=dim,
+      vmem_bytes=_resident_vmem_bytes(cfg.nk_pad, dim, q.dtype.itemsize, 2, 0,
+                                      2),
   )(q, k, v, _key_vector(key_bias, bk), _key_vector(key_valid, bk))
 
 
@@ -399,7 +411,7 @@ def _backward(q, k, v, key_bias, key_valid, out, lse, dout, cfg: _Config):
     delta = delta.transpose(0, 2, 1)  # [B, N, H] -> [B, H, N]
   delta = delta[..., None]
   kbias, kvalid = _key_vector(key_bias, bk), _key_vector(key_valid, bk)
-  common = dict(head_dim=dim, itemsize=q.dtype.itemsize)
+  itemsize = q.dtype.itemsize
 
   dk, dv, dbias = _pallas(
       _dkdv_kernel, cfg,
@@ -420,7 +432,8 @@ def _backward(q, k, v, key_bias, key_valid, out, lse, dout, cfg: _Config):
                  jax.ShapeDtypeStruct(v.shape, v.dtype),
                  jax.ShapeDtypeStruct((batch, heads, nkb, 1, bk),
                                       jnp.float32)],
-      name="flash_attention_dkdv", resident_tokens=cfg.nq_pad, **common,
+      name="flash_attention_dkdv", head_dim=dim,
+      vmem_bytes=_resident_vmem_bytes(cfg.nq_pad, dim, itemsize, 2, 2, 0),
   )(q, k, v, kbias, kvalid, dout, lse, delta)
 
   dq = _pallas(
@@ -436,7 +449,8 @@ def _backward(q, k, v, key_bias, key_valid, out, lse, dout, cfg: _Config):
                 _row_spec(bq, cfg.nq_pad)],
       out_specs=_token_spec(cfg, bq, cfg.nq_pad, dim),
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      name="flash_attention_dq", resident_tokens=cfg.nk_pad, **common,
+      name="flash_attention_dq", head_dim=dim,
+      vmem_bytes=_resident_vmem_bytes(cfg.nk_pad, dim, itemsize, 2, 0, 2),
   )(q, k, v, kbias, kvalid, dout, lse, delta)
 
   dbias = dbias.sum(axis=1).reshape(key_bias.shape)
@@ -460,7 +474,8 @@ def _key_mass(q, k, key_bias, key_valid, lse, cfg: _Config):
                              lambda b, h, i: (b, h, i, 0, 0)),
       out_shape=jax.ShapeDtypeStruct((batch, heads, nkb, 1, bk), jnp.float32),
       name="flash_attention_key_mass", head_dim=dim,
-      itemsize=q.dtype.itemsize, resident_tokens=cfg.nq_pad,
+      vmem_bytes=_resident_vmem_bytes(cfg.nq_pad, dim, q.dtype.itemsize, 1, 1,
+                                      0),
   )(q, k, _key_vector(key_bias, bk), _key_vector(key_valid, bk), lse)
   return mass.reshape(batch, heads, cfg.nk_pad)
 
@@ -554,8 +569,9 @@ def flash_attention(q, k, v, bias=None, kv_mask=None, *, causal=False,
   # A query that sees no key (all hidden by kv_mask or the causal mask) has
   # every logit equal to BIG_NEG in the reference, hence uniform weights over
   # all keys. The kernel skipped causal blocks, so patch those rows here; plain
-  # jnp autodiff then routes their gradient to v. In-kernel, such rows get a
-  # zero output cotangent, so they add nothing to the kernel's gradients.
+  # jnp autodiff then routes their gradient to v. The kernel's backward sees
+  # a zero output cotangent for them (dO = delta = 0), so they add nothing
+  # there, whatever their lse.
   hidden = None
   if causal or kv_mask is not None:
     hidden = lse < 0.5 * BIG_NEG  # [B, H, Nq_pad]
