@@ -66,8 +66,8 @@ FORWARD_CASES = [
                  id="nq<nk-causal-bias-mask"),
     pytest.param(1, 45, 20, 1, 48, True, False, True, SMALL_BLOCKS,
                  id="nq>nk-causal-d48"),
-    pytest.param(2, 7, 7, 2, 64, False, True, False, None,
-                 id="shorter-than-block"),
+    pytest.param(2, 7, 7, 2, 128, False, True, False, None,
+                 id="shorter-than-block-d128"),
 ]
 
 
@@ -246,7 +246,8 @@ def test_compiled_paths_lower_for_gpu_and_tpu(platform, backend, custom_call):
   backend compilers themselves only run on the device.
   """
   n = 197  # ViT-B/16 at 224px, with [CLS].
-  for dtype, dim, causal in ((jnp.bfloat16, 64, True), (jnp.float32, 48, False)):
+  for dtype, dim, causal in ((jnp.bfloat16, 64, True), (jnp.float32, 48, False),
+                            (jnp.bfloat16, 128, False)):
     q, k, v, bias, mask = _inputs(16, 2, n, n, 2, dim, dtype=dtype)
 
     def loss(q, k, v, b):
@@ -276,8 +277,11 @@ def test_xla_dot_product_attention_path_matches_reference():
     np.testing.assert_allclose(got, want, atol=F32_ATOL)
 
 
+ON_CPU = jax.default_backend() == "cpu"
+
+
+@pytest.mark.skipif(not ON_CPU, reason="checks the CPU dispatch")
 def test_auto_dispatch_stays_on_xla_on_cpu():
-  assert jax.default_backend() == "cpu"
   assert dispatch.resolve_impl("auto") == "xla"
   assert dispatch.kernel_backend("gpu") == "triton"
   assert dispatch.kernel_backend("cuda") == "triton"
@@ -295,13 +299,19 @@ def test_auto_dispatch_stays_on_xla_on_cpu():
       lambda a, b: token_matching(a, b, impl="auto"))(a, b))
 
 
-def test_unknown_or_unavailable_impl_raises():
+def test_unknown_impl_raises():
   q = jnp.zeros((1, 4, 1, 32))
   a = jnp.zeros((1, 4, 8))
   with pytest.raises(ValueError, match="unknown"):
     attention(q, q, q, impl="cuda")
   with pytest.raises(ValueError, match="unknown"):
     token_matching(a, a, impl="triton")
+
+
+@pytest.mark.skipif(not ON_CPU, reason="Pallas compiles on GPU/TPU")
+def test_pallas_impl_on_cpu_raises():
+  q = jnp.zeros((1, 4, 1, 32))
+  a = jnp.zeros((1, 4, 8))
   with pytest.raises(ValueError, match="impl='interpret'"):
     attention(q, q, q, impl="pallas")  # No compiled Pallas on CPU.
   with pytest.raises(ValueError, match="impl='interpret'"):
@@ -360,3 +370,44 @@ def test_token_matching_entry_point_class_token():
   assert np.all(np.isneginf(node_max[:, 0]))
   np.testing.assert_array_equal(node_idx, ref_idx)
   np.testing.assert_allclose(node_max[:, 1:], ref_max[:, 1:], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# Compiled kernels: run only where a GPU or TPU is present.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(dispatch.kernel_backend() is None,
+                    reason="needs a GPU (Triton) or TPU (Mosaic)")
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_compiled_kernels_match_reference(dtype):
+  """impl='pallas' against the reference on the device. f32 matmuls run at
+  the backend's default precision (TF32 on recent NVIDIA GPUs), so both
+  dtypes use the relative tolerances of the bf16 test."""
+  q, k, v, bias, mask = _inputs(17, 2, 197, 197, 4, 64, dtype=dtype)
+  cot = jnp.asarray(np.random.default_rng(18).normal(size=q.shape),
+                    jnp.float32)
+  for causal in (False, True):
+    kernel = lambda q, k, v, b: attention(q, k, v, bias=b, kv_mask=mask,
+                                          causal=causal, impl="pallas")
+    reference = lambda q, k, v, b: attention_reference(
+        q, k, v, bias=b, kv_mask=mask, causal=causal)
+    out, ref = kernel(q, k, v, bias), reference(q, k, v, bias)
+    assert _max_abs(out, ref) <= 0.02 * float(jnp.abs(ref.astype(float)).max())
+    for name, g, w in zip(("dq", "dk", "dv", "dbias"),
+                          _grads(kernel, q, k, v, bias, cot),
+                          _grads(reference, q, k, v, bias, cot)):
+      scale = float(jnp.abs(w.astype(jnp.float32)).max())
+      assert _max_abs(g, w) <= 0.05 * scale, (name, causal)
+    _, stats = attention(q, k, v, bias=bias, kv_mask=mask, causal=causal,
+                         impl="pallas", return_stats=True)
+    ref_cls, ref_mass = _reference_stats(q, k, bias, mask, causal)
+    np.testing.assert_allclose(stats.cls_probs, ref_cls, atol=2e-3)
+    np.testing.assert_allclose(stats.key_mass, ref_mass, rtol=2e-2, atol=2e-3)
+
+  rng = np.random.default_rng(19)
+  a, b = _unit(rng, (4, 99, 64)), _unit(rng, (4, 98, 64))
+  node_max, node_idx = token_matching(a, b, impl="pallas")
+  ref_max, ref_idx = token_matching_reference(a, b)
+  np.testing.assert_array_equal(node_idx, ref_idx)
+  np.testing.assert_allclose(node_max, ref_max, atol=1e-5)

@@ -29,9 +29,12 @@ def token_matching_reference(a, b, *, class_token=False):
   """Returns (node_max [B, Na] f32, node_idx [B, Na] int32).
 
   With `class_token`, A's row 0 (the [CLS] token) scores -inf so it is never
-  chosen for merging, as in ToMe's `bipartite_soft_matching`.
+  chosen for merging, as in ToMe's `bipartite_soft_matching`. Scores use full
+  f32 precision (no TF32/bf16 passes), so near-ties resolve the same way on
+  every backend and in the kernel.
   """
-  scores = jnp.einsum("bac,bnc->ban", a, b, preferred_element_type=jnp.float32)
+  scores = jnp.einsum("bac,bnc->ban", a, b, precision=lax.Precision.HIGHEST,
+                      preferred_element_type=jnp.float32)
   node_max = scores.max(axis=-1)
   node_idx = scores.argmax(axis=-1).astype(jnp.int32)
   if class_token:
@@ -117,7 +120,7 @@ def token_matching_pallas(a, b, *, backend="triton", interpret=False,
   a = jnp.pad(a, ((0, 0), (0, na_pad - na), (0, dim_pad - dim)))
   b = jnp.pad(b, ((0, 0), (0, nb_pad - nb), (0, dim_pad - dim)))
 
-  # f32 metrics are compared in full precision: a TF32 matmul could flip the
+  # Full f32 precision, as in the reference: a TF32 matmul could flip the
   # argmax between near-equal candidates.
   precision = (lax.Precision.HIGHEST if a.dtype == jnp.float32
                else lax.Precision.DEFAULT)
