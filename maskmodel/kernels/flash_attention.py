@@ -405,7 +405,7 @@ def _backward(q, k, v, key_bias, key_valid, out, lse, dout, cfg: _Config):
   bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
   nkb = cfg.nk_pad // bk
   lse = _mask_padded_rows(cfg, lse)
-  # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij (FlashAttention-2, eq. 4).
+  # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij: the D_i of FlashAttention-2.
   delta = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), -1)
   if cfg.backend == "triton":
     delta = delta.transpose(0, 2, 1)  # [B, N, H] -> [B, H, N]

@@ -1,6 +1,6 @@
 """Token matching: the core of ToMe's bipartite soft matching.
 
-ToMe (Bolya et al., 2023, Sec. 3, "bipartite soft matching") splits the tokens
+ToMe's bipartite soft matching (Bolya et al., 2023) splits the tokens
 into two sets A and B, and draws one edge from every A token to its most
 similar B token (cosine similarity of the attention keys). This module finds
 those edges: for each row of A `[B, Na, C]` the best row of B `[B, Nb, C]`
