@@ -10,9 +10,10 @@ static number `keep` of tokens (class token included) and returns
 Inputs (plain arrays; reducers never run attention themselves):
   metric    `[B, N, C]` similarity features, usually the keys averaged over
             heads; defaults to `x`.
-  cls_attn  `[B, N]` head-averaged attention of the [CLS] query to each key.
+  cls_attn  `[B, N]` head-averaged attention of the [CLS] query to each key
+            (`[B, H, N]` per-head statistics are averaged over heads).
   key_mass  `[B, N]` head-averaged attention each key receives (summed over
-            queries).
+            queries); `[B, H, N]` is averaged over heads too.
   attn      `[B, N, N]` (or `[B, H, N, N]`) attention probabilities.
   source    `[B, N, N0]` source map to carry along (start from
             `init_source(x)`); None disables source tracing.
@@ -43,6 +44,7 @@ from maskmodel.tokens.common import (Reduced, check_keep, init_size,
                                      init_source)
 from maskmodel.tokens.dart import dart, dart_select
 from maskmodel.tokens.divprune import divprune, max_min_select
+from maskmodel.tokens.flops import vit_flops, vit_flops_breakdown
 from maskmodel.tokens.gtp import gtp, propagation_graph
 from maskmodel.tokens.merge import (bipartite_soft_matching, merge_source,
                                     merge_wavg, tome)
@@ -214,6 +216,10 @@ def reduce(method, x, size=None, *, keep, metric=None, cls_attn=None,
     return Reduced(x, size, source)
   if metric is None:
     metric = x
+  if cls_attn is not None and cls_attn.ndim == 3:
+    cls_attn = cls_attn.mean(axis=1)
+  if key_mass is not None and key_mass.ndim == 3:
+    key_mass = key_mass.mean(axis=1)
   return info.fn(x, size, keep=keep, metric=metric, cls_attn=cls_attn,
                  key_mass=key_mass, attn=attn, class_token=class_token,
                  source=source, **options)
@@ -226,5 +232,6 @@ __all__ = [
     "get_reducer", "gtp", "inflected_r", "init_size", "init_source",
     "max_min_select", "merge_source", "merge_wavg", "pitome",
     "propagation_graph", "reduce", "register_reducer", "tokens_per_layer",
-    "tome", "topk_prune", "weighted_pagerank", "zero_tprune",
+    "tome", "topk_prune", "vit_flops", "vit_flops_breakdown",
+    "weighted_pagerank", "zero_tprune",
 ]
