@@ -104,6 +104,17 @@ def test_tome_matches_numpy_reference(class_token, n, r):
   np.testing.assert_array_equal(got_source, want_source)
 
 
+def test_tome_matching_goes_through_the_kernel_entry_point():
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 17, 8))
+  source = T.init_source(x)
+  ref = T.reduce("tome", x, keep=10, source=source, impl="xla")
+  pallas = T.reduce("tome", x, keep=10, source=source, impl="interpret")
+  for got, want in zip(pallas, ref):
+    np.testing.assert_array_equal(got, want)
+  with pytest.raises(ValueError, match="impl"):
+    T.reduce("tome", x, keep=10, impl="cuda")
+
+
 def _duplicated_tokens(seed=0, b=2, pairs=4, singles=4, d=8):
   """Tokens 2i and 2i+1 are identical for i < pairs; the rest are distinct."""
   v = jax.random.normal(jax.random.PRNGKey(seed), (b, pairs + singles, d))

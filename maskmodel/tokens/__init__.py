@@ -32,6 +32,22 @@ Methods (`REDUCERS[name].needs` lists what each one reads):
   gtp          GTP-ViT graph propagation (key_mass, else cls_attn; metric).
 Extra keyword options go to the method (e.g. `linkage="single"` for atc,
 `impl=` for tome's matching kernel, `margin=` for pitome).
+
+In a ViT block the reducer runs between attention and MLP, as in ToMe, with
+proportional attention (bias log(size)) so merged tokens keep their weight:
+
+    kept = tokens_per_layer(spec, depth, num_tokens)       # static ints
+    ...
+    y, stats = attention(q, k, v, bias=jnp.log(size[..., 0]),
+                         return_stats=True)
+    x = x + proj(y)
+    x, size, source = reduce(method, x, size, keep=kept[layer],
+                             metric=k.mean(axis=2), cls_attn=stats.cls_probs,
+                             key_mass=stats.key_mass, source=source)
+    x = x + mlp(x)
+
+Only zero_tprune reads the full attention matrix, which a fused attention
+kernel does not materialize.
 """
 from __future__ import annotations
 

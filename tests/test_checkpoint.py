@@ -1,0 +1,80 @@
+"""Preemption: a killed run resumes to the same result; a corrupt latest
+checkpoint is set aside and the last good one is used."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from conftest import ROOT, SMOKE, run_cli
+
+FAST = ["--config.evals.names=()", "--config.checkpoint_every=10",
+        "--config.model.depth=2"]
+
+
+def _final_state(workdir):
+  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  step = mngr.latest_step()
+  state = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))["state"]
+  return step, state
+
+
+def _steps(workdir):
+  return sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints"))
+                if p.isdigit())
+
+
+def test_killed_run_resumes_to_identical_params(tmp_path):
+  total = ["--config.total_steps=150"]
+  ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
+  assert run_cli("--config", SMOKE, "--workdir", ref, *total, *FAST).returncode == 0
+
+  cmd = [sys.executable, "-m", "maskmodel.main", "--config", SMOKE,
+         "--workdir", killed, *total, *FAST]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  ckpt_dir = os.path.join(killed, "checkpoints")
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpt_dir) and any(p.isdigit() and int(p) >= 20
+                                       for p in os.listdir(ckpt_dir)):
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "run ended before it could be killed"
+  steps_at_kill = _steps(killed)
+  assert steps_at_kill and max(steps_at_kill) < 150
+
+  resumed = run_cli("--config", SMOKE, "--workdir", killed, *total, *FAST)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resumed from step {max(steps_at_kill)}" in resumed.stdout
+
+  (s1, a), (s2, b) = _final_state(ref), _final_state(killed)
+  assert s1 == s2 == 150
+  flat_a, flat_b = map(lambda t: __import__("jax").tree.leaves(t), (a, b))
+  assert len(flat_a) == len(flat_b)
+  for x, y in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path):
+  wd = str(tmp_path / "run")
+  assert run_cli("--config", SMOKE, "--workdir", wd, "--config.total_steps=30",
+                 *FAST).returncode == 0
+  assert _steps(wd) == [10, 20, 30]
+  # Corrupt the newest step: overwrite every file it holds.
+  for root, _, files in os.walk(os.path.join(wd, "checkpoints", "30")):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"\x00garbage")
+  proc = run_cli("--config", SMOKE, "--workdir", wd, "--config.total_steps=40", *FAST)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "checkpoint step 30" in proc.stderr and "unreadable" in proc.stderr
+  assert "resumed from step 20" in proc.stdout
+  assert os.path.isdir(os.path.join(wd, "checkpoints", "30.corrupt"))
+  assert _steps(wd)[-1] == 40
