@@ -655,13 +655,20 @@ def test_token_map_colours_groups_and_draws_borders(tmp_path):
   for yx in interior:
     np.testing.assert_allclose(out[yx], left_mean, rtol=1e-5)
   np.testing.assert_array_equal(out[:, 3], 0.0)   # border left|right half
-  np.testing.assert_array_equal(out[:, 4], 0.0)
+  np.testing.assert_allclose(out[0, 4], image[:2, 4:6].mean((0, 1)),
+                             rtol=1e-5)           # a patch left alone
+  np.testing.assert_array_equal(out[1, 4], 0.0)   # border between singles
   assert (out[1:3, 1] != 0).all()                 # no border inside a group
+  big = V.token_map(image, source, 2, upscale=3)
+  assert big.shape == (24, 24, 3)
+  np.testing.assert_allclose(big[3:6, 3:6], np.broadcast_to(out[1, 1],
+                                                            (3, 3, 3)),
+                             rtol=1e-5)
   path = V.save_token_map(str(tmp_path / "map.png"), image, source, 2)
   with open(path, "rb") as fh:
     assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
   import matplotlib.image
-  assert matplotlib.image.imread(path).shape[:2] == (8, 8)
+  assert matplotlib.image.imread(path).shape[:2] == (64, 64)   # upscale 8
   # A real ToMe source map covers every patch exactly once.
   x = jnp.asarray(rng.normal(size=(1, 17, 4)), jnp.float32)
   red = T.reduce("tome", x, keep=9, source=T.init_source(x))

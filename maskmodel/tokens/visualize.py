@@ -45,16 +45,19 @@ def patch_groups(source, grid, class_token=True):
   return np.where(held, source.argmax(axis=0), -1).reshape(gh, gw)
 
 
-def token_map(image, source, patch_size, *, class_token=True,
+def token_map(image, source, patch_size, *, class_token=True, upscale=1,
               border_color=(0.0, 0.0, 0.0), pruned_color=(1.0, 1.0, 1.0)):
-  """RGB float image `[H, W, 3]` of the token map for one image.
+  """RGB float image `[H * upscale, W * upscale, 3]`: one image's token map.
 
   Args:
     image: `[H, W]`, `[H, W, 1]` or `[H, W, 3]`, uint8 or float.
     source: `[K, N0]` source map of that image (see `maskmodel.tokens`).
     patch_size: patch side in pixels; H and W must be multiples of it.
     class_token: whether column 0 of the source map is the class token.
-    border_color: colour of pixels on a boundary between two tokens.
+    upscale: integer nearest-neighbour zoom, so the one-pixel borders stay
+      thin next to the patches.
+    border_color: colour of the last pixel row/column of a patch whose
+      neighbour below/right belongs to another token.
     pruned_color: colour of patches no token holds (pruning methods).
   """
   image = _as_float_image(image)
@@ -64,7 +67,10 @@ def token_map(image, source, patch_size, *, class_token=True,
                      f"{patch_size}.")
   groups = patch_groups(source, (h // patch_size, w // patch_size),
                         class_token)
-  labels = np.repeat(np.repeat(groups, patch_size, 0), patch_size, 1)
+  cell = patch_size * int(upscale)
+  image = np.repeat(np.repeat(image, upscale, 0), upscale, 1)
+  h, w = image.shape[:2]
+  labels = np.repeat(np.repeat(groups, cell, 0), cell, 1)
   out = np.empty_like(image)
   out[labels < 0] = pruned_color
   for g in np.unique(groups[groups >= 0]):
@@ -72,20 +78,24 @@ def token_map(image, source, patch_size, *, class_token=True,
     out[mask] = image[mask].mean(axis=0)
   edge = np.zeros((h, w), bool)
   edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-  edge[:, 1:] |= labels[:, :-1] != labels[:, 1:]
   edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
-  edge[1:, :] |= labels[:-1, :] != labels[1:, :]
   out[edge] = border_color
   return out
 
 
+def _default_upscale(patch_size):
+  return max(1, 16 // patch_size)
+
+
 def save_token_maps(path, images, sources, patch_size, *, class_token=True,
-                    titles=None, scale=2.0, dpi=100):
+                    titles=None, upscale=None, scale=2.0, dpi=100):
   """Saves a row of (image, token map) pairs as a PNG; returns the path.
 
   `images` and `sources` are sequences (or batched arrays) of the same
-  length; see `token_map` for their shapes.
+  length; see `token_map` for their shapes. `upscale` defaults to showing
+  each patch at 16 pixels or more.
   """
+  upscale = _default_upscale(patch_size) if upscale is None else upscale
   images, sources = list(images), list(sources)
   if len(images) != len(sources):
     raise ValueError(f"{len(images)} images but {len(sources)} source maps.")
@@ -96,8 +106,8 @@ def save_token_maps(path, images, sources, patch_size, *, class_token=True,
     top = fig.add_subplot(2, cols, i + 1)
     top.imshow(_as_float_image(image), interpolation="nearest")
     bottom = fig.add_subplot(2, cols, cols + i + 1)
-    bottom.imshow(token_map(image, source, patch_size, class_token=class_token),
-                  interpolation="nearest")
+    bottom.imshow(token_map(image, source, patch_size, class_token=class_token,
+                            upscale=upscale), interpolation="nearest")
     if titles is not None:
       top.set_title(str(titles[i]), fontsize=8)
     for ax in (top, bottom):
@@ -108,10 +118,11 @@ def save_token_maps(path, images, sources, patch_size, *, class_token=True,
 
 
 def save_token_map(path, image, source, patch_size, *, class_token=True,
-                   dpi=100):
-  """Saves one token map as a PNG at the image's own resolution."""
-  rgb = np.clip(token_map(image, source, patch_size, class_token=class_token),
-                0.0, 1.0)
+                   upscale=None, dpi=100):
+  """Saves one token map as a PNG of `upscale` times the image's size."""
+  upscale = _default_upscale(patch_size) if upscale is None else upscale
+  rgb = np.clip(token_map(image, source, patch_size, class_token=class_token,
+                          upscale=upscale), 0.0, 1.0)
   h, w = rgb.shape[:2]
   fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
   FigureCanvasAgg(fig)
