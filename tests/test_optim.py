@@ -1,0 +1,61 @@
+"""The optimizer: warmup + cosine, weight-decay mask, layer-wise lr decay."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from conftest import load_config
+from maskmodel import optim
+from maskmodel.models import build
+from maskmodel.tasks import get_task
+
+
+def _cfg():
+  c = load_config("configs/classify/mnist_vit_tiny.py:smoke")
+  c.model.depth = 3
+  return c
+
+
+def test_schedule_warmup_then_cosine():
+  c = _cfg()
+  c.total_steps, c.optimizer.warmup_steps, c.optimizer.lr = 100, 10, 1.0
+  s = optim.lr_schedule(c)
+  np.testing.assert_allclose([s(0), s(5), s(10)], [0.0, 0.5, 1.0], atol=1e-6)
+  np.testing.assert_allclose(s(55), 0.5, atol=1e-6)  # half-way down the cosine
+  np.testing.assert_allclose(s(100), 0.0, atol=1e-6)
+
+
+def test_layer_ids_and_layer_decay():
+  c = _cfg()
+  task = get_task(c)
+  params, _ = task.init(jax.random.PRNGKey(0), {"image": jnp.zeros((2, 28, 28, 1))})
+  ids = build.vit_layer_ids(params, c.model.depth)
+  assert ids["patch_embed"]["kernel"] == 0 and ids["cls_token"] == 0
+  assert ids["encoder"]["block_0"]["mlp"]["Dense_0"]["kernel"] == 1
+  assert ids["encoder"]["block_2"]["attn"]["qkv"]["kernel"] == 3
+  assert ids["encoder"]["norm"]["scale"] == 4 and ids["head"]["kernel"] == 4
+
+  # Under decay d each leaf's update is the undecayed update times
+  # d**(L+1 - layer). No warmup, so the first step's lr is the peak.
+  c.optimizer.warmup_steps = 0
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.grad_clip = 0.0
+  grads = jax.tree.map(jnp.ones_like, params)
+  c.optimizer.layer_decay = 1.0
+  tx0, _ = optim.make_optimizer(c, params)
+  c.optimizer.layer_decay = 0.5
+  tx1, _ = optim.make_optimizer(c, params, ids, c.model.depth + 1)
+  u0, _ = tx0.update(grads, tx0.init(params), params)
+  u1, _ = tx1.update(grads, tx1.init(params), params)
+  ratio = jax.tree.map(lambda a, b: float(jnp.mean(b / a)), u0, u1)
+  np.testing.assert_allclose(ratio["patch_embed"]["kernel"], 0.5 ** 4, rtol=1e-5)
+  np.testing.assert_allclose(ratio["encoder"]["block_1"]["attn"]["proj"]["kernel"],
+                             0.5 ** 2, rtol=1e-5)
+  np.testing.assert_allclose(ratio["head"]["kernel"], 1.0, rtol=1e-5)
+
+
+def test_weight_decay_only_on_matrices():
+  params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones((3,))},
+            "norm": {"scale": jnp.ones((3,))}, "cls_token": jnp.ones((1, 1, 3))}
+  mask = optim.decay_mask(params)
+  assert mask == {"dense": {"kernel": True, "bias": False}, "norm": {"scale": False},
+                  "cls_token": False}
