@@ -98,7 +98,8 @@ def register_reducer(name, fn, *, needs, conserves_size, options=()):
   """Adds a reducer under `name` (see `ReducerInfo` for the call contract)."""
   unknown = set(needs) - set(STATS)
   if unknown:
-    raise ValueError(f"reducer {name!r} needs unknown inputs {sorted(unknown)}; "
+    raise ValueError(f"reducer {name!r} needs unknown inputs "
+                     f"{sorted(unknown)}; "
                      f"choose from {STATS}.")
   REDUCERS[name] = ReducerInfo(fn, tuple(needs), conserves_size,
                                tuple(options))

@@ -104,8 +104,8 @@ def static_int(value, name):
   try:
     return operator.index(value)
   except TypeError:
-    raise TypeError(f"{name} must be a static Python int (shapes may not depend "
-                    f"on data), got {type(value).__name__}.") from None
+    raise TypeError(f"{name} must be a static Python int (shapes may not "
+                    f"depend on data), got {type(value).__name__}.") from None
 
 
 def check_keep(keep, num_tokens, class_token, method):
@@ -113,8 +113,9 @@ def check_keep(keep, num_tokens, class_token, method):
   keep = static_int(keep, "keep")
   protected = int(bool(class_token))
   if keep <= 0:
-    raise ValueError(f"{method}: keep={keep} must be a positive int, the number "
-                     "of tokens left after reduction (class token included).")
+    raise ValueError(f"{method}: keep={keep} must be a positive int, the "
+                     "number of tokens left after reduction (class token "
+                     "included).")
   if keep > num_tokens:
     raise ValueError(f"{method}: keep={keep} exceeds the {num_tokens} tokens "
                      "given; pass keep <= the number of input tokens.")

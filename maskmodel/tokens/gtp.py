@@ -35,7 +35,7 @@ def propagation_graph(metric_removed, metric_kept, num_neighbors):
   sim = jax.lax.stop_gradient(cosine_similarity(metric_removed, metric_kept))
   k = sim.shape[-1]
   m = max(1, min(static_int(num_neighbors, "num_neighbors"), k))
-  top_sim, top_idx = jax.lax.top_k(sim, m)                            # [B, R, m]
+  top_sim, top_idx = jax.lax.top_k(sim, m)                       # [B, R, m]
   w = jnp.maximum(top_sim, 0.0)
   total = w.sum(axis=-1, keepdims=True)
   w = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.0), 1.0 / m)

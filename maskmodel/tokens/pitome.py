@@ -76,8 +76,9 @@ def pitome(x, size, metric, *, r, margin=0.5, alpha=1.0, class_token=False,
   slot_b = p + num_protected + jnp.arange(r)
   put = jax.vmap(lambda lab, i, v: lab.at[i].set(v))
   label = jnp.zeros((b, n), jnp.int32)
+  slot_protected = p + jnp.arange(num_protected)
   label = put(label, order[:, 2 * r:],
-              jnp.broadcast_to(p + jnp.arange(num_protected), (b, num_protected)))
+              jnp.broadcast_to(slot_protected, (b, num_protected)))
   label = put(label, b_idx, jnp.broadcast_to(slot_b, (b, r)))
   label = put(label, a_idx, slot_b[dst])
   if class_token:

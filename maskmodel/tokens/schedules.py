@@ -32,7 +32,8 @@ def constant_r(r, depth):
 
 
 def inflected_r(r, inflect, depth):
-  """ToMe's `parse_r`: r per layer linear from r(1 - inflect) to r(1 + inflect)."""
+  """ToMe's `parse_r`: r per layer, linear from r(1 - inflect) to
+  r(1 + inflect)."""
   r = static_int(r, "r")
   lo = int(r * (1.0 - inflect))
   hi = 2 * r - lo
