@@ -1,6 +1,6 @@
 """ATC: "Agglomerative Token Clustering" (Haurum et al., ECCV 2024).
 
-Sec. 3: bottom-up hierarchical clustering of the tokens on cosine distance
+Bottom-up hierarchical clustering of the tokens on cosine distance
 (1 - cos of the metric), repeatedly joining the two closest clusters until the
 target count remains, under one of three linkages:
   single   d(A, B) = min over pairs,

@@ -1,9 +1,8 @@
 """DART: "Stop Looking for Important Tokens in Multimodal Language Models:
 Duplication Matters More" (Wen et al., 2025).
 
-Sec. 3 ("Token Reduction via Token Duplication"): pick a few pivot tokens
-(by default those whose keys have the largest L1 norm, the paper's K-norm
-criterion), then keep the tokens least duplicated with the pivots, i.e. with
+Pick a few pivot tokens (by default those whose keys have the largest L1
+norm, the paper's K-norm criterion), then keep the tokens least duplicated with the pivots, i.e. with
 the lowest cosine similarity to them. As in the official code, every pivot in
 turn claims an equal share of the remaining budget among the tokens not yet
 kept ("per_pivot"); "max" instead ranks every token once by its highest

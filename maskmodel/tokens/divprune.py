@@ -1,7 +1,7 @@
 """DivPrune: "Diversity-based Visual Token Pruning for Large Multimodal
 Models" (Alvar et al., CVPR 2025).
 
-Pruning is posed as a Max-Min Diversity Problem (Sec. 3.2): keep the k tokens
+Pruning is posed as a Max-Min Diversity Problem (MMDP): keep the k tokens
 whose minimum pairwise cosine distance is largest. It is solved greedily by
 farthest-point sampling: start from the token farthest from its nearest
 neighbour, then repeatedly add the token whose distance to the selected set

@@ -1,11 +1,11 @@
 """GTP-ViT: "Efficient Vision Transformers via Graph-based Token Propagation"
 (Xu et al., WACV 2024).
 
-Sec. 3: tokens are ranked by importance (an attention statistic such as the
+Tokens are ranked by importance (an attention statistic such as the
 attention mass each token receives); the least important are removed, and
 instead of being discarded their features are propagated over a sparse graph
-to their neighbours among the kept tokens (Sec. 3.3, "Graph-based token
-propagation"). Here the graph is semantic: each removed token links to its
+to their neighbours among the kept tokens (graph-based token propagation).
+Here the graph is semantic: each removed token links to its
 `num_neighbors` most similar kept tokens (cosine on the metric), with edge
 weights proportional to the (non-negative) similarity and summing to one per
 removed token. Propagation is size-aware, as in the official code's token

@@ -10,7 +10,7 @@ Specs accepted by `tokens_per_layer`:
   * `(r, inflect)`: ToMe's `parse_r` schedule, r per layer varying linearly
     from `r * (1 - inflect)` to `r * (1 + inflect)`; `("decreasing", r)` or
     `"decreasing:r"` is ToMe's decreasing schedule, inflect = -0.5
-    (Bolya et al. 2023, Sec. 4.1 "Merging Schedule").
+    (Bolya et al. 2023, merging-schedule experiments).
   * `("rate", rho, layers)`: keep a fraction rho of the non-class tokens in
     each of the given layers (EViT-style, e.g. rho=0.7 in layers (3, 6, 9)).
   * a list of ints, or `("keep", ints)`: the tokens kept after each layer,

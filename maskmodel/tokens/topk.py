@@ -2,11 +2,11 @@
 Expediting Vision Transformers via Token Reorganizations" (Liang et al.,
 ICLR 2022).
 
-Sec. 3.2 ("Attentive token identification"): the [CLS] token's attention to
-each patch token, averaged over heads, ranks the tokens; the top k are kept
-and the class token is always kept. Sec. 3.3 ("Inattentive token fusion"):
-optionally the remaining tokens are fused into one token, their average
-weighted by that same [CLS] attention, appended last. Without fusion this is
+Attentive token identification: the [CLS] token's attention to each patch
+token, averaged over heads, ranks the tokens; the top k are kept and the
+class token is always kept. Inattentive token fusion: optionally the
+remaining tokens are fused into one token, their average weighted by that
+same [CLS] attention, appended last. Without fusion this is
 the plain Top-K baseline that "Which Tokens to Use?" found a strong one.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from maskmodel.tokens.common import (Reduced, check_keep, gather_tokens,
 
 def topk_prune(x, size, scores, *, keep, class_token=True, fuse=False,
                source=None):
-  """Keeps the `keep` tokens with the highest `scores` (EViT, Sec. 3.2-3.3).
+  """Keeps the `keep` tokens with the highest `scores` (EViT).
 
   Args:
     x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.

@@ -1,7 +1,7 @@
-"""Token-merging maps, as in the ToMe paper's figures (Bolya et al. 2023,
-Fig. 4-5): every patch is coloured by the token it ended up in (the mean
-colour of that token's patches), with a border where neighbouring patches
-belong to different tokens.
+"""Token-merging maps, as in the ToMe paper's figures (Bolya et al. 2023):
+every patch is coloured by the token it ended up in (the mean colour of that
+token's patches), with a border where neighbouring patches belong to
+different tokens.
 
 Pure numpy plus matplotlib's Agg canvas (no pyplot, no global backend
 change), so it runs headless and in tests.

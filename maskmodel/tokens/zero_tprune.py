@@ -1,12 +1,12 @@
 """Zero-TPrune: "Zero-Shot Token Pruning through Leveraging of the Attention
 Graph in Pre-Trained Transformers" (Wang, Dedhia and Jha, CVPR 2024).
 
-I-stage (Sec. 3.1): the head-averaged attention matrix is read as a weighted
+I-stage: the head-averaged attention matrix is read as a weighted
 directed graph and Weighted PageRank gives each token an importance,
     s_{t+1}(j) = sum_i A[i, j] s_t(i),   s_0 = 1/N,
 a fixed number of power iterations (A is row-stochastic, so s stays a
 distribution); the least important tokens are pruned.
-S-stage (Sec. 3.2): the importance ranking partitions the surviving tokens
+S-stage: the importance ranking partitions the surviving tokens
 into an important group and a less important group; the less important
 tokens most similar (cosine, on the metric) to the important group are
 pruned, since they duplicate information that is kept.
