@@ -25,6 +25,9 @@ def validate(config, num_devices: int):
   _require(config.batch_size % num_devices == 0,
            f"batch_size={config.batch_size} is not divisible by the "
            f"{num_devices} devices; use a multiple of {num_devices}.")
+  _require(config.evals.batch_size % num_devices == 0,
+           f"evals.batch_size={config.evals.batch_size} is not divisible by the "
+           f"{num_devices} devices; use a multiple of {num_devices}.")
   _require(config.log_every > 0, f"log_every={config.log_every} must be > 0.")
   _require(config.checkpoint_every >= 0,
            f"checkpoint_every={config.checkpoint_every} must be >= 0 (0 = only at the end).")

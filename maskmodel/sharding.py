@@ -26,3 +26,20 @@ def shard_batch(batch, sharding: NamedSharding):
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       batch)
+
+
+def shard_replicated_batch(batch, sharding: NamedSharding):
+  """For a batch every process holds in full (evals): each process feeds its
+  equal share of the rows, so the global array is the batch itself."""
+  def local(x):
+    n = x.shape[0] // jax.process_count()
+    return x[jax.process_index() * n:(jax.process_index() + 1) * n]
+  return shard_batch(jax.tree.map(local, batch), sharding)
+
+
+def to_host(x) -> np.ndarray:
+  """The whole of a (possibly multi-process) global array, on every host."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))

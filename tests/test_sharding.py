@@ -57,3 +57,26 @@ def test_sharded_step_equals_single_device():
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "OK" in proc.stdout
+
+
+def test_two_process_run(tmp_path):
+  """Two JAX processes (gloo collectives on CPU) train, checkpoint and
+  evaluate one run together through the CLI."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  wd = tmp_path / "run"
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "maskmodel.main", "--config", SMOKE, "--workdir", str(wd),
+       "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+       "--process_id", str(i), "--config.total_steps=10", "--config.evals.names=('knn',)"],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "devices=2" in outs[0][0] and "final: knn_accuracy=" in outs[0][0]
+  assert "step 5/10" not in outs[1][0]  # only process 0 logs progress
+  assert (wd / "report.md").exists()
+  assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [10]

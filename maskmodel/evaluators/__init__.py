@@ -66,7 +66,8 @@ def accuracy(ctx, params, task_state, cache):
   data_sharding = sharding.batch_sharded(ctx.mesh)
   for batch, n in eval_batches(ctx.test_source, batch_size=ctx.config.evals.batch_size,
                                spec=ctx.spec):
-    pred = np.asarray(fn(sharding.shard_batch(batch["image"], data_sharding)))[:n]
+    pred = sharding.to_host(fn(sharding.shard_replicated_batch(batch["image"],
+                                                               data_sharding)))[:n]
     correct += int((pred == batch["label"][:n]).sum())
     total += n
   return {"test_accuracy": correct / total}

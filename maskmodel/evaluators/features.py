@@ -1,7 +1,6 @@
 """Frozen-feature extraction over a whole split."""
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from maskmodel import sharding
@@ -16,7 +15,7 @@ def extract(feature_fn, source, *, batch_size, spec, mesh):
   data_sharding = sharding.batch_sharded(mesh)
   feats, labels = [], []
   for batch, n_valid in eval_batches(source, batch_size=batch_size, spec=spec):
-    images = sharding.shard_batch(batch["image"], data_sharding)
-    feats.append(np.asarray(jax.device_get(feature_fn(images)))[:n_valid])
+    images = sharding.shard_replicated_batch(batch["image"], data_sharding)
+    feats.append(sharding.to_host(feature_fn(images))[:n_valid])
     labels.append(batch["label"][:n_valid])
   return np.concatenate(feats).astype(np.float32), np.concatenate(labels)
