@@ -10,7 +10,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from maskmodel import checkpoint, config as config_lib, evaluators, optim, sharding

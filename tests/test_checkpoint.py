@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -56,7 +57,7 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
 
   (s1, a), (s2, b) = _final_state(ref), _final_state(killed)
   assert s1 == s2 == 150
-  flat_a, flat_b = map(lambda t: __import__("jax").tree.leaves(t), (a, b))
+  flat_a, flat_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(flat_a) == len(flat_b)
   for x, y in zip(flat_a, flat_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -1,6 +1,5 @@
 """The main job end to end through the CLI, at smoke size."""
 import json
-import os
 
 from conftest import SMOKE, run_cli
 

@@ -1,5 +1,4 @@
 """Bad input: each case fails with one clear line naming the fix, no traceback."""
-import os
 
 import pytest
 
