@@ -78,7 +78,8 @@ def _fmt_time(seconds):
 def train_and_evaluate(config, workdir):
   """Runs (or resumes) the run described by `config` in `workdir`.
 
-  Returns the final evaluation metrics.
+  Returns {"final": eval metrics, "random_init": the same evals of the
+  initial params (when `evals.compare_random_init`), "state": train state}.
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh()
