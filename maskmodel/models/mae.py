@@ -7,7 +7,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from maskmodel.models.patches import sincos_2d_posemb
-from maskmodel.models.vit import Transformer, ViT, dense_init, token_init
+from maskmodel.models.vit import (Transformer, ViT, dense_init, token_dense,
+                                  token_init)
 
 Dtype = Any
 
@@ -30,8 +31,8 @@ class MAEDecoder(nn.Module):
   @nn.compact
   def __call__(self, tokens, ids_restore):
     b, n = ids_restore.shape
-    x = nn.Dense(self.width, kernel_init=dense_init, dtype=self.dtype,
-                 name="embed")(tokens)
+    x = token_dense(nn.Dense(self.width, kernel_init=dense_init, dtype=self.dtype,
+                             name="embed"), tokens)
     mask_token = self.param("mask_token", token_init, (1, 1, self.width))
     visible = x[:, 1:]
     filler = jnp.broadcast_to(mask_token.astype(x.dtype),
@@ -42,8 +43,8 @@ class MAEDecoder(nn.Module):
     x = x + sincos_2d_posemb(self.width, self.grid, class_token=True)[None]
     x = Transformer(self.depth, self.num_heads, int(self.width * self.mlp_ratio),
                     self.attn_impl, self.dtype, name="decoder")(x)
-    x = nn.Dense(self.patch_dim, kernel_init=dense_init, dtype=self.dtype,
-                 name="pred")(x)
+    x = token_dense(nn.Dense(self.patch_dim, kernel_init=dense_init,
+                             dtype=self.dtype, name="pred"), x)
     return x[:, 1:].astype(jnp.float32)
 
 

@@ -20,6 +20,29 @@ dense_init = nn.initializers.xavier_uniform()
 token_init = nn.initializers.normal(stddev=0.02)
 
 
+def gelu(x):
+  """Exact GELU, x * Phi(x), written with erf as MAE's PyTorch code has it.
+
+  Same function as `nn.gelu(x, approximate=False)`, which uses erfc (outputs
+  agree to ~1e-7). XLA's f32 erf is a short polynomial while erfc needs an
+  exp and selects; on CPU this forward is ~2.8x cheaper.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(2**-0.5, x.dtype)))
+
+
+def token_dense(layer: nn.Dense, x):
+  """Applies `layer` to `[..., D]` as one `[tokens, D]` matmul.
+
+  Same math and params as `layer(x)`. Flattening first makes the backward
+  weight gradient a plain `x^T dy` over one contracting dimension; over
+  `[B, N]` XLA first transposes `dy` in memory, which on CPU added ~25% to
+  the backward of a decoder MLP layer.
+  """
+  lead = x.shape[:-1]
+  y = layer(x.reshape(-1, x.shape[-1]))
+  return y.reshape(*lead, y.shape[-1])
+
+
 def layer_norm(name=None):
   return nn.LayerNorm(epsilon=1e-6, name=name)
 
@@ -31,9 +54,11 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
-    x = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=dense_init)(x)
-    x = nn.gelu(x, approximate=False)
-    return nn.Dense(width, dtype=self.dtype, kernel_init=dense_init)(x)
+    x = token_dense(nn.Dense(self.mlp_dim, dtype=self.dtype,
+                             kernel_init=dense_init, name="Dense_0"), x)
+    x = gelu(x)
+    return token_dense(nn.Dense(width, dtype=self.dtype, kernel_init=dense_init,
+                                name="Dense_1"), x)
 
 
 class MultiHeadAttention(nn.Module):
@@ -46,12 +71,12 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, x, bias=None):
     b, n, width = x.shape
     head_dim = width // self.num_heads
-    qkv = nn.Dense(3 * width, dtype=self.dtype, kernel_init=dense_init,
-                   name="qkv")(x)
+    qkv = token_dense(nn.Dense(3 * width, dtype=self.dtype,
+                               kernel_init=dense_init, name="qkv"), x)
     q, k, v = jnp.split(qkv.reshape(b, n, 3 * self.num_heads, head_dim), 3, axis=2)
     out = attention(q, k, v, bias=bias, impl=self.attn_impl)
-    out = nn.Dense(width, dtype=self.dtype, kernel_init=dense_init,
-                   name="proj")(out.reshape(b, n, width))
+    out = token_dense(nn.Dense(width, dtype=self.dtype, kernel_init=dense_init,
+                               name="proj"), out.reshape(b, n, width))
     return out, k
 
 
@@ -107,8 +132,8 @@ class ViT(nn.Module):
   def __call__(self, images, ids_keep: Optional[jax.Array] = None):
     b, h, w, _ = images.shape
     grid = (h // self.patch_size, w // self.patch_size)
-    x = nn.Dense(self.width, kernel_init=dense_init, dtype=self.dtype,
-                 name="patch_embed")(patchify(images, self.patch_size))
+    x = token_dense(nn.Dense(self.width, kernel_init=dense_init, dtype=self.dtype,
+                             name="patch_embed"), patchify(images, self.patch_size))
     posemb = sincos_2d_posemb(self.width, grid, class_token=True)
     x = x + posemb[None, 1:]
     if ids_keep is not None:

@@ -1,0 +1,389 @@
+"""MAE ViT-B/16 train-step throughput and MFU against this machine's own f32
+matmul peak, both measured in the same process.
+
+Times the loop's real step (`maskmodel.train.train_step`, jitted with the
+loop's shardings and donated state) on synthetic 224x224x3 images: MAE
+pretraining of ViT-B/16 with mask ratio 0.75, the 512x8x16 decoder,
+normalized-pixel loss and AdamW with gradient clipping. Prints one JSON
+document.
+
+  python benchmarks/mae_step.py                        # batch 8
+  python benchmarks/mae_step.py --batch 16 --out mae_step.json
+  python benchmarks/mae_step.py --breakdown            # + time per op class
+
+FLOPs per step come from XLA's cost analysis of the compiled step, with an
+analytic count (matmuls only, 2 FLOPs per multiply-add) beside it. The peak
+is the best f32 `jnp.dot` of square matrices, run by the same XLA CPU client
+and thread pool as the step. Each timed repeat is preceded by its own peak
+measurement, so load from other processes on a shared machine shows up in
+both (`mfu_paired` is the median of the per-repeat ratios); `mfu` divides the
+median step rate by the best peak seen, the stricter of the two.
+
+Allocator (`--malloc`): XLA's CPU runtime allocates the step's temporaries
+(about 1.5 GB here) with one `posix_memalign` per step, from a worker
+thread. glibc serves that with a fresh `mmap` and unmaps it on free, so every
+step page-faults 1.5 GB of new zero pages (about 0.7 CPU-s of kernel time per
+step on 2 cores). `--malloc keep` (the default) re-executes the process with
+`MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`, so
+the buffer stays mapped between steps; `--malloc default` measures glibc's
+defaults. Synthetic data: for speed only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# glibc reads these once, at startup: they must be in place before the
+# first allocation, hence the re-exec below (before importing JAX).
+MALLOC_KEEP_ENV = {
+    "MALLOC_ARENA_MAX": "1",           # worker threads share the main heap,
+    "MALLOC_MMAP_MAX_": "0",           # which grows with brk instead of mmap,
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 40),  # and is never handed back.
+}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
+  p.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compile")
+  p.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                 help="keep: glibc keeps the step's temporaries mapped (see "
+                      "module docstring); default: glibc's defaults")
+  p.add_argument("--breakdown", action="store_true",
+                 help="profile 2 more steps and add time per op class")
+  p.add_argument("--out", default=None, help="also write the JSON here")
+  return p.parse_args(argv)
+
+
+def maybe_reexec(args):
+  if args.malloc != "keep" or all(os.environ.get(k) == v
+                                  for k, v in MALLOC_KEEP_ENV.items()):
+    return
+  os.execve(sys.executable, [sys.executable] + sys.argv,
+            dict(os.environ, **MALLOC_KEEP_ENV))
+
+
+if __name__ == "__main__":
+  maybe_reexec(parse_args())
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import collections
+import functools
+import glob
+import json
+import pathlib
+import platform
+import re
+import resource
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+try:
+  import maskmodel  # noqa: F401  pylint: disable=unused-import
+except ImportError:  # Run from a checkout without installing.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from maskmodel import config as mm
+from maskmodel import sharding
+from maskmodel.tasks import get_task
+from maskmodel.train import initial_state, train_step
+
+
+def vit_b16_mae_config(batch_size: int):
+  """MAE ViT-B/16 pretraining on ImageNet-shaped inputs (He et al. 2021)."""
+  c = mm.base_config()
+  c.task = mm.mae_task(mask_ratio=0.75, norm_pix_loss=True, decoder_width=512,
+                       decoder_depth=8, decoder_heads=16)
+  c.model.patch_size = 16
+  c.model.width = 768
+  c.model.depth = 12
+  c.model.num_heads = 12
+  c.model.mlp_ratio = 4.0
+  c.data.image_size = 224
+  c.data.channels = 3
+  c.data.mean = (0.485, 0.456, 0.406)
+  c.data.std = (0.229, 0.224, 0.225)
+  c.batch_size = batch_size
+  c.total_steps = 800
+  c.optimizer.lr = 1.5e-4 * batch_size / 256
+  c.optimizer.warmup_steps = 40
+  return c
+
+
+def transformer_train_flops(tokens, width, depth, mlp_dim):
+  """Matmul FLOPs of fwd + bwd (3x fwd) of `depth` pre-LN blocks, one image."""
+  per_block = (2 * tokens * width * 3 * width      # qkv
+               + 2 * 2 * tokens * tokens * width   # q k^T and probs v
+               + 2 * tokens * width * width        # out projection
+               + 2 * 2 * tokens * width * mlp_dim)  # MLP
+  return 3 * depth * per_block
+
+
+def analytic_step_flops(config):
+  """Matmul FLOPs of one MAE train step (whole batch), by component.
+
+  Forward + backward = 3x forward for every matmul whose input needs a
+  gradient; the patch embedding sees the images, which need none, so it
+  costs 2x. Layer norms, GELU, softmax, the loss and AdamW are elementwise
+  and left out.
+  """
+  m, t, d = config.model, config.task, config.data
+  n = (d.image_size // m.patch_size) ** 2
+  patch_dim = m.patch_size**2 * d.channels
+  keep = max(1, int(n * (1 - t.mask_ratio)))
+  enc_mlp, dec_mlp = int(m.width * m.mlp_ratio), int(t.decoder.width * 4.0)
+  parts = {
+      # MAE embeds all N patches, then keeps K (as the reference code does).
+      "patch_embed": 2 * 2 * n * patch_dim * m.width,
+      "encoder": transformer_train_flops(1 + keep, m.width, m.depth, enc_mlp),
+      "decoder_embed": 3 * 2 * (1 + keep) * m.width * t.decoder.width,
+      "decoder": transformer_train_flops(1 + n, t.decoder.width, t.decoder.depth,
+                                         dec_mlp),
+      "decoder_pred": 3 * 2 * (1 + n) * t.decoder.width * patch_dim,
+  }
+  parts = {k: float(v * config.batch_size) for k, v in parts.items()}
+  parts["total"] = sum(parts.values())
+  return parts
+
+
+class MatmulPeak:
+  """Best f32 FLOP/s of `jnp.dot` on square matrices, on this process's
+  XLA CPU client (so with the step's thread pool and dot library)."""
+
+  def __init__(self, sizes=(2048, 3072, 4096)):
+    self.dot = jax.jit(jnp.dot)
+    self.operands = {}
+    for s in sizes:
+      k1, k2 = jax.random.split(jax.random.PRNGKey(s))
+      self.operands[s] = (jax.random.normal(k1, (s, s), jnp.float32),
+                          jax.random.normal(k2, (s, s), jnp.float32))
+      jax.block_until_ready(self.dot(*self.operands[s]))  # compile
+    self.best = {s: 0.0 for s in sizes}
+
+  def measure(self, reps=3):
+    """Returns the best FLOP/s of this call over all sizes."""
+    now = 0.0
+    for s, (a, b) in self.operands.items():
+      for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(self.dot(a, b))
+        rate = 2.0 * s**3 / (time.perf_counter() - t0)
+        now = max(now, rate)
+        self.best[s] = max(self.best[s], rate)
+    return now
+
+
+def _hlo_index(hlo_text):
+  """Instruction name -> (text, computation), and shapes per computation."""
+  insts, shapes, comp = {}, {}, None
+  for line in hlo_text.splitlines():
+    head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if head:
+      comp = head.group(1)
+      continue
+    m = re.match(r"\s+(?:ROOT )?%?([\w.\-]+) = (\S+) (.*)", line)
+    if m and comp:
+      insts.setdefault(m.group(1), (m.group(2) + " " + m.group(3), comp))
+      dims = re.match(r"f32\[([\d,]*)\]", m.group(2))
+      if dims:
+        shapes[(comp, m.group(1))] = [int(x) for x in dims.group(1).split(",") if x]
+  return insts, shapes
+
+
+def _dots_in(name, insts, shapes):
+  """(flops, output rank) of each dot that thunk `name` runs."""
+  text, comp = insts.get(name, ("", None))
+  called = re.search(r"calls=%?([\w.\-]+)", text)
+  lines = ([(t, c) for t, c in insts.values() if c == called.group(1)]
+           if called else [(text, comp)])
+  out = []
+  for t, c in lines:
+    m = re.match(r"f32\[([\d,]*)\]\S* dot\(%?([\w.\-]+), ", t)
+    if not m:
+      continue
+    out_dims = [int(x) for x in m.group(1).split(",") if x]
+    lhs = shapes.get((c, m.group(2)), [])
+    contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", t).group(1)
+    k = int(np.prod([lhs[int(i)] for i in contract.split(",") if i])) if lhs else 0
+    out.append((2.0 * np.prod(out_dims) * k, len(out_dims)))
+  return out
+
+
+def op_class(name, insts, shapes):
+  dots = _dots_in(name, insts, shapes)
+  if dots:
+    return "attention_matmul" if max(r for _, r in dots) > 2 else "matmul", \
+        sum(f for f, _ in dots)
+  text = insts.get(name, ("", None))[0]
+  op = re.search(r'op_name="([^"]*)"', text)
+  op = op.group(1) if op else ""
+  if "MaskedAutoencoder" not in op:
+    return "optimizer_and_grad_norm", 0.0
+  parts = op.split("/")
+  if any(p in ("norm", "norm1", "norm2") for p in parts):
+    return "layernorm", 0.0
+  if "attn" in parts or any(",b" in p for p in parts):
+    return "attention_softmax_and_layout", 0.0
+  if "mlp" in parts:
+    return "gelu_and_bias", 0.0
+  return "other_model", 0.0
+
+
+def breakdown(compiled, state, batch, steps=2):
+  """Per-op-class thunk time per step from a profiler trace of `steps`."""
+  from jax._src.lib import _profile_data  # pylint: disable=import-outside-toplevel
+  insts, shapes = _hlo_index(compiled.as_text())
+  with tempfile.TemporaryDirectory() as logdir:
+    jax.profiler.start_trace(logdir)
+    for _ in range(steps):
+      state, _ = compiled(state, batch)
+    jax.block_until_ready(state)
+    jax.profiler.stop_trace()
+    trace = _profile_data.ProfileData.from_file(
+        glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")[0])
+    ns = collections.Counter()
+    for plane in trace.planes:
+      for line in plane.lines:
+        if not line.name.startswith(("tf_XLAEigen", "tf_XLAPjRt")):
+          continue
+        for ev in line.events:
+          if not ev.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
+            ns[ev.name] += ev.duration_ns
+  total_ms, flops = collections.Counter(), collections.Counter()
+  for name, t in ns.items():
+    cls, f = op_class(name, insts, shapes)
+    total_ms[cls] += t / 1e6 / steps
+    flops[cls] += f
+  all_ms = sum(total_ms.values())
+  out = {cls: {"ms_per_step": round(ms, 1), "share": round(ms / all_ms, 3)}
+         for cls, ms in total_ms.most_common()}
+  for cls in ("matmul", "attention_matmul"):
+    if cls in out:
+      out[cls]["flop_per_s"] = flops[cls] / (total_ms[cls] / 1e3)
+  return state, {"thunk_ms_per_step": round(all_ms, 1), "classes": out}
+
+
+def main(args):
+  config = vit_b16_mae_config(args.batch)
+  mesh = sharding.make_mesh()
+  mm.validate(config, mesh.size)
+  task = get_task(config)
+  size, ch = config.data.image_size, config.data.channels
+  rng = np.random.default_rng(0)
+  host_batch = {"image": rng.normal(size=(args.batch, size, size, ch)).astype(np.float32),
+                "label": np.zeros((args.batch,), np.int32)}
+  state, tx, schedule = initial_state(config, task, host_batch)
+  repl, data_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  state = jax.device_put(state, repl)
+  batch = sharding.shard_batch(host_batch, data_sharding)
+  # Built exactly as `train_and_evaluate` builds it.
+  step_fn = jax.jit(functools.partial(train_step, task, tx, schedule),
+                    in_shardings=(repl, data_sharding), out_shardings=(repl, repl),
+                    donate_argnums=(0,))
+
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  xla_flops = float(cost["flops"])
+  analytic = analytic_step_flops(config)
+  temp_bytes = compiled.memory_analysis().temp_size_in_bytes
+
+  peak = MatmulPeak()
+  load_before = os.getloadavg()
+  for _ in range(args.warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(state)
+
+  step_s, peaks, usage = [], [], []
+  for _ in range(args.repeats):
+    peaks.append(peak.measure())
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(args.steps):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    step_s.append(dt / args.steps)
+    usage.append(((r1.ru_utime - r0.ru_utime) / args.steps,
+                  (r1.ru_stime - r0.ru_stime) / args.steps,
+                  (r1.ru_minflt - r0.ru_minflt) / args.steps))
+  peaks.append(peak.measure())
+  load_after = os.getloadavg()
+
+  med = statistics.median(step_s)
+  best_peak = max(peak.best.values())
+  paired = [xla_flops / s / p for s, p in zip(step_s, peaks)]
+  result = {
+      "benchmark": "mae_vit_b16_train_step",
+      "model": dict(encoder="ViT-B/16 (768 wide, 12 deep, 12 heads)",
+                    decoder="512 wide, 8 deep, 16 heads", image_size=size,
+                    channels=ch, mask_ratio=config.task.mask_ratio,
+                    norm_pix_loss=config.task.norm_pix_loss,
+                    optimizer="adamw + global-norm clip", dtype=config.model.dtype,
+                    params=int(sum(x.size for x in jax.tree.leaves(state["params"])))),
+      "batch": args.batch,
+      "steps_per_repeat": args.steps,
+      "repeats": args.repeats,
+      "step_ms_median": med * 1e3,
+      "step_ms_min": min(step_s) * 1e3,
+      "step_ms_per_repeat": [round(s * 1e3, 1) for s in step_s],
+      "steps_per_s": 1.0 / med,
+      "img_per_s": args.batch / med,
+      "flops_per_step_xla": xla_flops,
+      "flops_per_step_analytic": analytic["total"],
+      "flops_analytic_breakdown": analytic,
+      "achieved_flop_per_s": xla_flops / med,
+      "matmul_peak_flop_per_s": best_peak,
+      "matmul_peak_by_size": {str(k): v for k, v in peak.best.items()},
+      "matmul_peak_per_repeat": [round(p / 1e9, 1) for p in peaks],
+      "mfu": xla_flops / med / best_peak,
+      "mfu_paired": statistics.median(paired),
+      "mfu_per_repeat": [round(x, 3) for x in paired],
+      "cpu_s_per_step": dict(user=statistics.median(u for u, _, _ in usage),
+                             sys=statistics.median(s for _, s, _ in usage)),
+      "minor_page_faults_per_step": statistics.median(f for _, _, f in usage),
+      "temp_bytes_per_step": temp_bytes,
+      "malloc": args.malloc,
+      "malloc_env": {k: os.environ[k] for k in MALLOC_KEEP_ENV if k in os.environ},
+      "loss": float(metrics["loss"]),
+      "compile_s": compile_s,
+      "loadavg_1m_before_after": [load_before[0], load_after[0]],
+      "jax": jax.__version__,
+      "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+      "num_devices": jax.device_count(),
+      "cpu_count": os.cpu_count(),
+      "cpu_affinity": len(os.sched_getaffinity(0)),
+      "cpu_model": _cpu_model(),
+      "python": platform.python_version(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+  if args.breakdown:
+    state, result["breakdown"] = breakdown(compiled, state, batch)
+  text = json.dumps(result, indent=2)
+  print(text)
+  if args.out:
+    pathlib.Path(args.out).write_text(text + "\n")
+  return result
+
+
+def _cpu_model():
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+  main(parse_args())
