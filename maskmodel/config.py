@@ -72,6 +72,7 @@ def base_config():
   c.model.pool = "cls"
   c.model.attn_impl = "auto"
   c.model.dtype = "float32"
+  c.model.token_reduction = token_reduction()
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 1e-3
@@ -91,6 +92,28 @@ def base_config():
   c.evals.linear_probe = dict(every=0, steps=500, lr=1e-2)
   c.evals.accuracy = dict(every=0)
   c.evals.reconstruction = dict(every=0, num_images=8)
+  return c
+
+
+def token_reduction(method="none", schedule=0, options=None, prop_attn=True):
+  """`model.token_reduction`: token merging / pruning inside the encoder.
+
+  method: "none" or a name in `maskmodel.tokens.REDUCERS` (tome, pitome,
+    topk, evit, divprune, dart, atc, zero_tprune, gtp).
+  schedule: any `maskmodel.tokens.tokens_per_layer` spec: r removed per block
+    (int), "decreasing:R", (r, inflect), ("rate", rho, layers), or a list of
+    the tokens kept after each block ([CLS] included).
+  options: dict of the method's options (e.g. {"linkage": "single"} for atc).
+  prop_attn: ToMe's proportional attention (log(size) added to the logits).
+  Schedule and options accept any type, so `--config.model.token_reduction.
+  schedule=decreasing:8` and `=[40,30,20,10]` both work.
+  """
+  c = ml_collections.ConfigDict()
+  c.method = method
+  c.schedule = ml_collections.FieldReference(schedule, field_type=object)
+  c.options = ml_collections.FieldReference(dict(options or {}),
+                                            field_type=object)
+  c.prop_attn = prop_attn
   return c
 
 

@@ -1,11 +1,19 @@
 """Builds models from `config.model` and checks the geometry they need."""
 from __future__ import annotations
 
+import copy
+
 import jax
 import jax.numpy as jnp
 
+from maskmodel import config as config_lib
+from maskmodel import tokens
 from maskmodel.config import ConfigError
-from maskmodel.models.vit import ViT
+from maskmodel.models.vit import TokenReduction, ViT
+
+# Bipartite matching can remove at most half of the non-class tokens a layer
+# gets (ToMe Sec. 3; PiToMe merges within the same bipartite split).
+BIPARTITE = ("tome", "pitome")
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -27,17 +35,109 @@ def grid(config) -> tuple[int, int]:
   return size // p, size // p
 
 
-def vit(model_config, num_classes: int = 0) -> ViT:
+def num_tokens(config) -> int:
+  """Tokens a ViT encoder sees on full images: the patches plus [CLS]."""
+  gh, gw = grid(config)
+  return gh * gw + 1
+
+
+def _schedule_spec(schedule):
+  """A config value as a `tokens_per_layer` spec (lists may come as tuples
+  of ints from the command line)."""
+  if isinstance(schedule, str) and schedule.strip().lstrip("-").isdigit():
+    return int(schedule)
+  if isinstance(schedule, tuple) and schedule and all(
+      isinstance(k, int) and not isinstance(k, bool) for k in schedule) \
+      and len(schedule) != 2:
+    return list(schedule)
+  return schedule
+
+
+def token_reduction(model_config, num_input_tokens):
+  """The static `TokenReduction` plan of `model_config.token_reduction`, for
+  an encoder that gets `num_input_tokens` tokens (class token included).
+
+  Returns None when the method is "none" (the plain ViT). Raises
+  `ConfigError` naming the valid choices for an unknown method or option,
+  and for a schedule that cannot be followed.
+  """
+  t = model_config.get("token_reduction")
+  if t is None or t.method in ("none", None, ""):
+    return None
+  key = "model.token_reduction"
+  if t.method not in tokens.REDUCERS:
+    raise ConfigError(f"{key}.method={t.method!r} is unknown; use 'none' or "
+                      f"one of {sorted(tokens.REDUCERS)}.")
+  info = tokens.REDUCERS[t.method]
+  options = dict(t.get("options") or {})
+  unknown = sorted(set(options) - set(info.options))
+  if unknown:
+    raise ConfigError(f"{key}.options has {unknown}, which {t.method!r} does "
+                      f"not take; it accepts {list(info.options) or 'none'}.")
+  bipartite = t.method in BIPARTITE
+  try:
+    keep = tokens.tokens_per_layer(_schedule_spec(t.schedule),
+                                   model_config.depth, num_input_tokens,
+                                   class_token=True, bipartite=bipartite)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{key}.schedule={t.schedule!r} cannot be used with "
+                      f"{model_config.depth} blocks and {num_input_tokens} "
+                      f"tokens: {e}") from None
+  prev = num_input_tokens
+  for layer, k in enumerate(keep):
+    if bipartite and prev - k > (prev - 1) // 2:
+      raise ConfigError(
+          f"{key}.schedule keeps {k} of {prev} tokens at layer {layer}, but "
+          f"{t.method} merges at most half of the {prev - 1} non-class tokens "
+          f"per layer (keep >= {prev - (prev - 1) // 2}); use a gentler "
+          "schedule or a pruning method.")
+    prev = k
+  options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                         for k, v in options.items()))
+  return TokenReduction(method=t.method, keep=tuple(keep),
+                        num_tokens=num_input_tokens, options=options,
+                        prop_attn=bool(t.get("prop_attn", True)))
+
+
+def with_token_reduction(model_config, method, schedule=0, options=None,
+                         prop_attn=True):
+  """A copy of `model_config` with another `token_reduction`.
+
+  For eval-time reduction: the model it builds takes the same params as the
+  original (`config_lib.token_reduction` describes the arguments).
+  """
+  m = copy.deepcopy(model_config)
+  with m.unlocked():
+    m.token_reduction = config_lib.token_reduction(method, schedule, options,
+                                                   prop_attn)
+  return m
+
+
+def vit(model_config, num_classes: int = 0, *, num_tokens=None) -> ViT:
+  """The ViT of `model_config`.
+
+  `num_tokens` (patches + class token the encoder will see, see
+  `num_tokens(config)`) is needed only with `model.token_reduction`, whose
+  schedule is turned into static per-block keep counts for that length.
+  """
   m = model_config
   if m.width % m.num_heads:
     raise ConfigError(f"model.width={m.width} is not divisible by "
                       f"model.num_heads={m.num_heads}.")
   if m.pool not in ("cls", "gap"):
     raise ConfigError(f"model.pool={m.pool!r} is unknown; use 'cls' or 'gap'.")
+  plan = None
+  t = m.get("token_reduction")
+  if t is not None and t.method not in ("none", None, ""):
+    if num_tokens is None:
+      raise ConfigError("model.token_reduction needs the encoder's token "
+                        "count; build the model with build.vit(..., "
+                        "num_tokens=build.num_tokens(config)).")
+    plan = token_reduction(m, num_tokens)
   return ViT(patch_size=m.patch_size, width=m.width, depth=m.depth,
              num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
              num_classes=num_classes, pool=m.pool, attn_impl=m.attn_impl,
-             dtype=dtype(m))
+             dtype=dtype(m), token_reduction=plan)
 
 
 def vit_layer_ids(params, depth: int):

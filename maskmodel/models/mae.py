@@ -54,7 +54,10 @@ class MaskedAutoencoder(nn.Module):
   decoder: MAEDecoder
 
   def __call__(self, images, ids_keep, ids_restore):
-    latent = self.encoder(images, ids_keep=ids_keep)["tokens"]
+    # One latent per visible patch: merged tokens are copied back to the
+    # positions they hold (a no-op without token reduction).
+    latent = self.encoder(images, ids_keep=ids_keep,
+                          restore_tokens=True)["tokens"]
     return self.decoder(latent, ids_restore)
 
   def encode(self, images):

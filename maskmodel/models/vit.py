@@ -3,15 +3,24 @@
 Pre-LN blocks, fixed 2D sin-cos position embeddings, an optional class token,
 patch embedding as a linear map of `patchify` output (the same as a stride-p
 convolution). Attention goes through `maskmodel.kernels.attention`.
+
+Token reduction (`maskmodel.tokens`, ToMe and family) runs inside the blocks
+when the ViT is given a `TokenReduction` plan: each block calls the reducer
+between attention and MLP, as ToMe does, with the head-averaged keys as the
+similarity metric and the attention statistics the method needs. The plan
+is static (a method name and the tokens kept after every block), so every
+shape is known at trace time; the params are the same as without it.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import dataclasses
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maskmodel import tokens
 from maskmodel.kernels import attention
 from maskmodel.models.patches import patchify, sincos_2d_posemb
 
@@ -43,6 +52,30 @@ def token_dense(layer: nn.Dense, x):
   return y.reshape(*lead, y.shape[-1])
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenReduction:
+  """A static token-reduction plan for a ViT encoder (hashable).
+
+  method: a name in `maskmodel.tokens.REDUCERS`.
+  keep: tokens left after each block (class token included), one per block;
+    `maskmodel.tokens.tokens_per_layer` turns a schedule into this.
+  num_tokens: tokens entering the first block (class token included); the
+    plan is only valid for inputs of that length.
+  options: `(name, value)` pairs passed to the reducer.
+  prop_attn: ToMe's proportional attention: log(size) is added to every
+    key's attention logit, so a merged token counts as the patches it holds.
+  """
+  method: str
+  keep: Tuple[int, ...]
+  num_tokens: int
+  options: Tuple[Tuple[str, Any], ...] = ()
+  prop_attn: bool = True
+
+  @property
+  def needs(self):
+    return tokens.REDUCERS[self.method].needs
+
+
 def layer_norm(name=None):
   return nn.LayerNorm(epsilon=1e-6, name=name)
 
@@ -62,52 +95,155 @@ class MlpBlock(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-  """Fused-qkv self-attention; `bias` is a per-key additive term [B, N]."""
+  """Fused-qkv self-attention; `bias` is a per-key additive term [B, N].
+
+  Returns `(out, k)`, or `(out, k, aux)` when `with_stats` (aux is the
+  kernel's `AttentionStats`) or `with_probs` (aux is the head-averaged
+  `[B, N, N]` probabilities, computed explicitly, without gradient).
+  """
   num_heads: int
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, bias=None):
+  def __call__(self, x, bias=None, with_stats=False, with_probs=False):
     b, n, width = x.shape
     head_dim = width // self.num_heads
     qkv = token_dense(nn.Dense(3 * width, dtype=self.dtype,
                                kernel_init=dense_init, name="qkv"), x)
     q, k, v = jnp.split(qkv.reshape(b, n, 3 * self.num_heads, head_dim), 3, axis=2)
-    out = attention(q, k, v, bias=bias, impl=self.attn_impl)
+    aux = None
+    if with_probs:
+      # Zero-TPrune reads the whole attention graph, which the fused kernels
+      # never materialize; only that method pays for this explicit softmax.
+      qh, kh, vh = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, H, N, D]
+      logits = jnp.einsum("bhqd,bhkd->bhqk", qh, kh,
+                          preferred_element_type=jnp.float32) * head_dim**-0.5
+      if bias is not None:
+        logits = logits + bias[:, None, None, :].astype(jnp.float32)
+      probs = jax.nn.softmax(logits, axis=-1)
+      out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype),
+                                    vh), 1, 2)
+      aux = jax.lax.stop_gradient(probs).mean(axis=1)
+    elif with_stats:
+      out, aux = attention(q, k, v, bias=bias, impl=self.attn_impl,
+                           return_stats=True)
+    else:
+      out = attention(q, k, v, bias=bias, impl=self.attn_impl)
     out = token_dense(nn.Dense(width, dtype=self.dtype, kernel_init=dense_init,
                                name="proj"), out.reshape(b, n, width))
+    if with_stats or with_probs:
+      return out, k, aux
     return out, k
 
 
 class Block(nn.Module):
-  """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+  """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+  With `reduction` (a `TokenReduction`) and `keep` (this block's entry of
+  its schedule), the block also reduces the tokens between attention and MLP,
+  as ToMe does, and is called as `block(x, bias, size, source)` returning
+  `tokens.Reduced(x, size, source)`.
+  """
   num_heads: int
   mlp_dim: int
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
+  reduction: Optional[TokenReduction] = None
+  keep: Optional[int] = None
 
   @nn.compact
-  def __call__(self, x, bias=None):
-    y, _ = MultiHeadAttention(self.num_heads, self.attn_impl, self.dtype,
-                              name="attn")(layer_norm("norm1")(x), bias)
+  def __call__(self, x, bias=None, size=None, source=None):
+    attn = MultiHeadAttention(self.num_heads, self.attn_impl, self.dtype,
+                              name="attn")
+    mlp = MlpBlock(self.mlp_dim, self.dtype, name="mlp")
+    if self.reduction is None:
+      y, _ = attn(layer_norm("norm1")(x), bias)
+      x = x + y
+      return x + mlp(layer_norm("norm2")(x))
+
+    plan = self.reduction
+    reduces = self.keep < x.shape[1]
+    needs = plan.needs if reduces else ()
+    with_probs = "attn" in needs
+    with_stats = not with_probs and bool({"cls_attn", "key_mass"} & set(needs))
+    y, k, *aux = attn(layer_norm("norm1")(x), bias, with_stats=with_stats,
+                      with_probs=with_probs)
     x = x + y
-    return x + MlpBlock(self.mlp_dim, self.dtype, name="mlp")(layer_norm("norm2")(x))
+    if reduces:
+      stats = aux[0] if with_stats else None
+      x, size, source = tokens.reduce(
+          plan.method, x, size, keep=self.keep,
+          metric=k.mean(axis=2),   # ToMe's metric: keys averaged over heads
+          cls_attn=None if stats is None else stats.cls_probs,
+          key_mass=None if stats is None else stats.key_mass,
+          attn=aux[0] if with_probs else None,
+          class_token=True, source=source, **dict(plan.options))
+    x = x + mlp(layer_norm("norm2")(x))
+    return tokens.Reduced(x, size, source)
 
 
 class Transformer(nn.Module):
+  """`depth` blocks and a final LayerNorm.
+
+  Without `reduction`, `transformer(x) -> x`. With a `TokenReduction`,
+  `transformer(x, source=None) -> tokens.Reduced(x, size, source)`: the
+  blocks reduce the tokens along the plan's schedule, tracking each token's
+  size (patches it holds) and, when `source` is given (start from
+  `tokens.init_source(x)`), which input tokens it holds.
+  """
   depth: int
   num_heads: int
   mlp_dim: int
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
+  reduction: Optional[TokenReduction] = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, source=None):
+    plan = self.reduction
+    if plan is None:
+      for i in range(self.depth):
+        x = Block(self.num_heads, self.mlp_dim, self.attn_impl, self.dtype,
+                  name=f"block_{i}")(x)
+      return layer_norm("norm")(x)
+
+    if len(plan.keep) != self.depth or x.shape[1] != plan.num_tokens:
+      raise ValueError(
+          f"token reduction plan is for {len(plan.keep)} blocks and "
+          f"{plan.num_tokens} input tokens; this transformer has {self.depth} "
+          f"blocks and got {x.shape[1]} tokens. Build the plan for this input "
+          "(maskmodel.models.build.token_reduction).")
+    size = tokens.init_size(x)
     for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_dim, self.attn_impl, self.dtype,
-                name=f"block_{i}")(x)
-    return layer_norm("norm")(x)
+      # Proportional attention only once some block has merged tokens (all
+      # sizes are 1 before that, and log(1) = 0).
+      merged = x.shape[1] < plan.num_tokens
+      bias = jnp.log(size[..., 0]) if plan.prop_attn and merged else None
+      x, size, source = Block(self.num_heads, self.mlp_dim, self.attn_impl,
+                              self.dtype, reduction=plan, keep=plan.keep[i],
+                              name=f"block_{i}")(x, bias, size, source)
+    return tokens.Reduced(layer_norm("norm")(x), size, source)
+
+
+def restore(source, *arrays):
+  """ToMe's `unmerge` from a source map: each input position gets the output
+  token that holds it.
+
+  `source [B, K, N0]` (0/1, each column held by at most one token) maps the
+  K outputs to the N0 inputs; each array `[B, K, ...]` becomes `[B, N0, ...]`.
+  Positions no token holds (pruned) are zero. A gather, so it is exact in
+  any dtype and precision.
+  """
+  holder = source.argmax(axis=1)                       # [B, N0]
+  held = source.max(axis=1) > 0
+  out = []
+  for a in arrays:
+    idx = holder.reshape(holder.shape + (1,) * (a.ndim - 2))
+    picked = jnp.take_along_axis(a, idx, axis=1)
+    out.append(jnp.where(held.reshape(idx.shape), picked,
+                         jnp.zeros((), a.dtype)))
+  return tuple(out)
 
 
 class ViT(nn.Module):
@@ -115,8 +251,20 @@ class ViT(nn.Module):
 
   `ids_keep` ([B, K], MAE semantics) restricts the encoder to those patches,
   which is how MAE runs the encoder on visible patches only. Returns a dict
-  with `tokens` ([B, 1+K, D] with class token), `pooled` ([B, D]) and, when
-  `num_classes` > 0, `logits`.
+  with `tokens` ([B, 1+K, D] with class token), `pooled` ([B, D]), `size`
+  ([B, 1+K, 1], the patches each token holds) and, when `num_classes` > 0,
+  `logits`.
+
+  With `token_reduction` (a `TokenReduction` plan) the blocks merge or prune
+  tokens: `tokens` and `size` then have the plan's last count of tokens,
+  `gap` pooling is the size-weighted mean over the non-class tokens (the
+  mean over patches when merged tokens are equal), and
+  `return_source=True` adds `source` ([B, K', 1+K], which input tokens each
+  output token holds; ToMe's source tracing). `restore_tokens=True` copies
+  every output token back to each input position it holds (ToMe's
+  `unmerge`), so `tokens` is [B, 1+K, D] again and `size` gives, per input
+  position, the size of the token that holds it; positions held by no token
+  (pruned) are zero. Dense heads such as MAE's decoder need that.
   """
   patch_size: int
   width: int
@@ -127,9 +275,11 @@ class ViT(nn.Module):
   pool: str = "cls"          # cls | gap
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
+  token_reduction: Optional[TokenReduction] = None
 
   @nn.compact
-  def __call__(self, images, ids_keep: Optional[jax.Array] = None):
+  def __call__(self, images, ids_keep: Optional[jax.Array] = None,
+               return_source: bool = False, restore_tokens: bool = False):
     b, h, w, _ = images.shape
     grid = (h // self.patch_size, w // self.patch_size)
     x = token_dense(nn.Dense(self.width, kernel_init=dense_init, dtype=self.dtype,
@@ -141,10 +291,29 @@ class ViT(nn.Module):
     cls = self.param("cls_token", token_init, (1, 1, self.width))
     cls = jnp.broadcast_to(cls + posemb[None, :1], (b, 1, self.width))
     x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
-    x = Transformer(self.depth, self.num_heads, int(self.width * self.mlp_ratio),
-                    self.attn_impl, self.dtype, name="encoder")(x)
-    pooled = x[:, 0] if self.pool == "cls" else x[:, 1:].mean(axis=1)
-    out = {"tokens": x, "pooled": pooled}
+    encoder = Transformer(self.depth, self.num_heads,
+                          int(self.width * self.mlp_ratio), self.attn_impl,
+                          self.dtype, reduction=self.token_reduction,
+                          name="encoder")
+    if self.token_reduction is None:
+      x = encoder(x)
+      size = tokens.init_size(x)
+      source = tokens.init_source(x) if return_source else None
+      pooled = x[:, 0] if self.pool == "cls" else x[:, 1:].mean(axis=1)
+    else:
+      track = return_source or restore_tokens
+      x, size, source = encoder(x, tokens.init_source(x) if track else None)
+      if self.pool == "cls":
+        pooled = x[:, 0]
+      else:
+        weight = size[:, 1:]
+        pooled = ((x[:, 1:] * weight).sum(axis=1)
+                  / weight.sum(axis=1)).astype(x.dtype)
+      if restore_tokens:
+        x, size = restore(source, x, size)
+    out = {"tokens": x, "pooled": pooled, "size": size}
+    if return_source:
+      out["source"] = source
     if self.num_classes:
       out["logits"] = nn.Dense(self.num_classes, name="head",
                                kernel_init=nn.initializers.zeros)(pooled)

@@ -1,7 +1,9 @@
 """Supervised image classification with a ViT: fine-tuning or from scratch.
 
 With `task.init_from` set to an MAE workdir, the encoder starts from its last
-checkpoint (MAE Sec. 4, "fine-tuning"); the head starts at zero.
+checkpoint (MAE Sec. 4, "fine-tuning"); the head starts at zero. With
+`model.token_reduction` the ViT merges or prunes tokens in training and in
+every eval alike.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ class ClassifyTask:
     self.config = config
     build.grid(config)
     self.num_classes = config.data.num_classes
-    self.model = build.vit(config.model, num_classes=self.num_classes)
+    self.model = build.vit(config.model, num_classes=self.num_classes,
+                           num_tokens=build.num_tokens(config))
 
   def init(self, rng, batch):
     params = self.model.init(rng, batch["image"])["params"]

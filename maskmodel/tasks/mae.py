@@ -4,6 +4,14 @@ Random masking hides `mask_ratio` of the patches; the encoder sees only the
 visible ones; a light decoder predicts the pixels of every patch; the loss is
 the MSE on the masked patches only (Sec. 3, "Reconstruction target"), with an
 optional per-patch normalized-pixel target.
+
+With `model.token_reduction` the encoder also merges (or prunes) the visible
+tokens during pretraining. The decoder needs one latent per visible patch,
+so the encoder's output tokens are copied back to every visible position
+they hold (ToMe's `unmerge`, from the source map) before the mask tokens
+are added; a patch pruned by a pruning method reaches the decoder as a zero
+latent. Feature evals (k-NN, linear probe) run the encoder on full images
+without reduction, so they measure the representation, not the reducer.
 """
 from __future__ import annotations
 
@@ -35,14 +43,18 @@ class MAETask:
   def __init__(self, config):
     self.config = config
     m, t = config.model, config.task
-    self.encoder = build.vit(m, num_classes=0)
     self.grid = build.grid(config)
     self.patch_dim = m.patch_size**2 * config.data.channels
     self.keep = masking.num_kept(self.grid[0] * self.grid[1], t.mask_ratio)
     self.norm_pix_loss = t.norm_pix_loss
+    # The same params serve both: the pretraining encoder (visible tokens,
+    # reduced along model.token_reduction) and the full-image feature encoder.
+    self.encoder = build.vit(build.with_token_reduction(m, "none"),
+                             num_classes=0)
+    pretrain_encoder = build.vit(m, num_classes=0, num_tokens=self.keep + 1)
     dec = t.decoder
     self.model = MaskedAutoencoder(
-        encoder=self.encoder,
+        encoder=pretrain_encoder,
         decoder=MAEDecoder(grid=self.grid, patch_dim=self.patch_dim,
                            width=dec.width, depth=dec.depth,
                            num_heads=dec.num_heads, attn_impl=m.attn_impl,

@@ -1,0 +1,243 @@
+"""Token reduction inside maskmodel's ViT (config.model.token_reduction)."""
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT, load_config
+from maskmodel import config as mm
+from maskmodel import tokens
+from maskmodel.config import ConfigError
+from maskmodel.models import build
+from maskmodel.models.vit import ViT
+from maskmodel.tasks import get_task
+from maskmodel.train import initial_state, train_step
+
+METHODS = sorted(tokens.REDUCERS)
+IMAGE = 16       # 4x4 patches of 4 pixels: 16 patches + [CLS] = 17 tokens
+N0 = (IMAGE // 4) ** 2 + 1
+KEEP = [11, 7]
+DEPTH = len(KEEP)
+
+
+def _model_config(method="none", schedule=0, depth=DEPTH, pool="cls", **kw):
+  c = mm.base_config().model
+  c.width, c.num_heads, c.depth, c.pool = 16, 2, depth, pool
+  c.token_reduction.method = method
+  c.token_reduction.schedule = schedule
+  for k, v in kw.items():
+    c.token_reduction[k] = v
+  return c
+
+
+def _vit(method="none", schedule=0, **kw):
+  return build.vit(_model_config(method, schedule, **kw), num_classes=10,
+                   num_tokens=N0)
+
+
+@functools.lru_cache(maxsize=None)
+def _images_and_params():
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, IMAGE, IMAGE, 1))
+  params = _vit().init(jax.random.PRNGKey(1), images)["params"]
+  # Random (not zero) head weights, so logits depend on the tokens.
+  params = dict(params, head={"kernel": jax.random.normal(
+      jax.random.PRNGKey(2), params["head"]["kernel"].shape), "bias":
+      params["head"]["bias"]})
+  return images, params
+
+
+def _apply(model, **kw):
+  images, params = _images_and_params()
+  fn = jax.jit(lambda p, x: model.apply({"params": p}, x, **kw))
+  return fn(params, images)
+
+
+def test_none_is_the_plain_vit_bit_for_bit():
+  images, params = _images_and_params()
+  plain = ViT(patch_size=4, width=16, depth=DEPTH, num_heads=2,
+              num_classes=10)
+  none, r0 = _vit("none"), _vit("tome", 0)
+  assert none.token_reduction is None
+
+  @jax.jit
+  def outputs(p, x):
+    return [m.apply({"params": p}, x) for m in (plain, none, r0)]
+
+  out_plain, out_none, out_r0 = outputs(params, images)
+  for key in ("tokens", "pooled", "logits"):
+    np.testing.assert_array_equal(out_none[key], out_plain[key])
+  # A reducer that removes nothing (r = 0) leaves the model unchanged too.
+  for key in ("tokens", "pooled", "logits"):
+    np.testing.assert_array_equal(out_r0[key], out_plain[key])
+  np.testing.assert_array_equal(out_none["size"], np.ones((2, N0, 1)))
+  # Same params tree with and without reduction: eval-time use needs no
+  # retraining.
+  shapes = jax.eval_shape(lambda: _vit("tome", 2).init(jax.random.PRNGKey(1),
+                                                       images)["params"])
+  assert (jax.tree.structure(shapes) == jax.tree.structure(params))
+
+
+def test_proportional_attention_is_the_same_with_every_impl():
+  outs = {impl: _apply(_vit("tome", KEEP, attn_impl=impl))
+          for impl in ("xla", "interpret")}
+  for key in ("tokens", "logits", "size"):
+    np.testing.assert_allclose(outs["interpret"][key], outs["xla"][key],
+                               rtol=1e-5, atol=1e-5)
+  # The size bias is live: switching it off changes the output.
+  off = _apply(_vit("tome", KEEP, prop_attn=False, attn_impl="xla"))
+  assert not np.allclose(off["logits"], outs["xla"]["logits"], atol=1e-6)
+
+
+def _block_token_counts(model):
+  """Tokens each block outputs (shapes only: traced, not run)."""
+  images, params = _images_and_params()
+  _, inter = jax.eval_shape(functools.partial(
+      model.apply, capture_intermediates=True, mutable=["intermediates"]),
+                            {"params": params}, images)
+  enc = inter["intermediates"]["encoder"]
+  counts = []
+  for i in range(len([k for k in enc if k.startswith("block_")])):
+    out = enc[f"block_{i}"]["__call__"][0]
+    counts.append(out[0].shape[1])
+  return counts
+
+
+@pytest.mark.parametrize("schedule,expected", [
+    (KEEP, KEEP),
+    (3, tokens.tokens_per_layer(3, DEPTH, N0)),
+    ("decreasing:4", tokens.tokens_per_layer("decreasing:4", DEPTH, N0)),
+    (("rate", 0.5, (1,)), [N0, 9]),
+])
+def test_token_count_per_block_follows_the_schedule(schedule, expected):
+  model = _vit("tome", schedule)
+  assert model.token_reduction.keep == tuple(expected)
+  assert _block_token_counts(model) == list(expected)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_in_the_vit_under_jit(method):
+  model = _vit(method, KEEP, pool="gap")
+  out = _apply(model, return_source=True)
+  b, k = 2, KEEP[-1]
+  assert out["tokens"].shape == (b, k, 16)
+  assert out["size"].shape == (b, k, 1) and out["source"].shape == (b, k, N0)
+  assert np.isfinite(out["logits"]).all()
+  size, source = np.asarray(out["size"]), np.asarray(out["source"])
+  # The class token stays first and alone.
+  np.testing.assert_array_equal(source[:, 0], np.eye(N0)[0][None].repeat(b, 0))
+  np.testing.assert_array_equal(size[:, 0, 0], 1.0)
+  if tokens.REDUCERS[method].conserves_size:
+    np.testing.assert_allclose(size.sum(axis=(1, 2)), N0, rtol=1e-5)
+  else:
+    np.testing.assert_allclose(size.sum(axis=(1, 2)), k, rtol=1e-5)
+  # Every input token is held by at most one output token.
+  assert (source.sum(axis=1) <= 1.0 + 1e-6).all()
+
+
+def test_sizes_sum_to_the_patch_count_plus_one_and_restore_to_sources():
+  model = _vit("tome", "decreasing:4")
+  images, params = _images_and_params()
+
+  @jax.jit
+  def both(p, x):
+    merged = model.apply({"params": p}, x, return_source=True)
+    restored = model.apply({"params": p}, x, restore_tokens=True)
+    return merged, restored
+
+  merged, restored = both(params, images)
+  size, source = np.asarray(merged["size"]), np.asarray(merged["source"])
+  assert size.shape[1] == model.token_reduction.keep[-1] < N0
+  np.testing.assert_allclose(size.sum(axis=(1, 2)), N0)
+  np.testing.assert_allclose(size[..., 0], source.sum(-1))
+  # restore_tokens puts each output token back at every position it holds.
+  assert restored["tokens"].shape == (2, N0, 16)
+  holder = source.argmax(axis=1)
+  expect = np.take_along_axis(np.asarray(merged["tokens"]),
+                              holder[..., None], axis=1)
+  np.testing.assert_array_equal(restored["tokens"], expect)
+  np.testing.assert_array_equal(restored["pooled"], merged["pooled"])
+
+
+def test_bad_token_reduction_configs_raise_clear_errors():
+  with pytest.raises(ConfigError, match=r"unknown; use 'none' or one of .*tome"):
+    _vit("tomee", 2)
+  with pytest.raises(ConfigError, match="schedule"):
+    _vit("topk", [10, 0])
+  with pytest.raises(ConfigError, match="schedule"):
+    _vit("topk", [10, 12])
+  with pytest.raises(ConfigError, match="schedule"):
+    _vit("topk", [10, 8, 6])
+  with pytest.raises(ConfigError, match="at most half"):
+    _vit("tome", [5, 4])
+  with pytest.raises(ConfigError, match="accepts"):
+    _vit("atc", 2, options={"linkeage": "single"})
+  with pytest.raises(ConfigError, match="num_tokens"):
+    build.vit(_model_config("tome", 2), num_classes=10)
+  # Options reach the reducer.
+  model = _vit("atc", 2, options={"linkage": "single"})
+  assert model.token_reduction.options == (("linkage", "single"),)
+
+
+def _classify_config():
+  c = load_config(os.path.join(ROOT, "configs", "classify",
+                               "mnist_vit_tiny.py") + ":smoke")
+  c.batch_size = 8
+  c.optimizer.layer_decay = 1.0
+  c.model.token_reduction.method = "tome"
+  c.model.token_reduction.schedule = 8      # 50 tokens -> 42 (one block)
+  return c
+
+
+def _step(config, images, labels=None):
+  """One jitted train step of the loop; returns (task, params before, after,
+  metrics)."""
+  task = get_task(config)
+  task.init = jax.jit(task.init)   # eager init would dominate the runtime
+  batch = {"image": images}
+  if labels is not None:
+    batch["label"] = labels
+  config.optimizer.warmup_steps = 0     # a non-zero lr on the first step
+  state, tx, schedule = initial_state(config, task, batch)
+  step = jax.jit(functools.partial(train_step, task, tx, schedule))
+  before = jax.tree.map(jnp.copy, state["params"])
+  state, metrics = step(state, batch)
+  return task, before, state["params"], jax.device_get(metrics)
+
+
+def _changed(before, after):
+  return jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, after)
+
+
+def test_classify_training_step_with_tome():
+  config = _classify_config()
+  images = jax.random.normal(jax.random.PRNGKey(0), (8, 28, 28, 1))
+  labels = jnp.arange(8) % 10
+  task, before, after, metrics = _step(config, images, labels)
+  assert task.model.token_reduction.keep == (42,)
+  assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+  changed = _changed(before, after)
+  assert changed["encoder"]["block_0"]["mlp"]["Dense_0"]["kernel"]
+
+
+def test_mae_pretraining_step_with_merging(smoke_config):
+  c = smoke_config
+  c.batch_size = 8
+  c.model.depth = 2
+  c.model.token_reduction.method = "tome"
+  c.model.token_reduction.schedule = 3      # 13 visible tokens -> 10 -> 7
+  images = jax.random.normal(jax.random.PRNGKey(0), (8, 28, 28, 1))
+  task, before, after, metrics = _step(c, images)
+  assert task.model.encoder.token_reduction.keep == (10, 7)
+  assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+  # Gradients reach the encoder through the merged tokens.
+  changed = _changed(before, after)
+  assert changed["encoder"]["encoder"]["block_1"]["mlp"]["Dense_0"]["kernel"]
+  # The decoder still predicts every patch; feature evals see full images
+  # through the unreduced encoder (shapes only).
+  pred, _ = jax.eval_shape(task.predict, after, images, jax.random.PRNGKey(3))
+  assert pred.shape == (8, 49, 16)
+  feats = jax.eval_shape(task.features, after, {}, images)
+  assert feats.shape == (8, 32)
