@@ -38,9 +38,22 @@ def _check_impl(impl: str) -> str:
   return resolve_impl(impl, "attention")
 
 
+def _heads_first(x):
+  """`[B, N, H, D] -> [B, H, N, D]`.
+
+  Both attention products then batch over leading (B, H) dimensions. Written
+  as einsums over the `[B, N, H, D]` layout, XLA's CPU backend lowered them
+  to batched dots that re-gather the operands for every (batch, head): ViT-B
+  attention (batch 8, 197 tokens) ran 2.5x slower than with one transpose
+  up front.
+  """
+  return jnp.swapaxes(x, 1, 2)
+
+
 def _logits(q, k, bias, kv_mask, causal):
+  """`[B, H, Nq, Nk]` f32 logits of q `[B, Nq, H, D]` and k `[B, Nk, H, D]`."""
   scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
+  logits = jnp.einsum("bhqd,bhkd->bhqk", _heads_first(q), _heads_first(k),
                       preferred_element_type=jnp.float32) * scale
   if bias is not None:
     logits = logits + bias[:, None, None, :].astype(jnp.float32)
@@ -65,7 +78,8 @@ def attention_reference(q, k, v, *, bias=None, kv_mask=None, causal=False,
   (built from the full `[B, H, Nq, Nk]` probabilities).
   """
   probs = jax.nn.softmax(_logits(q, k, bias, kv_mask, causal), axis=-1)
-  out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+  out = _heads_first(jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype),
+                                _heads_first(v)))
   if not return_stats:
     return out
   probs = jax.lax.stop_gradient(probs)
