@@ -1,0 +1,251 @@
+"""Token reduction without retraining: accuracy, GFLOPs and img/s of every
+reducer in `maskmodel.tokens` at matched keep rates, on the embedded MNIST
+sample.
+
+1. Trains the tiny ViT classifier of `configs/classify/mnist_vit_tiny.py`
+   from scratch through the project's loop (`train.train_and_evaluate`); a
+   finished workdir is reused, so a rerun only re-measures.
+2. Applies every reducer to the same trained params at ToMe's constant
+   schedules r = 4, 8, 12 (tokens removed per block, capped at half of the
+   non-class tokens as in ToMe). The resulting tokens-kept list is shared by
+   all methods, so they run at identical token counts and FLOPs.
+3. Records test accuracy (1,000 held-out digits), analytic GFLOPs per image
+   (`maskmodel.tokens.vit_flops`) and measured img/s (jitted, warm, median
+   of repeats) into results.md, results.json and tradeoff.png.
+
+  python experiments/token_reduction/run.py --workdir workdirs/token_reduction
+
+Hardware / time: 2 CPU cores, about 8 minutes (training is most of it).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+try:
+  import maskmodel  # noqa: F401  pylint: disable=unused-import
+except ImportError:  # Run from a checkout without installing.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+from maskmodel import data as data_lib  # pylint: disable=g-import-not-at-top
+from maskmodel import tokens, train  # pylint: disable=g-import-not-at-top
+from maskmodel.models import build  # pylint: disable=g-import-not-at-top
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CONFIG = ROOT / "configs" / "classify" / "mnist_vit_tiny.py"
+METHODS = tuple(sorted(tokens.REDUCERS))
+R_VALUES = (4, 8, 12)
+
+
+def classifier_config(steps):
+  """`configs/classify/mnist_vit_tiny.py`, trained from scratch, pooled on
+  the class token: top-k, EViT and GTP rank tokens by the [CLS] row of the
+  attention, which carries no signal in a model trained with average
+  pooling (there the [CLS] output feeds no loss)."""
+  spec = importlib.util.spec_from_file_location("classify_config", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.task.init_from = ""
+  c.optimizer.layer_decay = 1.0
+  c.model.pool = "cls"
+  c.total_steps = steps
+  c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, steps // 10)
+  c.checkpoint_every = 0
+  c.evals.names = ("accuracy",)
+  c.evals.accuracy.every = 0
+  return c
+
+
+def test_set(config):
+  _, test_src = train.sources(config)
+  images, labels = [], []
+  for batch, n in data_lib.eval_batches(test_src, batch_size=500,
+                                        spec=train.image_spec(config)):
+    images.append(batch["image"][:n])
+    labels.append(batch["label"][:n])
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def reduced_model(config, method, keep):
+  m = build.with_token_reduction(config.model, method, list(keep) or 0)
+  return build.vit(m, num_classes=config.data.num_classes,
+                   num_tokens=build.num_tokens(config))
+
+
+def predictor(model, params):
+  fn = jax.jit(lambda p, x: model.apply({"params": p}, x)["logits"]
+               .argmax(-1))
+  return lambda x: fn(params, x)
+
+
+def accuracy(predict, images, labels, batch):
+  n = len(images) // batch * batch
+  correct = 0
+  for start in range(0, n, batch):
+    pred = np.asarray(predict(images[start:start + batch]))
+    correct += int((pred == labels[start:start + batch]).sum())
+  return correct / n
+
+
+def throughput(predicts, x, repeats):
+  """img/s of each jitted, warm predictor on batch `x`: median of `repeats`.
+
+  The predictors are timed in turn, round-robin, so a change in the
+  machine's load hits all of them alike.
+  """
+  for predict in predicts:
+    predict(x).block_until_ready()
+  rates = [[] for _ in predicts]
+  for _ in range(repeats):
+    for i, predict in enumerate(predicts):
+      t0 = time.perf_counter()
+      predict(x).block_until_ready()
+      rates[i].append(len(x) / (time.perf_counter() - t0))
+  return [(statistics.median(r), r) for r in rates]
+
+
+def gflops(config, keep):
+  m = config.model
+  return tokens.vit_flops(config.data.image_size, m.patch_size, m.depth,
+                          m.width, m.mlp_ratio, m.num_heads,
+                          list(keep) if keep else None,
+                          in_chans=config.data.channels,
+                          num_classes=config.data.num_classes) / 1e9
+
+
+def write_table(path, rows, meta):
+  base = rows[0]
+  lines = [
+      "# Token reduction on the embedded MNIST sample",
+      "",
+      f"ViT width {meta['width']}, depth {meta['depth']}, {meta['pool']} "
+      f"pooling, patch "
+      f"{meta['patch_size']} ({meta['num_tokens']} tokens with [CLS]), trained "
+      f"{meta['train_steps']} steps from scratch, then reduced at eval time "
+      f"without retraining. Accuracy on {meta['test_images']} held-out "
+      f"digits. img/s: median and best of {meta['repeats']} timed batches "
+      f"of {meta['batch']} (jitted, warm, all configurations timed in turn "
+      f"each round) on {meta['cpu_count']} CPU cores shared with other "
+      "work; the best is the least disturbed by other processes. r is "
+      "ToMe's tokens removed per block; every method keeps the same number "
+      "of tokens, so GFLOPs (analytic, matmuls only) match.",
+      "",
+      "| method | r | tokens after each block | GFLOPs | accuracy "
+      "| img/s (median) | speed-up | img/s (best) | speed-up (best) |",
+      "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for row in rows:
+    best = max(row["img_per_s_runs"])
+    lines.append(
+        f"| {row['method']} | {row['r']} | "
+        f"{'/'.join(map(str, row['keep']))} | {row['gflops']:.4f} | "
+        f"{row['accuracy']:.3f} | {row['img_per_s']:.0f} | "
+        f"{row['img_per_s'] / base['img_per_s']:.2f}x | {best:.0f} | "
+        f"{best / max(base['img_per_s_runs']):.2f}x |")
+  path.write_text("\n".join(lines) + "\n")
+
+
+def plot(path, rows):
+  fig = Figure(figsize=(7, 4.5), dpi=120)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  base = rows[0]
+  ax.scatter([base["img_per_s"]], [base["accuracy"]], marker="*", s=160,
+             color="black", zorder=3, label="no reduction")
+  for method in METHODS:
+    pts = [r for r in rows if r["method"] == method]
+    ax.plot([p["img_per_s"] for p in pts], [p["accuracy"] for p in pts],
+            marker="o", label=method)
+    for p in pts:
+      ax.annotate(f"r{p['r']}", (p["img_per_s"], p["accuracy"]),
+                  fontsize=6, xytext=(2, 2), textcoords="offset points")
+  ax.set_xlabel("img/s (median, measured on CPU)")
+  ax.set_ylabel("test accuracy")
+  ax.set_title("Accuracy vs throughput, same params, r = tokens removed per "
+               "block", fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, format="png")
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", default=str(ROOT / "workdirs" /
+                                               "token_reduction"))
+  parser.add_argument("--out", default=str(HERE),
+                      help="where results.{md,json} and tradeoff.png go")
+  parser.add_argument("--steps", type=int, default=600)
+  parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--r", default=",".join(map(str, R_VALUES)))
+  parser.add_argument("--batch", type=int, default=250)
+  parser.add_argument("--repeats", type=int, default=21)
+  args = parser.parse_args(argv)
+  methods = [m for m in args.methods.split(",") if m]
+  r_values = [int(r) for r in args.r.split(",") if r]
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+
+  config = classifier_config(args.steps)
+  t0 = time.time()
+  result = train.train_and_evaluate(config, args.workdir)
+  print(f"trained / loaded in {time.time() - t0:.0f}s: {result['final']}",
+        flush=True)
+  params = jax.device_get(result["state"]["params"])
+  images, labels = test_set(config)
+  n0 = build.num_tokens(config)
+
+  runs = [("none", 0, ())]
+  for r in r_values:
+    keep = tuple(tokens.tokens_per_layer(r, config.model.depth, n0))
+    runs += [(method, r, keep) for method in methods]
+  rows, predicts = [], []
+  for method, r, keep in runs:
+    t = time.time()
+    predict = predictor(reduced_model(config, method, keep), params)
+    acc = accuracy(predict, images, labels, args.batch)
+    predicts.append(predict)
+    rows.append(dict(method=method, r=r,
+                     keep=list(keep) or [n0] * config.model.depth,
+                     gflops=gflops(config, keep), accuracy=acc))
+    print(f"{method:12s} r={r:2d} keep={rows[-1]['keep']} acc={acc:.3f} "
+          f"GFLOPs={rows[-1]['gflops']:.4f} ({time.time() - t:.0f}s)",
+          flush=True)
+  x = jax.device_put(images[:args.batch])
+  for row, (rate, rates) in zip(rows, throughput(predicts, x, args.repeats)):
+    row.update(img_per_s=rate, img_per_s_runs=rates)
+    print(f"{row['method']:12s} r={row['r']:2d} {rate:8.0f} img/s", flush=True)
+
+  m = config.model
+  meta = dict(width=m.width, depth=m.depth, patch_size=m.patch_size,
+              pool=m.pool,
+              num_heads=m.num_heads, num_tokens=n0, train_steps=args.steps,
+              test_images=len(images) // args.batch * args.batch,
+              batch=args.batch, repeats=args.repeats,
+              cpu_count=os.cpu_count(), jax=jax.__version__,
+              platform=platform.processor() or platform.machine(),
+              prop_attn=bool(m.token_reduction.prop_attn))
+  (out / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows),
+                                               indent=1) + "\n")
+  write_table(out / "results.md", rows, meta)
+  plot(out / "tradeoff.png", rows)
+  print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+  main()
