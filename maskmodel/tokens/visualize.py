@@ -88,12 +88,14 @@ def _default_upscale(patch_size):
 
 
 def save_token_maps(path, images, sources, patch_size, *, class_token=True,
-                    titles=None, upscale=None, scale=2.0, dpi=100):
+                    titles=None, upscale=None, scale=2.0, dpi=100,
+                    border_color=(0.0, 0.0, 0.0)):
   """Saves a row of (image, token map) pairs as a PNG; returns the path.
 
   `images` and `sources` are sequences (or batched arrays) of the same
   length; see `token_map` for their shapes. `upscale` defaults to showing
-  each patch at 16 pixels or more.
+  each patch at 16 pixels or more. Pick a `border_color` that stands out
+  from the images (e.g. red on dark digits).
   """
   upscale = _default_upscale(patch_size) if upscale is None else upscale
   images, sources = list(images), list(sources)
@@ -107,7 +109,8 @@ def save_token_maps(path, images, sources, patch_size, *, class_token=True,
     top.imshow(_as_float_image(image), interpolation="nearest")
     bottom = fig.add_subplot(2, cols, cols + i + 1)
     bottom.imshow(token_map(image, source, patch_size, class_token=class_token,
-                            upscale=upscale), interpolation="nearest")
+                            upscale=upscale, border_color=border_color),
+                  interpolation="nearest")
     if titles is not None:
       top.set_title(str(titles[i]), fontsize=8)
     for ax in (top, bottom):
