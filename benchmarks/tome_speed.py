@@ -1,0 +1,172 @@
+"""ToMe inference throughput of maskmodel's ViT-B/16, with timm as the peer.
+
+Times `maskmodel.models.ViT` at ViT-B/16 (width 768, depth 12, 12 heads,
+224x224x3, 1000 classes, random weights, float32) on one batch of images,
+without token merging (r = 0) and with ToMe (Bolya et al. 2023, constant
+schedule, proportional attention) at r = 8, 13 and 16. Each forward is
+jitted and warm; the configurations are timed in turn, round-robin, so a
+change in the machine's load hits all of them alike, and each reports the
+median of its repeats. Prints one JSON document.
+
+  python benchmarks/tome_speed.py                   # batch 8
+  python benchmarks/tome_speed.py --timm            # also timm's ViT-B/16
+
+`--timm` times PyTorch timm's `vit_base_patch16_224` (random weights,
+eval mode, `torch.inference_mode`) in the same process and the same
+round-robin. torch and timm are not dependencies of maskmodel; install them
+in the benchmark's environment only: `pip install torch timm`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+try:
+  import maskmodel  # noqa: F401  pylint: disable=unused-import
+except ImportError:  # Run from a checkout without installing.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from maskmodel import config as mm  # pylint: disable=g-import-not-at-top
+from maskmodel import tokens  # pylint: disable=g-import-not-at-top
+from maskmodel.models import build  # pylint: disable=g-import-not-at-top
+
+IMAGE, PATCH, WIDTH, DEPTH, HEADS, CLASSES = 224, 16, 768, 12, 12, 1000
+NUM_TOKENS = (IMAGE // PATCH) ** 2 + 1
+
+
+def vit_b16_config(attn_impl):
+  m = mm.base_config().model
+  m.patch_size, m.width, m.depth, m.num_heads = PATCH, WIDTH, DEPTH, HEADS
+  m.mlp_ratio, m.pool, m.attn_impl, m.dtype = 4.0, "cls", attn_impl, "float32"
+  return m
+
+
+def maskmodel_forward(r, attn_impl, params, prop_attn):
+  """Jitted `images -> logits` of ViT-B/16 with ToMe r (0: no merging)."""
+  m = build.with_token_reduction(vit_b16_config(attn_impl),
+                                 "tome" if r else "none", r,
+                                 prop_attn=prop_attn)
+  model = build.vit(m, num_classes=CLASSES, num_tokens=NUM_TOKENS)
+  fn = jax.jit(lambda p, x: model.apply({"params": p}, x)["logits"])
+  return model, lambda x: fn(params, x).block_until_ready()
+
+
+def timm_forward(batch):
+  """timm's ViT-B/16 forward, or None (with the reason) if it cannot run."""
+  try:
+    import timm  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    return None, f"not timed: {e} (pip install torch timm)"
+  torch.set_num_threads(os.cpu_count())
+  model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
+  x = torch.randn(batch, 3, IMAGE, IMAGE)
+
+  def run(_):
+    with torch.inference_mode():
+      return model(x)
+  info = dict(torch=torch.__version__, timm=timm.__version__,
+              threads=torch.get_num_threads())
+  return run, info
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--r", default="0,8,13,16")
+  p.add_argument("--repeats", type=int, default=10)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--settle", type=float, default=0.5,
+                 help="seconds of sleep when switching between frameworks")
+  p.add_argument("--attn-impl", default="auto")
+  p.add_argument("--no-prop-attn", action="store_true")
+  p.add_argument("--timm", action="store_true")
+  p.add_argument("--out", default=None, help="also write the JSON here")
+  args = p.parse_args(argv)
+  r_values = [int(r) for r in args.r.split(",")]
+
+  images = jax.random.normal(jax.random.PRNGKey(0),
+                             (args.batch, IMAGE, IMAGE, 3), jnp.float32)
+  base = build.vit(vit_b16_config(args.attn_impl), num_classes=CLASSES)
+  params = jax.jit(base.init)(jax.random.PRNGKey(1), images)["params"]
+  runs, meta = {}, {}
+  for r in r_values:
+    model, run = maskmodel_forward(r, args.attn_impl, params,
+                                   not args.no_prop_attn)
+    t0 = time.perf_counter()
+    run(images)
+    compile_s = time.perf_counter() - t0
+    keep = (list(model.token_reduction.keep) if model.token_reduction
+            else [NUM_TOKENS] * DEPTH)
+    runs[f"maskmodel_r{r}"] = run
+    meta[f"maskmodel_r{r}"] = dict(
+        r=r, tokens_per_layer=keep, compile_s=round(compile_s, 2),
+        gflops_per_image=round(tokens.vit_flops(
+            IMAGE, PATCH, DEPTH, WIDTH, 4.0, HEADS, keep,
+            num_classes=CLASSES) / 1e9, 3))
+  timm_info = None
+  if args.timm:
+    run, timm_info = timm_forward(args.batch)
+    if run is not None:
+      runs["timm_r0"] = run
+      meta["timm_r0"] = dict(r=0, **timm_info)
+
+  for _ in range(args.warmup):
+    for run in runs.values():
+      run(images)
+  seconds = {name: [] for name in runs}
+  for _ in range(args.repeats):
+    framework = None
+    for name, run in runs.items():
+      if name.split("_")[0] != framework:
+        # Let the other framework's worker threads go idle first (OpenMP
+        # threads spin for a while after each parallel region).
+        framework = name.split("_")[0]
+        time.sleep(args.settle)
+      t0 = time.perf_counter()
+      run(images)
+      seconds[name].append(time.perf_counter() - t0)
+
+  results = {}
+  for name, s in seconds.items():
+    med = statistics.median(s)
+    results[name] = dict(meta[name], img_per_s=round(args.batch / med, 2),
+                         median_ms=round(1e3 * med, 1),
+                         min_ms=round(1e3 * min(s), 1),
+                         max_ms=round(1e3 * max(s), 1))
+  doc = dict(
+      benchmark="tome_speed", model="ViT-B/16", image=IMAGE, batch=args.batch,
+      dtype="float32", attn_impl=args.attn_impl,
+      prop_attn=not args.no_prop_attn, repeats=args.repeats,
+      device=str(jax.devices()[0]), cpu_count=os.cpu_count(),
+      processor=platform.processor() or platform.machine(),
+      jax=jax.__version__, results=results)
+  r0 = results.get("maskmodel_r0")
+  if r0:
+    for r in r_values:
+      if r:
+        doc[f"r{r}_over_r0"] = round(
+            results[f"maskmodel_r{r}"]["img_per_s"] / r0["img_per_s"], 3)
+    if "timm_r0" in results:
+      doc["maskmodel_r0_over_timm_r0"] = round(
+          r0["img_per_s"] / results["timm_r0"]["img_per_s"], 3)
+  if args.timm and "timm_r0" not in results:
+    doc["timm"] = timm_info
+  text = json.dumps(doc, indent=1)
+  print(text)
+  if args.out:
+    pathlib.Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+  main()
