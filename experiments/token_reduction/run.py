@@ -15,7 +15,8 @@ sample.
 
   python experiments/token_reduction/run.py --workdir workdirs/token_reduction
 
-Hardware / time: 2 CPU cores, about 8 minutes (training is most of it).
+Hardware / time: 2 CPU cores; about 12 minutes on the shared cores here
+(5 of them training).
 """
 from __future__ import annotations
 
