@@ -4,8 +4,8 @@ matmul peak, both measured in the same process.
 Times the loop's real step (`maskmodel.train.train_step`, jitted with the
 loop's shardings and donated state) on synthetic 224x224x3 images: MAE
 pretraining of ViT-B/16 with mask ratio 0.75, the 512x8x16 decoder,
-normalized-pixel loss and AdamW with gradient clipping. Prints one JSON
-document.
+normalized-pixel loss and AdamW, as `configs/mae/imagenet_vit_b16.py` sets
+them (no gradient clipping), in float32. Prints one JSON document.
 
   python benchmarks/mae_step.py                        # batch 8
   python benchmarks/mae_step.py --batch 16 --out mae_step.json
@@ -18,15 +18,28 @@ and thread pool as the step. Each timed repeat is preceded by its own peak
 measurement, so load from other processes on a shared machine shows up in
 both (`mfu_paired` is the median of the per-repeat ratios); `mfu` divides the
 median step rate by the best peak seen, the stricter of the two.
+`mfu_cpu_time` compares FLOPs per CPU-second (user + sys) of the step and of
+the peak dots: it moves less with other load, but it ignores cores left idle
+inside the step, so it reads higher than `mfu` even on a quiet machine.
 
 Allocator (`--malloc`): XLA's CPU runtime allocates the step's temporaries
-(about 1.5 GB here) with one `posix_memalign` per step, from a worker
+(1.55 GB at batch 8) with one `posix_memalign` per step, from a worker
 thread. glibc serves that with a fresh `mmap` and unmaps it on free, so every
-step page-faults 1.5 GB of new zero pages (about 0.7 CPU-s of kernel time per
-step on 2 cores). `--malloc keep` (the default) re-executes the process with
-`MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`, so
-the buffer stays mapped between steps; `--malloc default` measures glibc's
-defaults. Synthetic data: for speed only.
+step page-faults 1.5 GB of new 4 KiB zero pages: ~380k faults and ~0.6 CPU-s
+of kernel time per step. `--malloc` picks glibc's settings (the process
+re-executes itself with them, since glibc reads them at startup):
+  default: glibc's defaults, as `python -m maskmodel.main` runs today.
+  keep: `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2^40`:
+    the buffer comes from the main heap and stays mapped, so no faults, but
+    the heap fragments and grows (seen here: +1.5 GB after 6 steps at batch
+    8; 21 GB resident at batch 32, which needs ~9 GB), so it is no setting
+    for long runs.
+  thp: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`: glibc asks for transparent
+    huge pages on its mmaps (the kernel must allow `madvise`): ~850 faults
+    per step and memory is returned, but when the kernel must compact memory
+    to find huge pages the fault time goes up instead (seen here: 0.2 to
+    3.5 CPU-s per step).
+Synthetic data: for speed only.
 """
 from __future__ import annotations
 
@@ -36,11 +49,14 @@ import sys
 
 # glibc reads these once, at startup: they must be in place before the
 # first allocation, hence the re-exec below (before importing JAX).
-MALLOC_KEEP_ENV = {
-    "MALLOC_ARENA_MAX": "1",           # worker threads share the main heap,
-    "MALLOC_MMAP_MAX_": "0",           # which grows with brk instead of mmap,
-    "MALLOC_TRIM_THRESHOLD_": str(1 << 40),  # and is never handed back.
+MALLOC_MODES = {
+    "default": {},
+    "thp": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+    "keep": {"MALLOC_ARENA_MAX": "1",   # worker threads share the main heap,
+             "MALLOC_MMAP_MAX_": "0",   # which grows with brk, not mmap,
+             "MALLOC_TRIM_THRESHOLD_": str(1 << 40)},  # and is never trimmed.
 }
+_REEXEC_MARK = "MAE_STEP_BENCH_MALLOC"
 
 
 def parse_args(argv=None):
@@ -49,9 +65,9 @@ def parse_args(argv=None):
   p.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
   p.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compile")
-  p.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                 help="keep: glibc keeps the step's temporaries mapped (see "
-                      "module docstring); default: glibc's defaults")
+  p.add_argument("--malloc", choices=tuple(MALLOC_MODES), default="default",
+                 help="glibc settings for the step's temporaries (see the "
+                      "module docstring)")
   p.add_argument("--breakdown", action="store_true",
                  help="profile 2 more steps and add time per op class")
   p.add_argument("--out", default=None, help="also write the JSON here")
@@ -59,11 +75,14 @@ def parse_args(argv=None):
 
 
 def maybe_reexec(args):
-  if args.malloc != "keep" or all(os.environ.get(k) == v
-                                  for k, v in MALLOC_KEEP_ENV.items()):
+  if args.malloc == "default" or os.environ.get(_REEXEC_MARK) == args.malloc:
     return
-  os.execve(sys.executable, [sys.executable] + sys.argv,
-            dict(os.environ, **MALLOC_KEEP_ENV))
+  env = dict(os.environ, **MALLOC_MODES[args.malloc])
+  if args.malloc == "thp" and os.environ.get("GLIBC_TUNABLES"):
+    env["GLIBC_TUNABLES"] = (os.environ["GLIBC_TUNABLES"] + ":"
+                             + MALLOC_MODES["thp"]["GLIBC_TUNABLES"])
+  env[_REEXEC_MARK] = args.malloc
+  os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
 
 if __name__ == "__main__":
@@ -98,23 +117,12 @@ from maskmodel.train import initial_state, train_step
 
 
 def vit_b16_mae_config(batch_size: int):
-  """MAE ViT-B/16 pretraining on ImageNet-shaped inputs (He et al. 2021)."""
-  c = mm.base_config()
-  c.task = mm.mae_task(mask_ratio=0.75, norm_pix_loss=True, decoder_width=512,
-                       decoder_depth=8, decoder_heads=16)
-  c.model.patch_size = 16
-  c.model.width = 768
-  c.model.depth = 12
-  c.model.num_heads = 12
-  c.model.mlp_ratio = 4.0
-  c.data.image_size = 224
-  c.data.channels = 3
-  c.data.mean = (0.485, 0.456, 0.406)
-  c.data.std = (0.229, 0.224, 0.225)
-  c.batch_size = batch_size
-  c.total_steps = 800
-  c.optimizer.lr = 1.5e-4 * batch_size / 256
-  c.optimizer.warmup_steps = 40
+  """The ViT-B/16 MAE pretraining config of `configs/mae/imagenet_vit_b16.py`
+  (He et al. 2021, Appendix A.1) at `batch_size`, in float32."""
+  c = mm.mae_imagenet_config(width=768, depth=12, num_heads=12, patch_size=16,
+                             epochs=1, batch_size=batch_size)
+  c.model.dtype = "float32"
+  c.data.name = "synthetic"
   return c
 
 
@@ -169,16 +177,24 @@ class MatmulPeak:
     self.best = {s: 0.0 for s in sizes}
 
   def measure(self, reps=3):
-    """Returns the best FLOP/s of this call over all sizes."""
-    now = 0.0
+    """Returns the best FLOP/s of this call over all sizes, and the FLOPs
+    per CPU-second (user + sys, all threads) of the whole call."""
+    now, flops = 0.0, 0.0
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     for s, (a, b) in self.operands.items():
       for _ in range(reps):
         t0 = time.perf_counter()
         jax.block_until_ready(self.dot(a, b))
         rate = 2.0 * s**3 / (time.perf_counter() - t0)
         now = max(now, rate)
+        flops += 2.0 * s**3
         self.best[s] = max(self.best[s], rate)
-    return now
+    return now, flops / _cpu_seconds(r0)
+
+
+def _cpu_seconds(r0):
+  r1 = resource.getrusage(resource.RUSAGE_SELF)
+  return (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def _hlo_index(hlo_text):
@@ -304,9 +320,11 @@ def main(args):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
 
-  step_s, peaks, usage = [], [], []
+  step_s, peaks, peaks_cpu, usage = [], [], [], []
   for _ in range(args.repeats):
-    peaks.append(peak.measure())
+    now, per_cpu_s = peak.measure()
+    peaks.append(now)
+    peaks_cpu.append(per_cpu_s)
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(args.steps):
       state, metrics = compiled(state, batch)
@@ -316,19 +334,28 @@ def main(args):
     usage.append(((r1.ru_utime - r0.ru_utime) / args.steps,
                   (r1.ru_stime - r0.ru_stime) / args.steps,
                   (r1.ru_minflt - r0.ru_minflt) / args.steps))
-  peaks.append(peak.measure())
+  now, per_cpu_s = peak.measure()
+  peaks.append(now)
+  peaks_cpu.append(per_cpu_s)
   load_after = os.getloadavg()
 
   med = statistics.median(step_s)
   best_peak = max(peak.best.values())
   paired = [xla_flops / s / p for s, p in zip(step_s, peaks)]
+  # FLOPs per CPU-second of the step over those of the peak dots: less
+  # sensitive to other processes than wall time, but it does not count the
+  # time a core sits idle inside the step, so it reads higher than `mfu`.
+  step_cpu_s = statistics.median(u + s for u, s, _ in usage)
+  mfu_cpu = (xla_flops / step_cpu_s) / statistics.median(peaks_cpu)
   result = {
       "benchmark": "mae_vit_b16_train_step",
       "model": dict(encoder="ViT-B/16 (768 wide, 12 deep, 12 heads)",
                     decoder="512 wide, 8 deep, 16 heads", image_size=size,
                     channels=ch, mask_ratio=config.task.mask_ratio,
                     norm_pix_loss=config.task.norm_pix_loss,
-                    optimizer="adamw + global-norm clip", dtype=config.model.dtype,
+                    optimizer="adamw" + (" + global-norm clip"
+                                         if config.optimizer.grad_clip else ""),
+                    dtype=config.model.dtype,
                     params=int(sum(x.size for x in jax.tree.leaves(state["params"])))),
       "batch": args.batch,
       "steps_per_repeat": args.steps,
@@ -348,12 +375,17 @@ def main(args):
       "mfu": xla_flops / med / best_peak,
       "mfu_paired": statistics.median(paired),
       "mfu_per_repeat": [round(x, 3) for x in paired],
+      "mfu_cpu_time": mfu_cpu,
+      "cpu_cores_busy_in_step": step_cpu_s / med,
       "cpu_s_per_step": dict(user=statistics.median(u for u, _, _ in usage),
                              sys=statistics.median(s for _, s, _ in usage)),
       "minor_page_faults_per_step": statistics.median(f for _, _, f in usage),
       "temp_bytes_per_step": temp_bytes,
       "malloc": args.malloc,
-      "malloc_env": {k: os.environ[k] for k in MALLOC_KEEP_ENV if k in os.environ},
+      "malloc_env": {k: os.environ[k] for k in sorted(
+          {k for mode in MALLOC_MODES.values() for k in mode}) if k in os.environ},
+      "transparent_hugepage": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
+      "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       "loss": float(metrics["loss"]),
       "compile_s": compile_s,
       "loadavg_1m_before_after": [load_before[0], load_after[0]],
@@ -373,6 +405,13 @@ def main(args):
   if args.out:
     pathlib.Path(args.out).write_text(text + "\n")
   return result
+
+
+def _read(path):
+  try:
+    return pathlib.Path(path).read_text().strip()
+  except OSError:
+    return None
 
 
 def _cpu_model():

@@ -46,7 +46,7 @@ def train_step(task, tx, schedule, state, batch):
                                               batch, rng)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
   new_state = dict(state, step=state["step"] + 1, params=params,
                    opt_state=opt_state, task_state=task_state)
   return new_state, metrics

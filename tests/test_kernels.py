@@ -275,6 +275,17 @@ def test_xla_dot_product_attention_path_matches_reference():
                                           use_dot_product_attention=True)
     want = attention_reference(q, k, v, bias=bias, kv_mask=mask, causal=causal)
     np.testing.assert_allclose(got, want, atol=F32_ATOL)
+  # The reference normalizes after the values product; its gradients must
+  # still be those of the textbook softmax form.
+  cotangent = jax.random.normal(jax.random.PRNGKey(3), q.shape)
+  got = _grads(lambda q, k, v, b: attention_module._xla_attention(
+      q, k, v, b, mask, False, use_dot_product_attention=True),
+               q, k, v, bias, cotangent)
+  want = _grads(lambda q, k, v, b: attention_reference(q, k, v, bias=b,
+                                                       kv_mask=mask),
+                q, k, v, bias, cotangent)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, atol=1e-4)
 
 
 ON_CPU = jax.default_backend() == "cpu"

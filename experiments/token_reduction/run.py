@@ -3,15 +3,18 @@ reducer in `maskmodel.tokens` at matched keep rates, on the embedded MNIST
 sample.
 
 1. Trains the tiny ViT classifier of `configs/classify/mnist_vit_tiny.py`
-   from scratch through the project's loop (`train.train_and_evaluate`); a
-   finished workdir is reused, so a rerun only re-measures.
+   from scratch through the project's loop (`train.train_and_evaluate`),
+   once per seed (`--seeds`); a finished workdir is reused, so a rerun only
+   re-measures.
 2. Applies every reducer to the same trained params at ToMe's constant
    schedules r = 4, 8, 12 (tokens removed per block, capped at half of the
    non-class tokens as in ToMe). The resulting tokens-kept list is shared by
    all methods, so they run at identical token counts and FLOPs.
-3. Records test accuracy (1,000 held-out digits), analytic GFLOPs per image
-   (`maskmodel.tokens.vit_flops`) and measured img/s (jitted, warm, median
-   of repeats) into results.md, results.json and tradeoff.png.
+3. Records test accuracy (1,000 held-out digits; mean and spread over the
+   seeds), analytic GFLOPs per image (`maskmodel.tokens.vit_flops`) and
+   measured img/s (seed 0's params, jitted, warm, median of repeats) into
+   results.md, results.json and tradeoff.png. Methods named in
+   `--no-prop-attn` are also run with ToMe's proportional attention off.
 
   python experiments/token_reduction/run.py --workdir workdirs/token_reduction
 
@@ -82,40 +85,41 @@ def test_set(config):
   return np.concatenate(images), np.concatenate(labels)
 
 
-def reduced_model(config, method, keep):
-  m = build.with_token_reduction(config.model, method, list(keep) or 0)
+def reduced_model(config, method, keep, prop_attn=True):
+  m = build.with_token_reduction(config.model, method, list(keep) or 0,
+                                 prop_attn=prop_attn)
   return build.vit(m, num_classes=config.data.num_classes,
                    num_tokens=build.num_tokens(config))
 
 
-def predictor(model, params):
-  fn = jax.jit(lambda p, x: model.apply({"params": p}, x)["logits"]
-               .argmax(-1))
-  return lambda x: fn(params, x)
+def predictor(model):
+  """Jitted `(params, images) -> predicted labels`."""
+  return jax.jit(lambda p, x: model.apply({"params": p}, x)["logits"]
+                 .argmax(-1))
 
 
-def accuracy(predict, images, labels, batch):
+def accuracy(predict, params, images, labels, batch):
   n = len(images) // batch * batch
   correct = 0
   for start in range(0, n, batch):
-    pred = np.asarray(predict(images[start:start + batch]))
+    pred = np.asarray(predict(params, images[start:start + batch]))
     correct += int((pred == labels[start:start + batch]).sum())
   return correct / n
 
 
-def throughput(predicts, x, repeats):
+def throughput(predicts, params, x, repeats):
   """img/s of each jitted, warm predictor on batch `x`: median of `repeats`.
 
   The predictors are timed in turn, round-robin, so a change in the
   machine's load hits all of them alike.
   """
   for predict in predicts:
-    predict(x).block_until_ready()
+    predict(params, x).block_until_ready()
   rates = [[] for _ in predicts]
   for _ in range(repeats):
     for i, predict in enumerate(predicts):
       t0 = time.perf_counter()
-      predict(x).block_until_ready()
+      predict(params, x).block_until_ready()
       rates[i].append(len(x) / (time.perf_counter() - t0))
   return [(statistics.median(r), r) for r in rates]
 
@@ -129,22 +133,30 @@ def gflops(config, keep):
                           num_classes=config.data.num_classes) / 1e9
 
 
+def label(row):
+  return row["method"] + ("" if row["prop_attn"] else " (prop. attn off)")
+
+
 def write_table(path, rows, meta):
   base = rows[0]
+  seeds = meta["seeds"]
   lines = [
       "# Token reduction on the embedded MNIST sample",
       "",
       f"ViT width {meta['width']}, depth {meta['depth']}, {meta['pool']} "
       f"pooling, patch "
       f"{meta['patch_size']} ({meta['num_tokens']} tokens with [CLS]), trained "
-      f"{meta['train_steps']} steps from scratch, then reduced at eval time "
-      f"without retraining. Accuracy on {meta['test_images']} held-out "
-      f"digits. img/s: median and best of {meta['repeats']} timed batches "
-      f"of {meta['batch']} (jitted, warm, all configurations timed in turn "
-      f"each round) on {meta['cpu_count']} CPU cores shared with other "
-      "work; the best is the least disturbed by other processes. r is "
-      "ToMe's tokens removed per block; every method keeps the same number "
-      "of tokens, so GFLOPs (analytic, matmuls only) match.",
+      f"{meta['train_steps']} steps from scratch with seeds "
+      f"{', '.join(map(str, seeds))}, then reduced at eval time without "
+      f"retraining. Accuracy on {meta['test_images']} held-out digits: mean "
+      f"over the {len(seeds)} seeds, +- their standard deviation. img/s "
+      f"(seed {seeds[0]}'s params): median and best of {meta['repeats']} "
+      f"timed batches of {meta['batch']} (jitted, warm, all configurations "
+      f"timed in turn each round) on {meta['cpu_count']} CPU cores; the best "
+      "is the least disturbed by other processes. r is ToMe's tokens removed "
+      "per block; every method keeps the same number of tokens, so GFLOPs "
+      "(analytic, matmuls only) match. Proportional attention is on unless "
+      "the method says otherwise.",
       "",
       "| method | r | tokens after each block | GFLOPs | accuracy "
       "| img/s (median) | speed-up | img/s (best) | speed-up (best) |",
@@ -153,9 +165,10 @@ def write_table(path, rows, meta):
   for row in rows:
     best = max(row["img_per_s_runs"])
     lines.append(
-        f"| {row['method']} | {row['r']} | "
+        f"| {label(row)} | {row['r']} | "
         f"{'/'.join(map(str, row['keep']))} | {row['gflops']:.4f} | "
-        f"{row['accuracy']:.3f} | {row['img_per_s']:.0f} | "
+        f"{row['accuracy']:.3f} +- {row['accuracy_std']:.3f} | "
+        f"{row['img_per_s']:.0f} | "
         f"{row['img_per_s'] / base['img_per_s']:.2f}x | {best:.0f} | "
         f"{best / max(base['img_per_s_runs']):.2f}x |")
   path.write_text("\n".join(lines) + "\n")
@@ -168,15 +181,16 @@ def plot(path, rows):
   base = rows[0]
   ax.scatter([base["img_per_s"]], [base["accuracy"]], marker="*", s=160,
              color="black", zorder=3, label="no reduction")
-  for method in METHODS:
-    pts = [r for r in rows if r["method"] == method]
+  for name in dict.fromkeys(label(r) for r in rows[1:]):
+    pts = [r for r in rows[1:] if label(r) == name]
     ax.plot([p["img_per_s"] for p in pts], [p["accuracy"] for p in pts],
-            marker="o", label=method)
+            marker="o", label=name, linestyle="-" if pts[0]["prop_attn"]
+            else "--")
     for p in pts:
       ax.annotate(f"r{p['r']}", (p["img_per_s"], p["accuracy"]),
                   fontsize=6, xytext=(2, 2), textcoords="offset points")
   ax.set_xlabel("img/s (median, measured on CPU)")
-  ax.set_ylabel("test accuracy")
+  ax.set_ylabel("test accuracy (mean over seeds)")
   ax.set_title("Accuracy vs throughput, same params, r = tokens removed per "
                "block", fontsize=9)
   ax.grid(alpha=0.3)
@@ -188,59 +202,78 @@ def plot(path, rows):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default=str(ROOT / "workdirs" /
-                                               "token_reduction"))
+                                               "token_reduction"),
+                      help="one training workdir per seed goes below it")
   parser.add_argument("--out", default=str(HERE),
                       help="where results.{md,json} and tradeoff.png go")
   parser.add_argument("--steps", type=int, default=600)
+  parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--no-prop-attn", default="topk,evit",
+                      help="methods also run with proportional attention off")
   parser.add_argument("--r", default=",".join(map(str, R_VALUES)))
   parser.add_argument("--batch", type=int, default=250)
   parser.add_argument("--repeats", type=int, default=21)
   args = parser.parse_args(argv)
-  methods = [m for m in args.methods.split(",") if m]
-  r_values = [int(r) for r in args.r.split(",") if r]
+  split = lambda text: [x for x in text.split(",") if x]
+  methods, seeds = split(args.methods), [int(s) for s in split(args.seeds)]
+  unknown = set(methods + split(args.no_prop_attn)) - set(METHODS)
+  if unknown or not seeds:
+    parser.error(f"unknown methods {sorted(unknown)} (known: "
+                 f"{', '.join(METHODS)})" if unknown else "--seeds is empty")
+  r_values = [int(r) for r in split(args.r)]
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
 
-  config = classifier_config(args.steps)
-  t0 = time.time()
-  result = train.train_and_evaluate(config, args.workdir)
-  print(f"trained / loaded in {time.time() - t0:.0f}s: {result['final']}",
-        flush=True)
-  params = jax.device_get(result["state"]["params"])
+  params = []
+  for seed in seeds:
+    config = classifier_config(args.steps)
+    config.seed = seed
+    t0 = time.time()
+    result = train.train_and_evaluate(config, os.path.join(args.workdir,
+                                                           f"seed{seed}"))
+    print(f"seed {seed}: trained / loaded in {time.time() - t0:.0f}s: "
+          f"{result['final']}", flush=True)
+    params.append(jax.device_get(result["state"]["params"]))
   images, labels = test_set(config)
   n0 = build.num_tokens(config)
 
-  runs = [("none", 0, ())]
+  runs = [("none", 0, (), True)]
   for r in r_values:
     keep = tuple(tokens.tokens_per_layer(r, config.model.depth, n0))
-    runs += [(method, r, keep) for method in methods]
+    runs += [(method, r, keep, True) for method in methods]
+    runs += [(method, r, keep, False) for method in split(args.no_prop_attn)]
   rows, predicts = [], []
-  for method, r, keep in runs:
+  for method, r, keep, prop_attn in runs:
     t = time.time()
-    predict = predictor(reduced_model(config, method, keep), params)
-    acc = accuracy(predict, images, labels, args.batch)
+    predict = predictor(reduced_model(config, method, keep, prop_attn))
+    accs = [accuracy(predict, p, images, labels, args.batch) for p in params]
     predicts.append(predict)
-    rows.append(dict(method=method, r=r,
+    rows.append(dict(method=method, r=r, prop_attn=prop_attn,
                      keep=list(keep) or [n0] * config.model.depth,
-                     gflops=gflops(config, keep), accuracy=acc))
-    print(f"{method:12s} r={r:2d} keep={rows[-1]['keep']} acc={acc:.3f} "
+                     gflops=gflops(config, keep),
+                     accuracy=float(np.mean(accs)),
+                     accuracy_std=float(np.std(accs)),
+                     accuracy_per_seed=accs))
+    print(f"{label(rows[-1]):28s} r={r:2d} keep={rows[-1]['keep']} "
+          f"acc={' '.join(f'{a:.3f}' for a in accs)} "
           f"GFLOPs={rows[-1]['gflops']:.4f} ({time.time() - t:.0f}s)",
           flush=True)
   x = jax.device_put(images[:args.batch])
-  for row, (rate, rates) in zip(rows, throughput(predicts, x, args.repeats)):
+  for row, (rate, rates) in zip(rows, throughput(predicts, params[0], x,
+                                                 args.repeats)):
     row.update(img_per_s=rate, img_per_s_runs=rates)
-    print(f"{row['method']:12s} r={row['r']:2d} {rate:8.0f} img/s", flush=True)
+    print(f"{label(row):28s} r={row['r']:2d} {rate:8.0f} img/s", flush=True)
 
   m = config.model
   meta = dict(width=m.width, depth=m.depth, patch_size=m.patch_size,
               pool=m.pool,
               num_heads=m.num_heads, num_tokens=n0, train_steps=args.steps,
+              seeds=seeds,
               test_images=len(images) // args.batch * args.batch,
               batch=args.batch, repeats=args.repeats,
               cpu_count=os.cpu_count(), jax=jax.__version__,
-              platform=platform.processor() or platform.machine(),
-              prop_attn=bool(m.token_reduction.prop_attn))
+              platform=platform.processor() or platform.machine())
   (out / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows),
                                                indent=1) + "\n")
   write_table(out / "results.md", rows, meta)
