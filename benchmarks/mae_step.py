@@ -89,21 +89,18 @@ if __name__ == "__main__":
   maybe_reexec(parse_args())
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import collections
 import functools
-import glob
 import json
 import pathlib
 import platform
-import re
 import resource
 import statistics
-import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 try:
   import maskmodel  # noqa: F401  pylint: disable=unused-import
@@ -115,12 +112,15 @@ from maskmodel import sharding
 from maskmodel.tasks import get_task
 from maskmodel.train import initial_state, train_step
 
+import xla_profile  # pylint: disable=g-bad-import-order
+
 
 def vit_b16_mae_config(batch_size: int):
   """The ViT-B/16 MAE pretraining config of `configs/mae/imagenet_vit_b16.py`
-  (He et al. 2021, Appendix A.1) at `batch_size`, in float32."""
+  (He et al. 2021, Appendix A.1) at `batch_size`, in float32. One epoch
+  without warmup: the lr schedule does not change the step's cost."""
   c = mm.mae_imagenet_config(width=768, depth=12, num_heads=12, patch_size=16,
-                             epochs=1, batch_size=batch_size)
+                             epochs=1, batch_size=batch_size, warmup_epochs=0)
   c.model.dtype = "float32"
   c.data.name = "synthetic"
   return c
@@ -197,94 +197,39 @@ def _cpu_seconds(r0):
   return (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
-def _hlo_index(hlo_text):
-  """Instruction name -> (text, computation), and shapes per computation."""
-  insts, shapes, comp = {}, {}, None
-  for line in hlo_text.splitlines():
-    head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-    if head:
-      comp = head.group(1)
-      continue
-    m = re.match(r"\s+(?:ROOT )?%?([\w.\-]+) = (\S+) (.*)", line)
-    if m and comp:
-      insts.setdefault(m.group(1), (m.group(2) + " " + m.group(3), comp))
-      dims = re.match(r"f32\[([\d,]*)\]", m.group(2))
-      if dims:
-        shapes[(comp, m.group(1))] = [int(x) for x in dims.group(1).split(",") if x]
-  return insts, shapes
+def _best_ms(fn, *args, reps=5):
+  out = fn(*args)
+  jax.block_until_ready(out)
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - t0)
+  return best * 1e3
 
 
-def _dots_in(name, insts, shapes):
-  """(flops, output rank) of each dot that thunk `name` runs."""
-  text, comp = insts.get(name, ("", None))
-  called = re.search(r"calls=%?([\w.\-]+)", text)
-  lines = ([(t, c) for t, c in insts.values() if c == called.group(1)]
-           if called else [(text, comp)])
-  out = []
-  for t, c in lines:
-    m = re.match(r"f32\[([\d,]*)\]\S* dot\(%?([\w.\-]+), ", t)
-    if not m:
-      continue
-    out_dims = [int(x) for x in m.group(1).split(",") if x]
-    lhs = shapes.get((c, m.group(2)), [])
-    contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", t).group(1)
-    k = int(np.prod([lhs[int(i)] for i in contract.split(",") if i])) if lhs else 0
-    out.append((2.0 * np.prod(out_dims) * k, len(out_dims)))
-  return out
+def memory_bound_floor(tx, state):
+  """The optimizer update alone, and the machine's memory bandwidth.
 
+  `optimizer_ms`: `tx.update` + `apply_updates` on the step's own params,
+  optimizer state and a gradient tree, jitted, as the step runs it.
+  `triad_gb_per_s`: `a * b + c` over as many floats as there are params
+  (4 arrays of 4 bytes moved per element): the bandwidth such a pass gets.
+  """
+  params, opt_state = state["params"], state["opt_state"]
+  grads = jax.tree.map(lambda p: p * 1e-3, params)
 
-def op_class(name, insts, shapes):
-  dots = _dots_in(name, insts, shapes)
-  if dots:
-    return "attention_matmul" if max(r for _, r in dots) > 2 else "matmul", \
-        sum(f for f, _ in dots)
-  text = insts.get(name, ("", None))[0]
-  op = re.search(r'op_name="([^"]*)"', text)
-  op = op.group(1) if op else ""
-  if "MaskedAutoencoder" not in op:
-    return "optimizer_and_grad_norm", 0.0
-  parts = op.split("/")
-  if any(p in ("norm", "norm1", "norm2") for p in parts):
-    return "layernorm", 0.0
-  if "attn" in parts or any(",b" in p for p in parts):
-    return "attention_softmax_and_layout", 0.0
-  if "mlp" in parts:
-    return "gelu_and_bias", 0.0
-  return "other_model", 0.0
+  def update(p, o, g):
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o
 
-
-def breakdown(compiled, state, batch, steps=2):
-  """Per-op-class thunk time per step from a profiler trace of `steps`."""
-  from jax._src.lib import _profile_data  # pylint: disable=import-outside-toplevel
-  insts, shapes = _hlo_index(compiled.as_text())
-  with tempfile.TemporaryDirectory() as logdir:
-    jax.profiler.start_trace(logdir)
-    for _ in range(steps):
-      state, _ = compiled(state, batch)
-    jax.block_until_ready(state)
-    jax.profiler.stop_trace()
-    trace = _profile_data.ProfileData.from_file(
-        glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")[0])
-    ns = collections.Counter()
-    for plane in trace.planes:
-      for line in plane.lines:
-        if not line.name.startswith(("tf_XLAEigen", "tf_XLAPjRt")):
-          continue
-        for ev in line.events:
-          if not ev.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
-            ns[ev.name] += ev.duration_ns
-  total_ms, flops = collections.Counter(), collections.Counter()
-  for name, t in ns.items():
-    cls, f = op_class(name, insts, shapes)
-    total_ms[cls] += t / 1e6 / steps
-    flops[cls] += f
-  all_ms = sum(total_ms.values())
-  out = {cls: {"ms_per_step": round(ms, 1), "share": round(ms / all_ms, 3)}
-         for cls, ms in total_ms.most_common()}
-  for cls in ("matmul", "attention_matmul"):
-    if cls in out:
-      out[cls]["flop_per_s"] = flops[cls] / (total_ms[cls] / 1e3)
-  return state, {"thunk_ms_per_step": round(all_ms, 1), "classes": out}
+  n = sum(x.size for x in jax.tree.leaves(params))
+  a, b, c = (jnp.full((n,), v, jnp.float32) for v in (1.0, 2.0, 3.0))
+  triad_ms = _best_ms(jax.jit(lambda a, b, c: a * b + c), a, b, c)
+  return {"params": int(n),
+          "optimizer_ms": round(_best_ms(jax.jit(update), params, opt_state,
+                                         grads), 1),
+          "triad_gb_per_s": round(16 * n / triad_ms / 1e6, 1)}
 
 
 def main(args):
@@ -399,7 +344,15 @@ def main(args):
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   if args.breakdown:
-    state, result["breakdown"] = breakdown(compiled, state, batch)
+    def two_steps():
+      nonlocal state
+      for _ in range(2):
+        state, _ = compiled(state, batch)
+      jax.block_until_ready(state)
+    result["breakdown"] = xla_profile.breakdown(
+        compiled.as_text(), two_steps, steps=2, model_scope="MaskedAutoencoder",
+        outside_class="optimizer_and_grad_norm")
+    result["breakdown"]["memory_bound_floor"] = memory_bound_floor(tx, state)
   text = json.dumps(result, indent=2)
   print(text)
   if args.out:

@@ -10,6 +10,7 @@ median of its repeats. Prints one JSON document.
 
   python benchmarks/tome_speed.py                   # batch 8
   python benchmarks/tome_speed.py --timm            # also timm's ViT-B/16
+  python benchmarks/tome_speed.py --breakdown       # + time per op class
 
 `--timm` times PyTorch timm's `vit_base_patch16_224` (random weights,
 eval mode, `torch.inference_mode`) in the same process and the same
@@ -40,6 +41,8 @@ from maskmodel import config as mm  # pylint: disable=g-import-not-at-top
 from maskmodel import tokens  # pylint: disable=g-import-not-at-top
 from maskmodel.models import build  # pylint: disable=g-import-not-at-top
 
+import xla_profile  # pylint: disable=g-bad-import-order,g-import-not-at-top
+
 IMAGE, PATCH, WIDTH, DEPTH, HEADS, CLASSES = 224, 16, 768, 12, 12, 1000
 NUM_TOKENS = (IMAGE // PATCH) ** 2 + 1
 
@@ -58,7 +61,8 @@ def maskmodel_forward(r, attn_impl, params, prop_attn):
                                  prop_attn=prop_attn)
   model = build.vit(m, num_classes=CLASSES, num_tokens=NUM_TOKENS)
   fn = jax.jit(lambda p, x: model.apply({"params": p}, x)["logits"])
-  return model, lambda x: fn(params, x).block_until_ready()
+  run = lambda x: fn(params, x).block_until_ready()
+  return model, run, lambda x: fn.lower(params, x).compile().as_text()
 
 
 def timm_forward(batch):
@@ -91,6 +95,9 @@ def main(argv=None):
   p.add_argument("--attn-impl", default="auto")
   p.add_argument("--no-prop-attn", action="store_true")
   p.add_argument("--timm", action="store_true")
+  p.add_argument("--breakdown", action="store_true",
+                 help="after timing, profile 3 more forwards of each maskmodel "
+                      "configuration and add time per op class")
   p.add_argument("--out", default=None, help="also write the JSON here")
   args = p.parse_args(argv)
   r_values = [int(r) for r in args.r.split(",")]
@@ -99,16 +106,17 @@ def main(argv=None):
                              (args.batch, IMAGE, IMAGE, 3), jnp.float32)
   base = build.vit(vit_b16_config(args.attn_impl), num_classes=CLASSES)
   params = jax.jit(base.init)(jax.random.PRNGKey(1), images)["params"]
-  runs, meta = {}, {}
+  runs, meta, hlo = {}, {}, {}
   for r in r_values:
-    model, run = maskmodel_forward(r, args.attn_impl, params,
-                                   not args.no_prop_attn)
+    model, run, hlo_text = maskmodel_forward(r, args.attn_impl, params,
+                                             not args.no_prop_attn)
     t0 = time.perf_counter()
     run(images)
     compile_s = time.perf_counter() - t0
     keep = (list(model.token_reduction.keep) if model.token_reduction
             else [NUM_TOKENS] * DEPTH)
     runs[f"maskmodel_r{r}"] = run
+    hlo[f"maskmodel_r{r}"] = hlo_text
     meta[f"maskmodel_r{r}"] = dict(
         r=r, tokens_per_layer=keep, compile_s=round(compile_s, 2),
         gflops_per_image=round(tokens.vit_flops(
@@ -136,6 +144,13 @@ def main(argv=None):
       t0 = time.perf_counter()
       run(images)
       seconds[name].append(time.perf_counter() - t0)
+
+  if args.breakdown:
+    for name, hlo_text in hlo.items():
+      run = runs[name]
+      meta[name]["breakdown"] = xla_profile.breakdown(
+          hlo_text(images), lambda run=run: [run(images) for _ in range(3)],
+          steps=3, model_scope="ViT")
 
   results = {}
   for name, s in seconds.items():
