@@ -636,6 +636,28 @@ def test_flops_match_xla_cost_analysis():
     F.vit_flops(image, patch, depth, width, mlp, heads, [57, 60, 41, 33])
 
 
+@pytest.mark.parametrize("method,schedule", [("none", 0), ("tome", 8),
+                                             ("topk", [60, 50, 40, 30])])
+def test_flops_match_xla_for_maskmodel_vit_with_schedule(method, schedule):
+  """The counter against XLA on the real model: XLA also counts the
+  elementwise ops and the reducer's own work (ToMe's similarity scores), so
+  it may be a little higher, never lower."""
+  from maskmodel import config as config_lib  # pylint: disable=import-outside-toplevel
+  from maskmodel.models import build  # pylint: disable=import-outside-toplevel
+  m = config_lib.base_config().model
+  m.patch_size, m.width, m.depth, m.num_heads = 4, 96, 4, 3
+  model = build.vit(build.with_token_reduction(m, method, schedule),
+                    num_classes=10, num_tokens=65)
+  images = jnp.zeros((1, 32, 32, 3))
+  params = model.init(jax.random.PRNGKey(0), images)["params"]
+  cost = jax.jit(lambda p, x: model.apply({"params": p}, x)["logits"]).lower(
+      params, images).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  keep = list(model.token_reduction.keep) if method != "none" else None
+  ours = F.vit_flops(32, 4, 4, 96, 4.0, 3, keep, num_classes=10)
+  assert 0.95 < ours / cost["flops"] <= 1.0, (ours, cost["flops"])
+
+
 # ------------------------------------------------------------ token maps ---
 
 def test_token_map_colours_groups_and_draws_borders(tmp_path):
