@@ -83,9 +83,10 @@ def attention_reference(q, k, v, *, bias=None, kv_mask=None, causal=False,
 
   The softmax is normalized after the values product, `(e v) / sum(e)` with
   `e = exp(s - max s)`, as flash attention does: one `Nq x D` division
-  instead of an `Nq x Nk` one. On XLA's CPU backend this made the ViT-B/16
-  attention forward (batch 8, 197 tokens) 1.7x faster; the max is a
-  constant shift of the logits, so it carries no gradient.
+  instead of an `Nq x Nk` one; on XLA's CPU backend that pass is memory
+  bound (`benchmarks/README.md` has the ViT-B/16 and MAE step timings
+  before and after). The max is a constant shift of the logits, so it
+  carries no gradient.
   """
   logits = _logits(q, k, bias, kv_mask, causal)
   shift = jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
