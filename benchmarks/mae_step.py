@@ -23,22 +23,21 @@ the peak dots: it moves less with other load, but it ignores cores left idle
 inside the step, so it reads higher than `mfu` even on a quiet machine.
 
 Allocator (`--malloc`): XLA's CPU runtime allocates the step's temporaries
-(1.55 GB at batch 8) with one `posix_memalign` per step, from a worker
+(`temp_bytes_per_step`) with one `posix_memalign` per step, from a worker
 thread. glibc serves that with a fresh `mmap` and unmaps it on free, so every
-step page-faults 1.5 GB of new 4 KiB zero pages: ~380k faults and ~0.6 CPU-s
-of kernel time per step. `--malloc` picks glibc's settings (the process
-re-executes itself with them, since glibc reads them at startup):
-  default: glibc's defaults, as `python -m maskmodel.main` runs today.
+step page-faults the whole buffer in 4 KiB zero pages
+(`minor_page_faults_per_step`, kernel time in `cpu_s_per_step.sys`).
+`--malloc` picks glibc's settings (the process re-executes itself with
+them, since glibc reads them at startup):
+  default: glibc's defaults, as `python -m maskmodel.main` runs.
   keep: `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2^40`:
     the buffer comes from the main heap and stays mapped, so no faults, but
-    the heap fragments and grows (seen here: +1.5 GB after 6 steps at batch
-    8; 21 GB resident at batch 32, which needs ~9 GB), so it is no setting
-    for long runs.
+    the heap fragments and grows (`max_rss_bytes`), so it is no setting for
+    long runs.
   thp: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`: glibc asks for transparent
-    huge pages on its mmaps (the kernel must allow `madvise`): ~850 faults
-    per step and memory is returned, but when the kernel must compact memory
-    to find huge pages the fault time goes up instead (seen here: 0.2 to
-    3.5 CPU-s per step).
+    huge pages on its mmaps (the kernel must allow `madvise`): far fewer
+    faults, but their cost rises when the kernel must compact memory to
+    find huge pages.
 Synthetic data: for speed only.
 """
 from __future__ import annotations
