@@ -81,8 +81,15 @@ def train_and_evaluate(config, workdir):
   Returns {"final": eval metrics, "random_init": the same evals of the
   initial params (when `evals.compare_random_init`), "state": train state}.
   """
-  os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh()
+  # Set as the ambient mesh so that Pallas kernels run per device on their
+  # rows of the batch (`maskmodel.kernels.dispatch.per_device_batch`).
+  with jax.set_mesh(mesh):
+    return _train_and_evaluate(config, workdir, mesh)
+
+
+def _train_and_evaluate(config, workdir, mesh):
+  os.makedirs(workdir, exist_ok=True)
   config_lib.validate(config, mesh.size)
   task = get_task(config)
   spec = image_spec(config)

@@ -11,13 +11,15 @@ True = attend.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from maskmodel.kernels import flash_attention as flash
-from maskmodel.kernels.dispatch import IMPLS, kernel_backend, resolve_impl
+from maskmodel.kernels.dispatch import (IMPLS, kernel_backend,
+                                        per_device_batch, resolve_impl)
 
 __all__ = ["AttentionStats", "IMPLS", "attention", "attention_reference"]
 
@@ -142,10 +144,10 @@ def attention(q, k, v, *, bias=None, kv_mask=None, causal=False, impl="auto",
     return _xla_attention(q, k, v, bias, kv_mask, causal,
                           use_dot_product_attention=kernel_backend() == "triton")
   backend = kernel_backend() if impl == "pallas" else "triton"
-  result = flash.flash_attention(q, k, v, bias, kv_mask, causal=causal,
-                                 backend=backend,
-                                 interpret=impl == "interpret",
-                                 return_stats=return_stats)
+  kernel = functools.partial(flash.flash_attention, causal=causal,
+                             backend=backend, interpret=impl == "interpret",
+                             return_stats=return_stats)
+  result = per_device_batch(kernel, q, k, v, bias, kv_mask)
   if not return_stats:
     return result
   out, cls_probs, key_mass = result

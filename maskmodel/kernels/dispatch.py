@@ -6,10 +6,17 @@
 - `interpret`: the same Pallas kernel run by the Pallas interpreter
   (`interpret=True`); slow, but runs anywhere, so CPU tests use it.
 - `auto`: `pallas` on GPU/TPU, `xla` elsewhere.
+
+A `pallas_call` is one custom call that XLA's SPMD partitioner cannot split:
+under `jit` with batch-sharded inputs it would gather the whole batch onto
+every device. `per_device_batch` runs it under `jax.shard_map` instead, one
+call per device on its own rows, whenever a mesh is set (`jax.set_mesh`;
+the training loop sets its mesh).
 """
 from __future__ import annotations
 
 import jax
+from jax.sharding import PartitionSpec as P
 
 IMPLS = ("auto", "xla", "pallas", "interpret")
 
@@ -39,3 +46,20 @@ def resolve_impl(impl: str, op: str = "kernel") -> str:
         f"default backend is {jax.default_backend()!r}; use impl='interpret' "
         "to run the same kernel on CPU, or impl='xla'.")
   return impl
+
+
+def per_device_batch(fn, *args):
+  """`fn(*args)`, run per device on its rows when a mesh is set.
+
+  Every array in `args` and in the result has the batch as its leading
+  axis, split over all axes of the mesh set with `jax.set_mesh` (the data
+  parallel layout of `maskmodel.sharding`). With no mesh, a one-device mesh,
+  or a batch the mesh does not divide, it is a plain call.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  batch = jax.tree.leaves(args)[0].shape[0]
+  if mesh.empty or mesh.size == 1 or batch % mesh.size:
+    return fn(*args)
+  spec = P(mesh.axis_names)
+  return jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec,
+                       check_vma=False)(*args)

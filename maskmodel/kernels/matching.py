@@ -20,7 +20,8 @@ from jax import lax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from maskmodel.kernels.dispatch import kernel_backend, resolve_impl
+from maskmodel.kernels.dispatch import (kernel_backend, per_device_batch,
+                                        resolve_impl)
 
 _NT = (((1,), (1,)), ((), ()))
 
@@ -166,8 +167,9 @@ def token_matching(a, b, *, class_token=False, impl="auto"):
   if impl == "xla":
     return token_matching_reference(a, b, class_token=class_token)
   backend = kernel_backend() if impl == "pallas" else "triton"
-  node_max, node_idx = token_matching_pallas(
-      a, b, backend=backend, interpret=impl == "interpret")
+  node_max, node_idx = per_device_batch(
+      functools.partial(token_matching_pallas, backend=backend,
+                        interpret=impl == "interpret"), a, b)
   if class_token:
     node_max = node_max.at[:, 0].set(-jnp.inf)
   return node_max, node_idx
