@@ -1,5 +1,7 @@
 """Properties of the token-reduction library (maskmodel.tokens)."""
 import functools
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -10,8 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from maskmodel import config as config_lib
 from maskmodel import tokens as T
 from maskmodel.kernels import attention
+from maskmodel.models import build
 from maskmodel.tokens import flops as F
 from maskmodel.tokens import visualize as V
 
@@ -642,8 +646,6 @@ def test_flops_match_xla_for_maskmodel_vit_with_schedule(method, schedule):
   """The counter against XLA on the real model: XLA also counts the
   elementwise ops and the reducer's own work (ToMe's similarity scores), so
   it may be a little higher, never lower."""
-  from maskmodel import config as config_lib  # pylint: disable=import-outside-toplevel
-  from maskmodel.models import build  # pylint: disable=import-outside-toplevel
   m = config_lib.base_config().model
   m.patch_size, m.width, m.depth, m.num_heads = 4, 96, 4, 3
   model = build.vit(build.with_token_reduction(m, method, schedule),
@@ -698,3 +700,34 @@ def test_token_map_colours_groups_and_draws_borders(tmp_path):
   assert (groups >= 1).all() and len(np.unique(groups)) == 8
   V.save_token_maps(str(tmp_path / "maps.png"), [image], [red.source[0]], 2)
   assert (tmp_path / "maps.png").stat().st_size > 0
+
+
+def test_token_reduction_experiment_runs(tmp_path):
+  """`experiments/token_reduction/run.py` end to end at toy size: two seeds,
+  two methods (one with the proportional-attention ablation), one r."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(
+      "token_reduction_run",
+      os.path.join(root, "experiments", "token_reduction", "run.py"))
+  run = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(run)
+  out = tmp_path / "out"
+  run.main(["--workdir", str(tmp_path / "wd"), "--out", str(out),
+            "--steps", "3", "--seeds", "0,1", "--methods", "tome,topk",
+            "--no-prop-attn", "topk", "--r", "8", "--batch", "100",
+            "--repeats", "1"])
+  rows = json.loads((out / "results.json").read_text())["rows"]
+  assert [(r["method"], r["r"], r["prop_attn"]) for r in rows] == [
+      ("none", 0, True), ("tome", 8, True), ("topk", 8, True),
+      ("topk", 8, False)]
+  for row in rows:
+    assert len(row["accuracy_per_seed"]) == 2
+    assert row["accuracy"] == pytest.approx(np.mean(row["accuracy_per_seed"]))
+    assert row["img_per_s"] > 0
+  # Every method at r = 8 keeps the same tokens, so the FLOPs match.
+  assert rows[1]["keep"] == rows[2]["keep"] == rows[3]["keep"]
+  assert rows[1]["keep"][-1] < rows[0]["keep"][-1]
+  assert rows[1]["gflops"] == rows[3]["gflops"] < rows[0]["gflops"]
+  assert (out / "results.md").exists() and (out / "tradeoff.png").exists()
+  with pytest.raises(SystemExit):
+    run.main(["--workdir", str(tmp_path / "wd"), "--methods", "nope"])
