@@ -30,7 +30,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 try:
   import maskmodel  # noqa: F401  pylint: disable=unused-import
