@@ -35,6 +35,8 @@ except ImportError:  # Run from a checkout without installing.
 from maskmodel.kernels import attention, token_matching  # pylint: disable=g-import-not-at-top
 from maskmodel.kernels.dispatch import kernel_backend  # pylint: disable=g-import-not-at-top
 
+import common  # pylint: disable=g-bad-import-order,g-import-not-at-top
+
 ACCELERATOR_SWEEP = (197, 577, 1024, 2048, 4096, 8192, 16384)
 CPU_SWEEP = (197, 256)
 ATTENTION_IMPLS = ("pallas", "interpret", "xla", "jax_dpa", "cudnn")
@@ -163,10 +165,7 @@ def main(argv=None):
                 device=getattr(device, "device_kind", str(device)),
                 num_devices=jax.device_count(), config=vars(args),
                 results=results)
-  text = json.dumps(report, indent=1)
-  print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text + "\n")
+  common.emit_json(report, args.out, indent=1)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,6 @@ if __name__ == "__main__":
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import functools
-import json
 import pathlib
 import platform
 import resource
@@ -111,6 +110,7 @@ from maskmodel import sharding
 from maskmodel.tasks import get_task
 from maskmodel.train import initial_state, train_step
 
+import common  # pylint: disable=g-bad-import-order
 import xla_profile  # pylint: disable=g-bad-import-order
 
 
@@ -352,10 +352,7 @@ def main(args):
         compiled.as_text(), two_steps, steps=2, model_scope="MaskedAutoencoder",
         outside_class="optimizer_and_grad_norm")
     result["breakdown"]["memory_bound_floor"] = memory_bound_floor(tx, state)
-  text = json.dumps(result, indent=2)
-  print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text + "\n")
+  common.emit_json(result, args.out, indent=2)
   return result
 
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
-import pathlib
 import platform
 import statistics
 import sys
@@ -34,6 +32,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+import common  # pylint: disable=g-bad-import-order
 import mae_step  # pylint: disable=g-bad-import-order
 
 PATCH, IMAGE = 16, 224
@@ -160,10 +159,7 @@ def main(argv=None):
       loss=loss.item(), torch=torch.__version__,
       threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
       python=platform.python_version())
-  text = json.dumps(result, indent=2)
-  print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text + "\n")
+  common.emit_json(result, args.out, indent=2)
 
 
 if __name__ == "__main__":

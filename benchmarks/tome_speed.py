@@ -20,7 +20,6 @@ in the benchmark's environment only: `pip install torch timm`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -40,6 +39,7 @@ from maskmodel import config as mm  # pylint: disable=g-import-not-at-top
 from maskmodel import tokens  # pylint: disable=g-import-not-at-top
 from maskmodel.models import build  # pylint: disable=g-import-not-at-top
 
+import common  # pylint: disable=g-bad-import-order,g-import-not-at-top
 import xla_profile  # pylint: disable=g-bad-import-order,g-import-not-at-top
 
 IMAGE, PATCH, WIDTH, DEPTH, HEADS, CLASSES = 224, 16, 768, 12, 12, 1000
@@ -176,10 +176,7 @@ def main(argv=None):
           r0["img_per_s"] / results["timm_r0"]["img_per_s"], 3)
   if args.timm and "timm_r0" not in results:
     doc["timm"] = timm_info
-  text = json.dumps(doc, indent=1)
-  print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text + "\n")
+  common.emit_json(doc, args.out, indent=1)
 
 
 if __name__ == "__main__":

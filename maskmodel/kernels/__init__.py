@@ -4,6 +4,6 @@
 kernel has a plain-jnp reference that defines its semantics.
 """
 from maskmodel.kernels.attention import (AttentionStats, attention,
-                                         attention_reference)
+                                         attention_probs, attention_reference)
 from maskmodel.kernels.dispatch import IMPLS
 from maskmodel.kernels.matching import token_matching, token_matching_reference

@@ -21,7 +21,8 @@ from maskmodel.kernels import flash_attention as flash
 from maskmodel.kernels.dispatch import (IMPLS, kernel_backend,
                                         per_device_batch, resolve_impl)
 
-__all__ = ["AttentionStats", "IMPLS", "attention", "attention_reference"]
+__all__ = ["AttentionStats", "IMPLS", "attention", "attention_probs",
+           "attention_reference"]
 
 
 class AttentionStats(NamedTuple):
@@ -71,6 +72,15 @@ def _logits(q, k, bias, kv_mask, causal):
     tri = jnp.tril(jnp.ones((nq, nk), bool), k=nk - nq)
     logits = jnp.where(tri, logits, big_neg)
   return logits
+
+
+def attention_probs(q, k, *, bias=None, kv_mask=None, causal=False):
+  """The `[B, H, Nq, Nk]` f32 softmax probabilities of `attention_reference`.
+
+  Materializes the full attention matrix, which the kernels never do: for
+  the few methods that read the whole attention graph (Zero-TPrune).
+  """
+  return jax.nn.softmax(_logits(q, k, bias, kv_mask, causal), axis=-1)
 
 
 def attention_reference(q, k, v, *, bias=None, kv_mask=None, causal=False,

@@ -59,11 +59,16 @@ def token_reduction(model_config, num_input_tokens):
 
   Returns None when the method is "none" (the plain ViT). Raises
   `ConfigError` naming the valid choices for an unknown method or option,
-  and for a schedule that cannot be followed.
+  for a schedule that cannot be followed, and when `num_input_tokens` is
+  None but a method is set.
   """
   t = model_config.get("token_reduction")
   if t is None or t.method in ("none", None, ""):
     return None
+  if num_input_tokens is None:
+    raise ConfigError("model.token_reduction needs the encoder's token "
+                      "count; build the model with build.vit(..., "
+                      "num_tokens=build.num_tokens(config)).")
   key = "model.token_reduction"
   if t.method not in tokens.REDUCERS:
     raise ConfigError(f"{key}.method={t.method!r} is unknown; use 'none' or "
@@ -126,14 +131,7 @@ def vit(model_config, num_classes: int = 0, *, num_tokens=None) -> ViT:
                       f"model.num_heads={m.num_heads}.")
   if m.pool not in ("cls", "gap"):
     raise ConfigError(f"model.pool={m.pool!r} is unknown; use 'cls' or 'gap'.")
-  plan = None
-  t = m.get("token_reduction")
-  if t is not None and t.method not in ("none", None, ""):
-    if num_tokens is None:
-      raise ConfigError("model.token_reduction needs the encoder's token "
-                        "count; build the model with build.vit(..., "
-                        "num_tokens=build.num_tokens(config)).")
-    plan = token_reduction(m, num_tokens)
+  plan = token_reduction(m, num_tokens)
   return ViT(patch_size=m.patch_size, width=m.width, depth=m.depth,
              num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
              num_classes=num_classes, pool=m.pool, attn_impl=m.attn_impl,

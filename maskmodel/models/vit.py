@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from maskmodel import tokens
-from maskmodel.kernels import attention
+from maskmodel.kernels import attention, attention_probs
 from maskmodel.models.patches import patchify, sincos_2d_posemb
 
 Dtype = Any
@@ -116,14 +116,9 @@ class MultiHeadAttention(nn.Module):
     if with_probs:
       # Zero-TPrune reads the whole attention graph, which the fused kernels
       # never materialize; only that method pays for this explicit softmax.
-      qh, kh, vh = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, H, N, D]
-      logits = jnp.einsum("bhqd,bhkd->bhqk", qh, kh,
-                          preferred_element_type=jnp.float32) * head_dim**-0.5
-      if bias is not None:
-        logits = logits + bias[:, None, None, :].astype(jnp.float32)
-      probs = jax.nn.softmax(logits, axis=-1)
+      probs = attention_probs(q, k, bias=bias)
       out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype),
-                                    vh), 1, 2)
+                                    jnp.swapaxes(v, 1, 2)), 1, 2)
       aux = jax.lax.stop_gradient(probs).mean(axis=1)
     elif with_stats:
       out, aux = attention(q, k, v, bias=bias, impl=self.attn_impl,
