@@ -5,13 +5,20 @@ Orbax writes each step into a temporary folder and renames it when complete,
 so a kill mid-save never leaves a half-written step behind the latest good
 one. On restore, a step that cannot be read is moved aside (`<step>.corrupt`)
 with a warning and the newest readable step is used instead.
+
+`PreemptionNotice` turns a scheduler's preemption notice (SIGTERM, as sent by
+Cloud TPU, GKE and SLURM before they evict a job) into a step at which the
+loop saves and stops, so a preempted run loses no steps.
 """
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import warnings
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 
@@ -63,6 +70,47 @@ class Checkpointer:
     if jax.process_index() == 0 and os.path.exists(path):
       os.replace(path, aside)
     self._mngr.reload()
+
+
+class PreemptionNotice:
+  """`with PreemptionNotice() as notice:` ... `notice.reached(step)`.
+
+  `reached(step)` is True once a preemption notice has arrived and every
+  process is at `step`, the step to checkpoint and stop at:
+  - one process: SIGTERM sets a flag (the handler is installed from the main
+    thread only, and the previous one is restored on exit);
+  - several processes: JAX's preemption sync manager (started by
+    `jax.distributed.initialize`) catches SIGTERM on any host and agrees on a
+    step all hosts reach (`multihost_utils.reached_preemption_sync_point`),
+    so `reached` must be called at every step on every host.
+  """
+
+  def __init__(self):
+    self._noticed = False
+    self._previous = None
+
+  def __enter__(self):
+    if (jax.process_count() == 1
+        and threading.current_thread() is threading.main_thread()):
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    self._noticed = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self._noticed
+    try:
+      return multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError:  # the preemption service is disabled
+      return False
 
 
 def load_encoder_params(workdir):

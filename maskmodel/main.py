@@ -1,8 +1,12 @@
 """Command line: python -m maskmodel.main --config FILE.py[:arg] --workdir DIR
-[--config.key=value ...]. Rerunning the same command resumes the run."""
+[--config.key=value ...]. Rerunning the same command resumes the run.
+
+On SIGTERM (a scheduler's preemption notice) the run checkpoints the step it
+is at and exits with status 143; rerunning resumes from that step."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -73,6 +77,10 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, DataError, checkpoint.CheckpointError) as e:
     _fail(str(e))
+  except train.Preempted as e:
+    print(e, flush=True)
+    # Not 0: a scheduler must not take a preempted run for a finished one.
+    sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ from maskmodel.models import build
 from maskmodel.tasks import get_task
 
 
+class Preempted(Exception):
+  """A preemption notice stopped the run after checkpointing its step."""
+
+
 def log(msg):
   if jax.process_index() == 0:
     print(msg, flush=True)
@@ -80,6 +84,8 @@ def train_and_evaluate(config, workdir):
 
   Returns {"final": eval metrics, "random_init": the same evals of the
   initial params (when `evals.compare_random_init`), "state": train state}.
+  On a preemption notice (SIGTERM) it checkpoints the step it is at and
+  raises `Preempted`.
   """
   mesh = sharding.make_mesh()
   # Set as the ambient mesh so that Pallas kernels run per device on their
@@ -129,24 +135,32 @@ def _train_and_evaluate(config, workdir, mesh):
       f"devices={mesh.size} batch={config.batch_size} steps={start}->{total}")
 
   t_last, s_last, t_start = time.time(), start, time.time()
-  for step in range(start + 1, total + 1):
-    batch = sharding.shard_batch(next(data_iter), data_sharding)
-    state, metrics = step_fn(state, batch)
-    if step % config.log_every == 0 or step == total:
-      metrics = jax.device_get(metrics)
-      now = time.time()
-      rate = (step - s_last) / max(now - t_last, 1e-9)
-      t_last, s_last = now, step
-      writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
-      log(f"step {step}/{total}  loss {float(metrics['loss']):.4f}  "
-          f"{rate:.1f} steps/s  ETA {_fmt_time((total - step) / max(rate, 1e-9))}")
-    names = evaluators.due(config, step, final=False) if step < total else []
-    if names:
-      results = evaluators.run(ctx, names, state["params"], state["task_state"])
-      writer.write(step, {f"eval/{k}": v for k, v in results.items()})
-      log(f"eval @ {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
-    if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == total:
-      ckpt.save(step, state, data_iter.get_state())
+  with checkpoint.PreemptionNotice() as preemption:
+    for step in range(start + 1, total + 1):
+      batch = sharding.shard_batch(next(data_iter), data_sharding)
+      state, metrics = step_fn(state, batch)
+      if step % config.log_every == 0 or step == total:
+        metrics = jax.device_get(metrics)
+        now = time.time()
+        rate = (step - s_last) / max(now - t_last, 1e-9)
+        t_last, s_last = now, step
+        writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
+        log(f"step {step}/{total}  loss {float(metrics['loss']):.4f}  "
+            f"{rate:.1f} steps/s  ETA {_fmt_time((total - step) / max(rate, 1e-9))}")
+      names = evaluators.due(config, step, final=False) if step < total else []
+      if names:
+        results = evaluators.run(ctx, names, state["params"], state["task_state"])
+        writer.write(step, {f"eval/{k}": v for k, v in results.items()})
+        log(f"eval @ {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
+      preempted = step < total and preemption.reached(step)
+      if (preempted or step == total or
+          (config.checkpoint_every and step % config.checkpoint_every == 0)):
+        ckpt.save(step, state, data_iter.get_state())
+      if preempted:
+        ckpt.wait()
+        writer.close()
+        raise Preempted(f"preempted: saved a checkpoint at step {step} of "
+                        f"{total}; rerun the same command to resume.")
   ckpt.wait()
   train_seconds = time.time() - t_start
 

@@ -1,6 +1,9 @@
-"""Preemption: a killed run resumes to the same result; a corrupt latest
-checkpoint is set aside and the last good one is used."""
+"""Preemption: a killed run resumes to the same result; a preemption notice
+(SIGTERM) checkpoints the current step and the run resumes from it to the
+same result; a corrupt latest checkpoint is set aside and the last good one
+is used."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +12,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from conftest import ROOT, SMOKE, run_cli
 
@@ -29,15 +33,39 @@ def _steps(workdir):
                 if p.isdigit())
 
 
-def test_killed_run_resumes_to_identical_params(tmp_path):
-  total = ["--config.total_steps=150"]
-  ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
-  assert run_cli("--config", SMOKE, "--workdir", ref, *total, *FAST).returncode == 0
+TOTAL = ["--config.total_steps=150"]
 
-  cmd = [sys.executable, "-m", "maskmodel.main", "--config", SMOKE,
-         "--workdir", killed, *total, *FAST]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The final (step, state) of a 150-step run that nothing interrupts."""
+  ref = str(tmp_path_factory.mktemp("ref"))
+  assert run_cli("--config", SMOKE, "--workdir", ref, *TOTAL, *FAST).returncode == 0
+  return _final_state(ref)
+
+
+def _start(workdir, *extra):
+  return subprocess.Popen(
+      [sys.executable, "-m", "maskmodel.main", "--config", SMOKE,
+       "--workdir", workdir, *TOTAL, *FAST, *extra],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def _resume_and_compare(workdir, from_step, uninterrupted, *extra):
+  resumed = run_cli("--config", SMOKE, "--workdir", workdir, *TOTAL, *FAST, *extra)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resumed from step {from_step}" in resumed.stdout
+  (s1, a), (s2, b) = uninterrupted, _final_state(workdir)
+  assert s1 == s2 == 150
+  flat_a, flat_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(flat_a) == len(flat_b)
+  for x, y in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_killed_run_resumes_to_identical_params(tmp_path, uninterrupted):
+  killed = str(tmp_path / "killed")
+  proc = _start(killed)
   deadline = time.time() + 300
   ckpt_dir = os.path.join(killed, "checkpoints")
   while time.time() < deadline and proc.poll() is None:
@@ -46,21 +74,29 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
       break
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  proc.communicate()
   assert proc.returncode == -signal.SIGKILL, "run ended before it could be killed"
   steps_at_kill = _steps(killed)
   assert steps_at_kill and max(steps_at_kill) < 150
+  _resume_and_compare(killed, max(steps_at_kill), uninterrupted)
 
-  resumed = run_cli("--config", SMOKE, "--workdir", killed, *total, *FAST)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"resumed from step {max(steps_at_kill)}" in resumed.stdout
 
-  (s1, a), (s2, b) = _final_state(ref), _final_state(killed)
-  assert s1 == s2 == 150
-  flat_a, flat_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(flat_a) == len(flat_b)
-  for x, y in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+def test_preemption_notice_checkpoints_the_current_step(tmp_path, uninterrupted):
+  # No periodic checkpoints: whatever is saved, SIGTERM saved it.
+  workdir, no_periodic = str(tmp_path / "preempted"), "--config.checkpoint_every=0"
+  proc = _start(workdir, no_periodic)
+  for line in proc.stdout:  # the loop logs every 5 steps
+    m = re.match(r"step (\d+)/150", line)
+    if m and int(m.group(1)) >= 20:
+      proc.send_signal(signal.SIGTERM)
+      break
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+  m = re.search(r"preempted: saved a checkpoint at step (\d+) of 150", out)
+  assert m, out[-2000:]
+  step = int(m.group(1))
+  assert 20 <= step < 150 and _steps(workdir) == [step]
+  _resume_and_compare(workdir, step, uninterrupted, no_periodic)
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path):

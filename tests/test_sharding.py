@@ -1,6 +1,8 @@
 """Data parallelism: a train step on 8 (simulated) devices equals the same
 step on one device."""
 import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -59,24 +61,53 @@ def test_sharded_step_equals_single_device():
   assert "OK" in proc.stdout
 
 
-def test_two_process_run(tmp_path):
-  """Two JAX processes (gloo collectives on CPU) train, checkpoint and
-  evaluate one run together through the CLI."""
+def _two_processes(workdir, *args):
+  """Starts the CLI as processes 0 and 1 of one run (gloo collectives on CPU)."""
   import socket  # pylint: disable=g-import-not-at-top
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  wd = tmp_path / "run"
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "maskmodel.main", "--config", SMOKE, "--workdir", str(wd),
+  return [subprocess.Popen(
+      [sys.executable, "-m", "maskmodel.main", "--config", SMOKE, "--workdir", str(workdir),
        "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
-       "--process_id", str(i), "--config.total_steps=10", "--config.evals.names=('knn',)"],
+       "--process_id", str(i), *args],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
+
+
+def _checkpoint_steps(workdir):
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_two_process_run(tmp_path):
+  """Two JAX processes train, checkpoint and evaluate one run together
+  through the CLI."""
+  wd = tmp_path / "run"
+  procs = _two_processes(wd, "--config.total_steps=10", "--config.evals.names=('knn',)")
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert "devices=2" in outs[0][0] and "final: knn_accuracy=" in outs[0][0]
   assert "step 5/10" not in outs[1][0]  # only process 0 logs progress
   assert (wd / "report.md").exists()
-  assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [10]
+  assert _checkpoint_steps(wd) == [10]
+
+
+def test_two_process_preemption_notice(tmp_path):
+  """SIGTERM to one process only: both agree on a step, checkpoint it
+  together and exit with 143."""
+  wd = tmp_path / "run"
+  procs = _two_processes(wd, "--config.total_steps=1000", "--config.evals.names=()",
+                         "--config.checkpoint_every=0")
+  for line in procs[0].stdout:
+    m = re.match(r"step (\d+)/1000", line)
+    if m and int(m.group(1)) >= 20:
+      procs[1].send_signal(signal.SIGTERM)
+      break
+  outs = [p.communicate(timeout=300) for p in procs]
+  steps = []
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+    steps += [int(m) for m in re.findall(r"preempted: saved a checkpoint at step (\d+)", out)]
+  assert len(steps) == 2 and steps[0] == steps[1] < 1000, outs
+  assert _checkpoint_steps(wd) == [steps[0]]
