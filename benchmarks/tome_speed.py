@@ -14,8 +14,10 @@ median of its repeats. Prints one JSON document.
 
 `--timm` times PyTorch timm's `vit_base_patch16_224` (random weights,
 eval mode, `torch.inference_mode`) in the same process and the same
-round-robin. torch and timm are not dependencies of maskmodel; install them
-in the benchmark's environment only: `pip install torch timm`.
+round-robin, and the same model with ToMe at each r > 0 (`tome_torch.py`, a
+PyTorch port of the paper's timm patch). torch and timm are not dependencies
+of maskmodel; install them in the benchmark's environment only:
+`pip install torch timm`.
 """
 from __future__ import annotations
 
@@ -64,23 +66,53 @@ def maskmodel_forward(r, attn_impl, params, prop_attn):
   return model, run, lambda x: fn.lower(params, x).compile().as_text()
 
 
-def timm_forward(batch):
-  """timm's ViT-B/16 forward, or None (with the reason) if it cannot run."""
+def timm_forwards(batch, r_values, prop_attn):
+  """{name: run} for timm's ViT-B/16 (r = 0) and, through `tome_torch`, with
+  ToMe at each r > 0; and an info dict (versions, and the checks that the
+  PyTorch ToMe is the same function as timm at r = 0 and as
+  `maskmodel.tokens` at r > 0). Without torch and timm: ({}, the reason)."""
   try:
+    import numpy as np  # pylint: disable=g-import-not-at-top
     import timm  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
+    import tome_torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    return None, f"not timed: {e} (pip install torch timm)"
+    return {}, f"not timed: {e} (pip install torch timm)"
   torch.set_num_threads(os.cpu_count())
   model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
   x = torch.randn(batch, 3, IMAGE, IMAGE)
+  forwards = {"timm_r0": model}
+  forwards.update({f"timm-tome_r{r}": tome_torch.tome_forward(model, r, prop_attn)
+                   for r in r_values if r})
 
-  def run(_):
-    with torch.inference_mode():
-      return model(x)
+  def runner(fn):
+    def run(_):
+      with torch.inference_mode():
+        return fn(x)
+    return run
+  runs = {name: runner(fn) for name, fn in forwards.items()}
+
+  # The peer must compute what it claims to: ToMe at r = 0 is timm itself,
+  # and its merging is maskmodel's on the same (random) keys and tokens.
+  unpatched = runs["timm_r0"](None)
+  patched = runner(tome_torch.tome_forward(model, 0, prop_attn))(None)
+  rng = np.random.default_rng(0)
+  metric, tok = (rng.normal(size=(2, NUM_TOKENS, d)).astype(np.float32)
+                 for d in (64, 32))
+  ones = np.ones((2, NUM_TOKENS, 1), np.float32)
+  merge_t = tome_torch.bipartite_soft_matching(torch.from_numpy(metric), 16)
+  merged_t, _ = tome_torch.merge_wavg(merge_t, torch.from_numpy(tok), torch.from_numpy(ones))
+  merge_j, _ = tokens.bipartite_soft_matching(jnp.asarray(metric), 16, class_token=True)
+  merged_j, _ = tokens.merge_wavg(merge_j, jnp.asarray(tok), jnp.asarray(ones))
+  checks = dict(
+      tome_r0_vs_timm_max_abs=float((unpatched - patched).abs().max()),
+      tome_merge_vs_maskmodel_max_abs=float(
+          np.abs(merged_t.numpy() - np.asarray(merged_j)).max()))
+  if checks["tome_r0_vs_timm_max_abs"] > 1e-4 or checks["tome_merge_vs_maskmodel_max_abs"] > 1e-5:
+    raise AssertionError(f"the PyTorch ToMe peer disagrees: {checks}")
   info = dict(torch=torch.__version__, timm=timm.__version__,
-              threads=torch.get_num_threads())
-  return run, info
+              threads=torch.get_num_threads(), checks=checks)
+  return runs, info
 
 
 def main(argv=None):
@@ -123,10 +155,10 @@ def main(argv=None):
             num_classes=CLASSES) / 1e9, 3))
   timm_info = None
   if args.timm:
-    run, timm_info = timm_forward(args.batch)
-    if run is not None:
-      runs["timm_r0"] = run
-      meta["timm_r0"] = dict(r=0, **timm_info)
+    timm_runs, timm_info = timm_forwards(args.batch, r_values, not args.no_prop_attn)
+    for name, run in timm_runs.items():
+      runs[name] = run
+      meta[name] = dict(r=int(name.split("_r")[1]))
 
   for _ in range(args.warmup):
     for run in runs.values():
@@ -135,10 +167,10 @@ def main(argv=None):
   for _ in range(args.repeats):
     framework = None
     for name, run in runs.items():
-      if name.split("_")[0] != framework:
+      if name.startswith("maskmodel") != framework:
         # Let the other framework's worker threads go idle first (OpenMP
         # threads spin for a while after each parallel region).
-        framework = name.split("_")[0]
+        framework = name.startswith("maskmodel")
         time.sleep(args.settle)
       t0 = time.perf_counter()
       run(images)
@@ -174,7 +206,15 @@ def main(argv=None):
     if "timm_r0" in results:
       doc["maskmodel_r0_over_timm_r0"] = round(
           r0["img_per_s"] / results["timm_r0"]["img_per_s"], 3)
-  if args.timm and "timm_r0" not in results:
+  for r in r_values:
+    peer = results.get(f"timm-tome_r{r}")
+    if peer and "timm_r0" in results:
+      doc[f"timm-tome_r{r}_over_timm_r0"] = round(
+          peer["img_per_s"] / results["timm_r0"]["img_per_s"], 3)
+    if peer and f"maskmodel_r{r}" in results:
+      doc[f"maskmodel_r{r}_over_timm-tome_r{r}"] = round(
+          results[f"maskmodel_r{r}"]["img_per_s"] / peer["img_per_s"], 3)
+  if args.timm:
     doc["timm"] = timm_info
   common.emit_json(doc, args.out, indent=1)
 
