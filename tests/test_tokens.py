@@ -715,8 +715,9 @@ def test_token_reduction_experiment_runs(tmp_path):
   run.main(["--workdir", str(tmp_path / "wd"), "--out", str(out),
             "--steps", "3", "--seeds", "0,1", "--methods", "tome,topk",
             "--no-prop-attn", "topk", "--r", "8", "--batch", "100",
-            "--repeats", "1"])
-  rows = json.loads((out / "results.json").read_text())["rows"]
+            "--repeats", "1", "--trained-with", "tome:8"])
+  results = json.loads((out / "results.json").read_text())
+  rows = results["rows"]
   assert [(r["method"], r["r"], r["prop_attn"]) for r in rows] == [
       ("none", 0, True), ("tome", 8, True), ("topk", 8, True),
       ("topk", 8, False)]
@@ -729,5 +730,14 @@ def test_token_reduction_experiment_runs(tmp_path):
   assert rows[1]["keep"][-1] < rows[0]["keep"][-1]
   assert rows[1]["gflops"] == rows[3]["gflops"] < rows[0]["gflops"]
   assert (out / "results.md").exists() and (out / "tradeoff.png").exists()
-  with pytest.raises(SystemExit):
-    run.main(["--workdir", str(tmp_path / "wd"), "--methods", "nope"])
+  # --trained-with: classifiers trained with ToMe r = 8 in their blocks, one
+  # per seed in their own workdirs, next to the off-the-shelf ToMe row.
+  [tw] = results["trained_with"]
+  assert (tw["method"], tw["r"], tw["keep"]) == ("tome", 8, rows[1]["keep"])
+  assert len(tw["accuracy_per_seed"]) == 2
+  assert tw["off_the_shelf"] == rows[1]["accuracy"]
+  assert sorted(os.listdir(tmp_path / "wd" / "tome_r8")) == ["seed0", "seed1"]
+  assert "| tome | 8 |" in (out / "trained_with.md").read_text()
+  for bad in (["--methods", "nope"], ["--trained-with", "tome"]):
+    with pytest.raises(SystemExit):
+      run.main(["--workdir", str(tmp_path / "wd"), *bad])

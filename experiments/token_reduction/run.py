@@ -15,6 +15,10 @@ sample.
    measured img/s (seed 0's params, jitted, warm, median of repeats) into
    results.md, results.json and tradeoff.png. Methods named in
    `--no-prop-attn` are also run with ToMe's proportional attention off.
+4. With `--trained-with METHOD:R,...`, also trains one classifier per seed
+   with that reducer in its blocks (the same recipe otherwise) and reports
+   its accuracy under the same reduction next to the off-the-shelf one
+   (trained_with.md, and "trained_with" in results.json).
 
   python experiments/token_reduction/run.py --workdir workdirs/token_reduction
 
@@ -73,6 +77,23 @@ def classifier_config(steps):
   c.evals.names = ("accuracy",)
   c.evals.accuracy.every = 0
   return c
+
+
+def train_classifiers(seeds, steps, workdir, model_config=None):
+  """Trains (or reloads) one classifier per seed; returns their params and
+  the config of the last one."""
+  params = []
+  for seed in seeds:
+    config = classifier_config(steps)
+    config.seed = seed
+    if model_config is not None:
+      config.model = model_config
+    t0 = time.time()
+    result = train.train_and_evaluate(config, os.path.join(workdir, f"seed{seed}"))
+    print(f"{workdir} seed {seed}: trained / loaded in {time.time() - t0:.0f}s: "
+          f"{result['final']}", flush=True)
+    params.append(jax.device_get(result["state"]["params"]))
+  return params, config
 
 
 def test_set(config):
@@ -174,6 +195,28 @@ def write_table(path, rows, meta):
   path.write_text("\n".join(lines) + "\n")
 
 
+def write_trained_with(path, entries, base, meta):
+  lines = [
+      "# Trained with the reduction, or reduced off the shelf",
+      "",
+      f"The same ViT and recipe ({meta['train_steps']} steps, seeds "
+      f"{', '.join(map(str, meta['seeds']))}), trained with the reducer in "
+      "its blocks; accuracy under the same reduction, mean +- std over the "
+      "seeds, next to the classifiers trained without it and reduced at "
+      f"eval time. Unreduced: {base['accuracy']:.3f} +- "
+      f"{base['accuracy_std']:.3f}.",
+      "",
+      "| method | r | GFLOPs | off the shelf | trained with it |",
+      "|---|---|---|---|---|",
+  ]
+  for e in entries:
+    shelf = ("–" if e["off_the_shelf"] is None else
+             f"{e['off_the_shelf']:.3f} +- {e['off_the_shelf_std']:.3f}")
+    lines.append(f"| {e['method']} | {e['r']} | {e['gflops']:.4f} | {shelf} | "
+                 f"{e['accuracy']:.3f} +- {e['accuracy_std']:.3f} |")
+  path.write_text("\n".join(lines) + "\n")
+
+
 def plot(path, rows):
   fig = Figure(figsize=(7, 4.5), dpi=120)
   FigureCanvasAgg(fig)
@@ -212,6 +255,9 @@ def main(argv=None):
   parser.add_argument("--no-prop-attn", default="topk,evit",
                       help="methods also run with proportional attention off")
   parser.add_argument("--r", default=",".join(map(str, R_VALUES)))
+  parser.add_argument("--trained-with", default="",
+                      help="METHOD:R,...: also train with that reduction "
+                           "in the blocks, e.g. tome:12,topk:12")
   parser.add_argument("--batch", type=int, default=250)
   parser.add_argument("--repeats", type=int, default=21)
   args = parser.parse_args(argv)
@@ -222,19 +268,17 @@ def main(argv=None):
     parser.error(f"unknown methods {sorted(unknown)} (known: "
                  f"{', '.join(METHODS)})" if unknown else "--seeds is empty")
   r_values = [int(r) for r in split(args.r)]
+  trained_with_specs = []
+  for spec in split(args.trained_with):
+    method, _, r = spec.partition(":")
+    if method not in METHODS or not r.isdigit() or int(r) <= 0:
+      parser.error(f"--trained-with {spec!r}: expected METHOD:R with R > 0 "
+                   f"and METHOD one of {', '.join(METHODS)}")
+    trained_with_specs.append((method, int(r)))
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
 
-  params = []
-  for seed in seeds:
-    config = classifier_config(args.steps)
-    config.seed = seed
-    t0 = time.time()
-    result = train.train_and_evaluate(config, os.path.join(args.workdir,
-                                                           f"seed{seed}"))
-    print(f"seed {seed}: trained / loaded in {time.time() - t0:.0f}s: "
-          f"{result['final']}", flush=True)
-    params.append(jax.device_get(result["state"]["params"]))
+  params, config = train_classifiers(seeds, args.steps, args.workdir)
   images, labels = test_set(config)
   n0 = build.num_tokens(config)
 
@@ -265,6 +309,26 @@ def main(argv=None):
     row.update(img_per_s=rate, img_per_s_runs=rates)
     print(f"{label(row):28s} r={row['r']:2d} {rate:8.0f} img/s", flush=True)
 
+  trained_with = []
+  for method, r in trained_with_specs:
+    keep = tuple(tokens.tokens_per_layer(r, config.model.depth, n0))
+    model_config = build.with_token_reduction(config.model, method, list(keep))
+    trained, _ = train_classifiers(seeds, args.steps,
+                                   os.path.join(args.workdir, f"{method}_r{r}"),
+                                   model_config)
+    predict = predictor(reduced_model(config, method, keep))
+    accs = [accuracy(predict, p, images, labels, args.batch) for p in trained]
+    shelf = next((row for row in rows if row["method"] == method and
+                  row["r"] == r and row["prop_attn"]), None)
+    trained_with.append(dict(
+        method=method, r=r, keep=list(keep), gflops=gflops(config, keep),
+        accuracy=float(np.mean(accs)), accuracy_std=float(np.std(accs)),
+        accuracy_per_seed=accs,
+        off_the_shelf=None if shelf is None else shelf["accuracy"],
+        off_the_shelf_std=None if shelf is None else shelf["accuracy_std"]))
+    print(f"{method} trained with r={r}: acc={' '.join(f'{a:.3f}' for a in accs)}",
+          flush=True)
+
   m = config.model
   meta = dict(width=m.width, depth=m.depth, patch_size=m.patch_size,
               pool=m.pool,
@@ -274,9 +338,12 @@ def main(argv=None):
               batch=args.batch, repeats=args.repeats,
               cpu_count=os.cpu_count(), jax=jax.__version__,
               platform=platform.processor() or platform.machine())
-  (out / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows),
-                                               indent=1) + "\n")
+  (out / "results.json").write_text(json.dumps(
+      dict(meta=meta, rows=rows, trained_with=trained_with), indent=1) + "\n")
   write_table(out / "results.md", rows, meta)
+  if trained_with:
+    write_trained_with(out / "trained_with.md", trained_with, rows[0], meta)
+    print((out / "trained_with.md").read_text())
   plot(out / "tradeoff.png", rows)
   print((out / "results.md").read_text())
 
