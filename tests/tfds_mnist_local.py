@@ -1,7 +1,10 @@
-"""A TFDS builder that prepares the embedded MNIST sample offline.
+"""TFDS builders that prepare the embedded MNIST sample offline.
 
-Tests use it to exercise the real `tfds:NAME` path (ArrayRecord read through
-`tfds.data_source` and grain) without downloading anything.
+Tests use them to exercise the real `tfds:NAME` path (ArrayRecord read
+through `tfds.data_source` and grain) without downloading anything:
+`Mnist5kLocal` as MNIST is, `ImagenetShapedLocal` shaped like
+`imagenet2012` (JPEG RGB images of varying sizes, 1,000 classes, splits
+train / validation).
 """
 import numpy as np
 import tensorflow_datasets as tfds
@@ -31,6 +34,35 @@ class Mnist5kLocal(tfds.core.GeneratorBasedBuilder):
                 "label": int(y[i])}
 
 
-def prepare(data_dir):
-  Mnist5kLocal(data_dir=data_dir, file_format="array_record").download_and_prepare()
-  return "mnist5k_local"
+class ImagenetShapedLocal(tfds.core.GeneratorBasedBuilder):
+  """64 train and 16 validation digits as imagenet2012's features have them:
+  RGB JPEGs, each resized to its own height and width in [40, 96]."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "label": tfds.features.ClassLabel(num_classes=1000)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(0, 64),
+            "validation": self._generate_examples(64, 80)}
+
+  def _generate_examples(self, start, stop):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    x, y = mnist_data()
+    sizes = np.random.default_rng(start).integers(40, 97, size=(stop - start, 2))
+    for i, (h, w) in zip(range(start, stop), sizes):
+      digit = Image.fromarray(x[i].reshape(28, 28).astype(np.uint8)).convert("RGB")
+      yield i, {"image": np.asarray(digit.resize((int(w), int(h)))),
+                "label": int(y[i]) * 100 + i % 100}
+
+
+def prepare(data_dir, builder=Mnist5kLocal):
+  """Prepares `builder` under `data_dir`; returns its TFDS name."""
+  b = builder(data_dir=data_dir, file_format="array_record")
+  b.download_and_prepare()
+  return b.name

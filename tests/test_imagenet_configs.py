@@ -1,0 +1,83 @@
+"""The ImageNet MAE configs: the paper's recipe and models, and a real run
+of one through the CLI on a locally prepared dataset shaped like
+`imagenet2012` (nothing is downloaded)."""
+import math
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT, load_config, run_cli
+from maskmodel import config as config_lib
+from maskmodel.tasks import get_task
+
+# (patch, width, depth, heads) of ViT-B/16, ViT-L/16, ViT-H/14 (Dosovitskiy
+# et al. 2021, Table 1), which MAE pretrains.
+MODELS = {"b16": (16, 768, 12, 12), "l16": (16, 1024, 24, 16),
+          "h14": (14, 1280, 32, 16)}
+
+
+def _config(name, epochs):
+  return load_config(os.path.join(ROOT, "configs", "mae", f"imagenet_vit_{name}.py")
+                     + f":{epochs}")
+
+
+def _vit_params(width, depth, patch_in, extra):
+  """Pre-LN ViT parameters: qkv, proj, 4x MLP and two LayerNorms per block,
+  a final LayerNorm, the input projection (`patch_in` features) and `extra`
+  token vectors (class or mask token). Position embeddings are fixed sin-cos
+  (no parameters), as in MAE."""
+  block = 12 * width * width + 13 * width
+  return depth * block + 2 * width + (patch_in + 1) * width + extra * width
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_imagenet_config_is_the_paper_recipe(name):
+  c = _config(name, 1600)
+  config_lib.validate(c, 1)
+  steps_per_epoch = 1_281_167 // 4096
+  assert c.data.name == "tfds:imagenet2012" and c.data.test_split == "validation"
+  assert (c.data.image_size, c.data.channels, c.data.num_classes) == (224, 3, 1000)
+  assert tuple(c.data.crop_scale) == (0.2, 1.0) and c.data.flip
+  assert c.batch_size == 4096 and c.total_steps == 1600 * steps_per_epoch
+  assert c.optimizer.lr == pytest.approx(1.5e-4 * 4096 / 256)
+  assert c.optimizer.warmup_steps == 40 * steps_per_epoch
+  assert (c.optimizer.b1, c.optimizer.b2, c.optimizer.weight_decay) == (0.9, 0.95, 0.05)
+  assert c.task.mask_ratio == 0.75 and c.task.norm_pix_loss
+  assert (c.task.decoder.width, c.task.decoder.depth, c.task.decoder.num_heads) == (512, 8, 16)
+  m = c.model
+  assert (m.patch_size, m.width, m.depth, m.num_heads) == MODELS[name]
+
+  # The models it builds have exactly the parameters of those architectures.
+  batch = {"image": jnp.zeros((1, 224, 224, 3)), "label": jnp.zeros((1,), jnp.int32)}
+  params, _ = jax.eval_shape(get_task(c).init, jax.random.PRNGKey(0), batch)
+  count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+  patch_in = m.patch_size ** 2 * 3
+  assert count(params["encoder"]) == _vit_params(m.width, m.depth, patch_in, 1)
+  # Decoder: its blocks, an embedding of the encoder's width, and a
+  # prediction of each patch's pixels.
+  assert count(params["decoder"]) == (_vit_params(512, 8, m.width, 1)
+                                      + 512 * patch_in + patch_in)
+
+
+def test_imagenet_config_trains_on_imagenet_shaped_tfds(tmp_path):
+  """`imagenet_vit_b16.py` as written (bfloat16, random-resized-crop and
+  flip of JPEGs of varying sizes, 1,000 classes, 224x224 patches of 16),
+  only smaller in depth, batch, steps and warmup."""
+  pytest.importorskip("tensorflow_datasets")
+  import tfds_mnist_local  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path / "tfds")
+  name = tfds_mnist_local.prepare(data_dir, tfds_mnist_local.ImagenetShapedLocal)
+  proc = run_cli("--config", os.path.join(ROOT, "configs", "mae", "imagenet_vit_b16.py:1"),
+                 "--workdir", str(tmp_path / "run"),
+                 f"--config.data.name=tfds:{name}", f"--config.data.data_dir={data_dir}",
+                 "--config.batch_size=8", "--config.total_steps=3", "--config.log_every=1",
+                 "--config.optimizer.warmup_steps=1",
+                 "--config.model.depth=1", "--config.task.decoder.depth=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  losses = [float(x) for x in re.findall(r"step \d/3  loss (\S+)", proc.stdout)]
+  assert len(losses) == 3 and np.isfinite(losses).all(), proc.stdout
+  assert os.path.isdir(tmp_path / "run" / "checkpoints" / "3")
