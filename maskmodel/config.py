@@ -31,6 +31,9 @@ def validate(config, num_devices: int):
   _require(config.log_every > 0, f"log_every={config.log_every} must be > 0.")
   _require(config.checkpoint_every >= 0,
            f"checkpoint_every={config.checkpoint_every} must be >= 0 (0 = only at the end).")
+  _require(0 < config.data.eval_crop <= 1.0,
+           f"data.eval_crop={config.data.eval_crop} must be in (0, 1]; 1.0 "
+           "center-crops the whole shorter side, 0.875 is the ImageNet eval.")
   o = config.optimizer
   _require(o.lr > 0, f"optimizer.lr={o.lr} must be > 0.")
   _require(0 <= o.warmup_steps < config.total_steps,
@@ -62,6 +65,7 @@ def base_config():
   c.data.std = (0.3081,)
   c.data.crop_scale = ml_collections.FieldReference(None, field_type=tuple)
   c.data.flip = False
+  c.data.eval_crop = 1.0  # evals: shorter side to image_size / eval_crop, center crop
 
   c.model = ml_collections.ConfigDict()
   c.model.patch_size = 4
@@ -151,6 +155,7 @@ def mae_imagenet_config(*, width, depth, num_heads, patch_size, epochs,
   c.data.std = (0.229, 0.224, 0.225)
   c.data.crop_scale = (0.2, 1.0)
   c.data.flip = True
+  c.data.eval_crop = 0.875  # resize 256, center crop 224, as MAE's evals
   c.model.patch_size = patch_size
   c.model.width = width
   c.model.depth = depth

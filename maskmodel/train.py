@@ -31,7 +31,8 @@ def log(msg):
 
 def image_spec(config):
   d = config.data
-  return data_lib.ImageSpec(size=d.image_size, mean=tuple(d.mean), std=tuple(d.std))
+  return data_lib.ImageSpec(size=d.image_size, mean=tuple(d.mean), std=tuple(d.std),
+                            eval_crop=d.eval_crop)
 
 
 def sources(config):

@@ -7,6 +7,7 @@ import pytest
 
 from maskmodel import data
 from maskmodel.data import DataError, ImageSpec
+from maskmodel.data.pipeline import eval_preprocess
 
 SPEC = ImageSpec(size=28, mean=(0.5,), std=(0.5,))
 
@@ -63,6 +64,29 @@ def test_random_resized_crop_covers_scale():
           for _ in range(50)]
   assert all(o.shape == (28, 28, 1) for o in outs)
   assert len({int(o.mean()) for o in outs}) > 5  # crops differ
+
+
+def test_eval_center_crop_keeps_the_aspect_ratio():
+  # 40 x 80: a white 40 x 40 center between black bands of 20 columns.
+  image = np.zeros((40, 80, 1), np.uint8)
+  image[:, 20:60] = 255
+  def evaluated(image, crop, size=20):
+    spec = ImageSpec(size, (0.0,), (1.0,), eval_crop=crop)
+    return eval_preprocess({"image": image, "label": 0}, spec)["image"][..., 0]
+  out = evaluated(image, 1.0)
+  assert out.shape == (20, 20)
+  # The central square of the shorter side, not the whole image squashed
+  # (which would put the black bands in the outer 5 columns).
+  np.testing.assert_allclose(out[:, 2:-2], 1.0, atol=0.02)
+  assert out[:, :5].mean() > 0.9
+  # eval_crop 0.5: the central 20 x 20 of a 40 x 80 image whose white square
+  # is now 20 x 20 fills the whole output.
+  image = np.zeros((40, 80, 1), np.uint8)
+  image[10:30, 30:50] = 255
+  np.testing.assert_allclose(evaluated(image, 0.5)[2:-2, 2:-2], 1.0, atol=0.02)
+  # A square image of the output size is left as it is.
+  square = np.random.default_rng(0).integers(0, 256, (20, 20, 1), dtype=np.uint8)
+  np.testing.assert_allclose(evaluated(square, 1.0), square[..., 0] / 255.0, rtol=1e-6)
 
 
 def test_eval_batches_pad_and_cover_everything():

@@ -47,3 +47,11 @@ def test_corrupt_init_checkpoint(tmp_path):
                  "--workdir", str(tmp_path / "ft"),
                  f"--config.task.init_from={tmp_path / 'pretrain'}")
   _assert_clean_error(proc, "no readable checkpoint")
+
+
+@pytest.mark.parametrize("crop", [0.0, 1.5])
+def test_eval_crop_out_of_range(smoke_config, crop):
+  from maskmodel import config as config_lib  # pylint: disable=g-import-not-at-top
+  smoke_config.data.eval_crop = crop
+  with pytest.raises(config_lib.ConfigError, match=f"data.eval_crop={crop} must be in"):
+    config_lib.validate(smoke_config, 1)

@@ -42,6 +42,7 @@ def test_imagenet_config_is_the_paper_recipe(name):
   assert c.data.name == "tfds:imagenet2012" and c.data.test_split == "validation"
   assert (c.data.image_size, c.data.channels, c.data.num_classes) == (224, 3, 1000)
   assert tuple(c.data.crop_scale) == (0.2, 1.0) and c.data.flip
+  assert c.data.eval_crop == 0.875  # resize 256, center crop 224
   assert c.batch_size == 4096 and c.total_steps == 1600 * steps_per_epoch
   assert c.optimizer.lr == pytest.approx(1.5e-4 * 4096 / 256)
   assert c.optimizer.warmup_steps == 40 * steps_per_epoch
@@ -65,8 +66,9 @@ def test_imagenet_config_is_the_paper_recipe(name):
 
 def test_imagenet_config_trains_on_imagenet_shaped_tfds(tmp_path):
   """`imagenet_vit_b16.py` as written (bfloat16, random-resized-crop and
-  flip of JPEGs of varying sizes, 1,000 classes, 224x224 patches of 16),
-  only smaller in depth, batch, steps and warmup."""
+  flip of JPEGs of varying sizes, 1,000 classes, 224x224 patches of 16, the
+  0.875 center crop for evals), only smaller in depth, batch, steps and
+  warmup, and with a k-NN eval added."""
   pytest.importorskip("tensorflow_datasets")
   import tfds_mnist_local  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path / "tfds")
@@ -76,8 +78,11 @@ def test_imagenet_config_trains_on_imagenet_shaped_tfds(tmp_path):
                  f"--config.data.name=tfds:{name}", f"--config.data.data_dir={data_dir}",
                  "--config.batch_size=8", "--config.total_steps=3", "--config.log_every=1",
                  "--config.optimizer.warmup_steps=1",
-                 "--config.model.depth=1", "--config.task.decoder.depth=1")
+                 "--config.model.depth=1", "--config.task.decoder.depth=1",
+                 "--config.evals.names=('knn',)", "--config.evals.batch_size=16")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # The k-NN eval read the validation split through the ImageNet eval crop.
+  assert re.search(r"final: knn_accuracy=[\d.]+", proc.stdout), proc.stdout
   losses = [float(x) for x in re.findall(r"step \d/3  loss (\S+)", proc.stdout)]
   assert len(losses) == 3 and np.isfinite(losses).all(), proc.stdout
   assert os.path.isdir(tmp_path / "run" / "checkpoints" / "3")

@@ -17,10 +17,17 @@ from PIL import Image
 
 @dataclasses.dataclass(frozen=True)
 class ImageSpec:
-  """Output image size and normalization: (x/255 - mean) / std."""
+  """Output image size and normalization: (x/255 - mean) / std.
+
+  Eval images are resized so their shorter side is `size / eval_crop`, then
+  center-cropped to `size` x `size` (the standard ImageNet eval is
+  `eval_crop=0.875`: resize to 256, crop 224). A square image at 1.0 is
+  simply resized.
+  """
   size: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  eval_crop: float = 1.0
 
 
 def _resize(image: np.ndarray, size: int, box=None) -> np.ndarray:
@@ -51,10 +58,19 @@ def _normalize(image, spec: ImageSpec):
   return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
 
 
+def center_crop(image, size, crop=1.0):
+  """Resize the shorter side to `size / crop` and cut the central
+  `size` x `size` square, in one resampling of the source box."""
+  h, w = image.shape[:2]
+  side = min(h, w) * crop  # the source square that becomes `size` pixels
+  y0, x0 = (h - side) / 2, (w - side) / 2
+  return _resize(image, size, box=(x0, y0, x0 + side, y0 + side))
+
+
 def eval_preprocess(record, spec: ImageSpec):
   image = record["image"]
-  if image.shape[0] != spec.size or image.shape[1] != spec.size:
-    image = _resize(image, spec.size)
+  if image.shape[:2] != (spec.size, spec.size) or spec.eval_crop != 1.0:
+    image = center_crop(image, spec.size, spec.eval_crop)
   return {"image": _normalize(image, spec), "label": record["label"]}
 
 
