@@ -11,6 +11,13 @@ median of its repeats. Prints one JSON document.
   python benchmarks/tome_speed.py                   # batch 8
   python benchmarks/tome_speed.py --timm            # also timm's ViT-B/16
   python benchmarks/tome_speed.py --breakdown       # + time per op class
+  python benchmarks/tome_speed.py --bound           # + the truncation bound
+
+`--bound` also times, at each r > 0, the same schedule with a reducer that
+keeps the first tokens and does nothing else (`truncate`, registered here
+for the benchmark only, without proportional attention): the speed-up any
+reducer with that schedule could reach on this machine, had its own work
+no cost.
 
 `--timm` times PyTorch timm's `vit_base_patch16_224` (random weights,
 eval mode, `torch.inference_mode`) in the same process and the same
@@ -31,6 +38,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 try:
   import maskmodel  # noqa: F401  pylint: disable=unused-import
@@ -55,10 +63,18 @@ def vit_b16_config(attn_impl):
   return m
 
 
-def maskmodel_forward(r, attn_impl, params, prop_attn):
-  """Jitted `images -> logits` of ViT-B/16 with ToMe r (0: no merging)."""
+def truncate(x, size, *, keep, source, **_):
+  """Keeps the first `keep` tokens without looking at them: the cost of a
+  reduction schedule with none of the reducer's own work (`--bound`)."""
+  return tokens.Reduced(x[:, :keep], size[:, :keep],
+                        None if source is None else source[:, :keep])
+
+
+def maskmodel_forward(r, attn_impl, params, prop_attn, method="tome"):
+  """Jitted `images -> logits` of ViT-B/16 reducing r tokens per block with
+  `method` (r = 0: no reduction)."""
   m = build.with_token_reduction(vit_b16_config(attn_impl),
-                                 "tome" if r else "none", r,
+                                 method if r else "none", r,
                                  prop_attn=prop_attn)
   model = build.vit(m, num_classes=CLASSES, num_tokens=NUM_TOKENS)
   fn = jax.jit(lambda p, x: model.apply({"params": p}, x)["logits"])
@@ -72,7 +88,6 @@ def timm_forwards(batch, r_values, prop_attn):
   PyTorch ToMe is the same function as timm at r = 0 and as
   `maskmodel.tokens` at r > 0). Without torch and timm: ({}, the reason)."""
   try:
-    import numpy as np  # pylint: disable=g-import-not-at-top
     import timm  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
     import tome_torch  # pylint: disable=g-import-not-at-top
@@ -126,6 +141,9 @@ def main(argv=None):
   p.add_argument("--attn-impl", default="auto")
   p.add_argument("--no-prop-attn", action="store_true")
   p.add_argument("--timm", action="store_true")
+  p.add_argument("--bound", action="store_true",
+                 help="also time each r > 0 with the do-nothing `truncate` "
+                      "reducer")
   p.add_argument("--breakdown", action="store_true",
                  help="after timing, profile 3 more forwards of each maskmodel "
                       "configuration and add time per op class")
@@ -137,18 +155,23 @@ def main(argv=None):
                              (args.batch, IMAGE, IMAGE, 3), jnp.float32)
   base = build.vit(vit_b16_config(args.attn_impl), num_classes=CLASSES)
   params = jax.jit(base.init)(jax.random.PRNGKey(1), images)["params"]
+  configs = [("maskmodel", r, "tome", not args.no_prop_attn) for r in r_values]
+  if args.bound:
+    tokens.register_reducer("truncate", truncate, needs=(),
+                            conserves_size=False)
+    configs += [("truncate", r, "truncate", False) for r in r_values if r]
   runs, meta, hlo = {}, {}, {}
-  for r in r_values:
+  for prefix, r, method, prop_attn in configs:
     model, run, hlo_text = maskmodel_forward(r, args.attn_impl, params,
-                                             not args.no_prop_attn)
+                                             prop_attn, method)
     t0 = time.perf_counter()
     run(images)
     compile_s = time.perf_counter() - t0
     keep = (list(model.token_reduction.keep) if model.token_reduction
             else [NUM_TOKENS] * DEPTH)
-    runs[f"maskmodel_r{r}"] = run
-    hlo[f"maskmodel_r{r}"] = hlo_text
-    meta[f"maskmodel_r{r}"] = dict(
+    runs[f"{prefix}_r{r}"] = run
+    hlo[f"{prefix}_r{r}"] = hlo_text
+    meta[f"{prefix}_r{r}"] = dict(
         r=r, tokens_per_layer=keep, compile_s=round(compile_s, 2),
         gflops_per_image=round(tokens.vit_flops(
             IMAGE, PATCH, DEPTH, WIDTH, 4.0, HEADS, keep,
@@ -167,10 +190,10 @@ def main(argv=None):
   for _ in range(args.repeats):
     framework = None
     for name, run in runs.items():
-      if name.startswith("maskmodel") != framework:
+      if name.startswith("timm") != framework:
         # Let the other framework's worker threads go idle first (OpenMP
         # threads spin for a while after each parallel region).
-        framework = name.startswith("maskmodel")
+        framework = name.startswith("timm")
         time.sleep(args.settle)
       t0 = time.perf_counter()
       run(images)
@@ -203,9 +226,24 @@ def main(argv=None):
       if r:
         doc[f"r{r}_over_r0"] = round(
             results[f"maskmodel_r{r}"]["img_per_s"] / r0["img_per_s"], 3)
+        if f"truncate_r{r}" in results:
+          doc[f"truncate_r{r}_over_r0"] = round(
+              results[f"truncate_r{r}"]["img_per_s"] / r0["img_per_s"], 3)
     if "timm_r0" in results:
       doc["maskmodel_r0_over_timm_r0"] = round(
           r0["img_per_s"] / results["timm_r0"]["img_per_s"], 3)
+  bound = [results[n] for n in results
+           if n.startswith("truncate") or n == "maskmodel_r0"]
+  if len(bound) > 2:
+    # Median forward time against analytic FLOPs over the schedules that do
+    # transformer work only: the intercept is what no token count removes.
+    gflops = np.array([b["gflops_per_image"] for b in bound])
+    ms = np.array([b["median_ms"] for b in bound])
+    slope, fixed = np.polyfit(gflops, ms, 1)
+    doc["bound_fit"] = dict(
+        fixed_ms=round(float(fixed), 1),
+        ms_per_gflop_per_image=round(float(slope), 2),
+        max_residual_ms=round(float(np.abs(fixed + slope * gflops - ms).max()), 1))
   for r in r_values:
     peer = results.get(f"timm-tome_r{r}")
     if peer and "timm_r0" in results:
