@@ -1,0 +1,124 @@
+"""How a ViT-B/16 forward's time scales with its token count, block by block.
+
+Token reduction can speed a ViT up by its FLOPs ratio only if time is
+proportional to FLOPs. This script measures how far it is: it times one
+jitted, warm ViT-B/16 block (`maskmodel.models.vit.Block`: width 768, 12
+heads, MLP 3072, float32) on `[batch, N, 768]` for several token counts N,
+round-robin, and fits the medians to
+
+    time(N) = fixed_ms_per_block + ms_per_gflop * GFLOPs(N),
+
+with GFLOPs(N) the block's analytic matmul FLOPs at that batch (the count of
+`maskmodel.tokens.vit_flops`). It also times the part of the model outside
+the blocks (patch embedding, class token, position embedding, final
+LayerNorm and head: the same ViT at depth 0). The forward's time at any
+schedule is then about `fixed_ms_forward + ms_per_gflop * GFLOPs`, where
+
+    fixed_ms_forward = depth * fixed_ms_per_block
+                       + outside_blocks_ms - ms_per_gflop * outside_gflops
+
+is the time no token count removes; it bounds every reducer's speed-up
+(compare `bound_fit` in `tome_speed.py --bound`, whose slope is per
+GFLOP per image). Prints one JSON document.
+
+  python benchmarks/block_scaling.py --repeats 20
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+try:
+  import maskmodel  # noqa: F401  pylint: disable=unused-import
+except ImportError:  # Run from a checkout without installing.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from maskmodel import tokens  # pylint: disable=g-import-not-at-top
+from maskmodel.models import build  # pylint: disable=g-import-not-at-top
+from maskmodel.models import vit  # pylint: disable=g-import-not-at-top
+
+import common  # pylint: disable=g-bad-import-order,g-import-not-at-top
+import tome_speed  # pylint: disable=g-bad-import-order,g-import-not-at-top
+
+WIDTH, HEADS, MLP, DEPTH = 768, 12, 3072, 12
+
+
+def block_gflops(batch, n):
+  """Matmul GFLOPs of one block on `[batch, n, WIDTH]` (2 per multiply-add):
+  qkv, q k^T, probs v, output projection, MLP."""
+  per_image = (2 * n * WIDTH * 3 * WIDTH + 4 * n * n * WIDTH
+               + 2 * n * WIDTH * WIDTH + 4 * n * WIDTH * MLP)
+  return batch * per_image / 1e9
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--tokens", default="197,165,133,101,69,37,21")
+  p.add_argument("--repeats", type=int, default=20)
+  p.add_argument("--attn-impl", default="auto")
+  p.add_argument("--out", default=None, help="also write the JSON here")
+  args = p.parse_args(argv)
+  counts = [int(n) for n in args.tokens.split(",")]
+
+  runs = {}
+  block = vit.Block(HEADS, MLP, args.attn_impl)
+  apply = jax.jit(block.apply)
+  for n in counts:
+    x = jax.random.normal(jax.random.PRNGKey(n), (args.batch, n, WIDTH))
+    params = jax.jit(block.init)(jax.random.PRNGKey(0), x)
+    runs[n] = lambda params=params, x=x: apply(params, x).block_until_ready()
+  m = tome_speed.vit_b16_config(args.attn_impl)
+  m.depth = 0
+  stem = build.vit(m, num_classes=tome_speed.CLASSES)
+  images = jax.random.normal(
+      jax.random.PRNGKey(1), (args.batch, tome_speed.IMAGE, tome_speed.IMAGE, 3))
+  stem_params = jax.jit(stem.init)(jax.random.PRNGKey(0), images)
+  stem_fn = jax.jit(lambda p, x: stem.apply(p, x)["logits"])
+  runs["outside_blocks"] = lambda: stem_fn(stem_params, images).block_until_ready()
+
+  for run in runs.values():   # compile and warm up
+    run()
+    run()
+  seconds = {name: [] for name in runs}
+  for _ in range(args.repeats):
+    for name, run in runs.items():
+      t0 = time.perf_counter()
+      run()
+      seconds[name].append(time.perf_counter() - t0)
+  med_ms = {name: 1e3 * statistics.median(s) for name, s in seconds.items()}
+
+  gflops = np.array([block_gflops(args.batch, n) for n in counts])
+  ms = np.array([med_ms[n] for n in counts])
+  slope, fixed = np.polyfit(gflops, ms, 1)
+  outside_gflops = args.batch * tokens.vit_flops(
+      tome_speed.IMAGE, tome_speed.PATCH, 0, WIDTH, MLP / WIDTH, HEADS, [],
+      num_classes=tome_speed.CLASSES) / 1e9
+  blocks = {str(n): dict(gflops=round(float(g), 3), median_ms=round(t, 2),
+                         gflop_per_s=round(g / t * 1e3, 1))
+            for n, g, t in zip(counts, gflops, ms)}
+  doc = dict(
+      benchmark="block_scaling", model="ViT-B/16 block", batch=args.batch,
+      dtype="float32", attn_impl=args.attn_impl, repeats=args.repeats,
+      device=str(jax.devices()[0]), cpu_count=os.cpu_count(),
+      jax=jax.__version__, blocks=blocks,
+      fit=dict(fixed_ms_per_block=round(float(fixed), 2),
+               ms_per_gflop=round(float(slope), 3),
+               gflop_per_s_marginal=round(1e3 / float(slope), 1),
+               max_residual_ms=round(float(np.abs(fixed + slope * gflops - ms).max()), 2)),
+      outside_blocks_ms=round(med_ms["outside_blocks"], 2),
+      outside_gflops=round(outside_gflops, 3),
+      fixed_ms_forward=round(DEPTH * float(fixed) + med_ms["outside_blocks"]
+                             - float(slope) * outside_gflops, 1))
+  common.emit_json(doc, args.out)
+
+
+if __name__ == "__main__":
+  main()
