@@ -67,6 +67,9 @@ def main(argv=None):
   p.add_argument("--out", default=None, help="also write the JSON here")
   args = p.parse_args(argv)
   counts = [int(n) for n in args.tokens.split(",")]
+  if len(set(counts)) < 2 or min(counts) < 1:
+    p.error(f"--tokens={args.tokens!r}: give at least two different token "
+            "counts >= 1 to fit, e.g. 197,101,21.")
 
   runs = {}
   block = vit.Block(HEADS, MLP, args.attn_impl)
