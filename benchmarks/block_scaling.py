@@ -8,8 +8,8 @@ round-robin, and fits the medians to
 
     time(N) = fixed_ms_per_block + ms_per_gflop * GFLOPs(N),
 
-with GFLOPs(N) the block's analytic matmul FLOPs at that batch (the count of
-`maskmodel.tokens.vit_flops`). It also times the part of the model outside
+with GFLOPs(N) the block's analytic matmul FLOPs at that batch
+(`maskmodel.tokens.block_flops`, the count of `vit_flops`). It also times the part of the model outside
 the blocks (patch embedding, class token, position embedding, final
 LayerNorm and head: the same ViT at depth 0). The forward's time at any
 schedule is then about `fixed_ms_forward + ms_per_gflop * GFLOPs`, where
@@ -33,7 +33,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 try:
   import maskmodel  # noqa: F401  pylint: disable=unused-import
@@ -45,17 +44,15 @@ from maskmodel.models import build  # pylint: disable=g-import-not-at-top
 from maskmodel.models import vit  # pylint: disable=g-import-not-at-top
 
 import common  # pylint: disable=g-bad-import-order,g-import-not-at-top
-import tome_speed  # pylint: disable=g-bad-import-order,g-import-not-at-top
+from tome_speed import (CLASSES, DEPTH, HEADS, IMAGE, PATCH, WIDTH,  # pylint: disable=g-bad-import-order,g-import-not-at-top
+                        vit_b16_config)
 
-WIDTH, HEADS, MLP, DEPTH = 768, 12, 3072, 12
+MLP_RATIO = 4.0
 
 
 def block_gflops(batch, n):
-  """Matmul GFLOPs of one block on `[batch, n, WIDTH]` (2 per multiply-add):
-  qkv, q k^T, probs v, output projection, MLP."""
-  per_image = (2 * n * WIDTH * 3 * WIDTH + 4 * n * n * WIDTH
-               + 2 * n * WIDTH * WIDTH + 4 * n * WIDTH * MLP)
-  return batch * per_image / 1e9
+  """Matmul GFLOPs of one block on `[batch, n, WIDTH]`, no reduction."""
+  return batch * sum(tokens.block_flops(n, n, WIDTH, MLP_RATIO).values()) / 1e9
 
 
 def main(argv=None):
@@ -72,17 +69,16 @@ def main(argv=None):
             "counts >= 1 to fit, e.g. 197,101,21.")
 
   runs = {}
-  block = vit.Block(HEADS, MLP, args.attn_impl)
+  block = vit.Block(HEADS, int(WIDTH * MLP_RATIO), args.attn_impl)
   apply = jax.jit(block.apply)
   for n in counts:
     x = jax.random.normal(jax.random.PRNGKey(n), (args.batch, n, WIDTH))
     params = jax.jit(block.init)(jax.random.PRNGKey(0), x)
     runs[n] = lambda params=params, x=x: apply(params, x).block_until_ready()
-  m = tome_speed.vit_b16_config(args.attn_impl)
+  m = vit_b16_config(args.attn_impl)
   m.depth = 0
-  stem = build.vit(m, num_classes=tome_speed.CLASSES)
-  images = jax.random.normal(
-      jax.random.PRNGKey(1), (args.batch, tome_speed.IMAGE, tome_speed.IMAGE, 3))
+  stem = build.vit(m, num_classes=CLASSES)
+  images = jax.random.normal(jax.random.PRNGKey(1), (args.batch, IMAGE, IMAGE, 3))
   stem_params = jax.jit(stem.init)(jax.random.PRNGKey(0), images)
   stem_fn = jax.jit(lambda p, x: stem.apply(p, x)["logits"])
   runs["outside_blocks"] = lambda: stem_fn(stem_params, images).block_until_ready()
@@ -98,13 +94,12 @@ def main(argv=None):
       seconds[name].append(time.perf_counter() - t0)
   med_ms = {name: 1e3 * statistics.median(s) for name, s in seconds.items()}
 
-  gflops = np.array([block_gflops(args.batch, n) for n in counts])
-  ms = np.array([med_ms[n] for n in counts])
-  slope, fixed = np.polyfit(gflops, ms, 1)
+  gflops = [block_gflops(args.batch, n) for n in counts]
+  ms = [med_ms[n] for n in counts]
+  fixed, slope, residual = common.linear_fit(gflops, ms)
   outside_gflops = args.batch * tokens.vit_flops(
-      tome_speed.IMAGE, tome_speed.PATCH, 0, WIDTH, MLP / WIDTH, HEADS, [],
-      num_classes=tome_speed.CLASSES) / 1e9
-  blocks = {str(n): dict(gflops=round(float(g), 3), median_ms=round(t, 2),
+      IMAGE, PATCH, 0, WIDTH, MLP_RATIO, HEADS, [], num_classes=CLASSES) / 1e9
+  blocks = {str(n): dict(gflops=round(g, 3), median_ms=round(t, 2),
                          gflop_per_s=round(g / t * 1e3, 1))
             for n, g, t in zip(counts, gflops, ms)}
   doc = dict(
@@ -112,14 +107,13 @@ def main(argv=None):
       dtype="float32", attn_impl=args.attn_impl, repeats=args.repeats,
       device=str(jax.devices()[0]), cpu_count=os.cpu_count(),
       jax=jax.__version__, blocks=blocks,
-      fit=dict(fixed_ms_per_block=round(float(fixed), 2),
-               ms_per_gflop=round(float(slope), 3),
-               gflop_per_s_marginal=round(1e3 / float(slope), 1),
-               max_residual_ms=round(float(np.abs(fixed + slope * gflops - ms).max()), 2)),
+      fit=dict(fixed_ms_per_block=round(fixed, 2), ms_per_gflop=round(slope, 3),
+               gflop_per_s_marginal=round(1e3 / slope, 1),
+               max_residual_ms=round(residual, 2)),
       outside_blocks_ms=round(med_ms["outside_blocks"], 2),
       outside_gflops=round(outside_gflops, 3),
-      fixed_ms_forward=round(DEPTH * float(fixed) + med_ms["outside_blocks"]
-                             - float(slope) * outside_gflops, 1))
+      fixed_ms_forward=round(DEPTH * fixed + med_ms["outside_blocks"]
+                             - slope * outside_gflops, 1))
   common.emit_json(doc, args.out)
 
 

@@ -237,13 +237,11 @@ def main(argv=None):
   if len(bound) > 2:
     # Median forward time against analytic FLOPs over the schedules that do
     # transformer work only: the intercept is what no token count removes.
-    gflops = np.array([b["gflops_per_image"] for b in bound])
-    ms = np.array([b["median_ms"] for b in bound])
-    slope, fixed = np.polyfit(gflops, ms, 1)
-    doc["bound_fit"] = dict(
-        fixed_ms=round(float(fixed), 1),
-        ms_per_gflop_per_image=round(float(slope), 2),
-        max_residual_ms=round(float(np.abs(fixed + slope * gflops - ms).max()), 1))
+    fixed, slope, residual = common.linear_fit(
+        [b["gflops_per_image"] for b in bound], [b["median_ms"] for b in bound])
+    doc["bound_fit"] = dict(fixed_ms=round(fixed, 1),
+                            ms_per_gflop_per_image=round(slope, 2),
+                            max_residual_ms=round(residual, 1))
   for r in r_values:
     peer = results.get(f"timm-tome_r{r}")
     if peer and "timm_r0" in results:

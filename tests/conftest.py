@@ -27,6 +27,12 @@ def run_cli(*args, env=None, timeout=600):
                         timeout=timeout)
 
 
+def checkpoint_steps(workdir):
+  """The steps saved under `workdir/checkpoints`, sorted."""
+  return sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints"))
+                if p.isdigit())
+
+
 @pytest.fixture
 def smoke_config():
   return load_config(SMOKE)

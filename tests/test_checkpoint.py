@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, SMOKE, run_cli
+from conftest import ROOT, SMOKE, checkpoint_steps, run_cli
 
 FAST = ["--config.evals.names=()", "--config.checkpoint_every=10",
         "--config.model.depth=2"]
@@ -26,11 +26,6 @@ def _final_state(workdir):
   state = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))["state"]
   return step, state
-
-
-def _steps(workdir):
-  return sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints"))
-                if p.isdigit())
 
 
 TOTAL = ["--config.total_steps=150"]
@@ -76,7 +71,7 @@ def test_killed_run_resumes_to_identical_params(tmp_path, uninterrupted):
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   assert proc.returncode == -signal.SIGKILL, "run ended before it could be killed"
-  steps_at_kill = _steps(killed)
+  steps_at_kill = checkpoint_steps(killed)
   assert steps_at_kill and max(steps_at_kill) < 150
   _resume_and_compare(killed, max(steps_at_kill), uninterrupted)
 
@@ -95,7 +90,7 @@ def test_preemption_notice_checkpoints_the_current_step(tmp_path, uninterrupted)
   m = re.search(r"preempted: saved a checkpoint at step (\d+) of 150", out)
   assert m, out[-2000:]
   step = int(m.group(1))
-  assert 20 <= step < 150 and _steps(workdir) == [step]
+  assert 20 <= step < 150 and checkpoint_steps(workdir) == [step]
   _resume_and_compare(workdir, step, uninterrupted, no_periodic)
 
 
@@ -103,7 +98,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path):
   wd = str(tmp_path / "run")
   assert run_cli("--config", SMOKE, "--workdir", wd, "--config.total_steps=30",
                  *FAST).returncode == 0
-  assert _steps(wd) == [10, 20, 30]
+  assert checkpoint_steps(wd) == [10, 20, 30]
   # Corrupt the newest step: overwrite every file it holds.
   for root, _, files in os.walk(os.path.join(wd, "checkpoints", "30")):
     for f in files:
@@ -114,4 +109,4 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path):
   assert "checkpoint step 30" in proc.stderr and "unreadable" in proc.stderr
   assert "resumed from step 20" in proc.stdout
   assert os.path.isdir(os.path.join(wd, "checkpoints", "30.corrupt"))
-  assert _steps(wd)[-1] == 40
+  assert checkpoint_steps(wd)[-1] == 40

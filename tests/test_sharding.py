@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import ROOT, SMOKE
+from conftest import ROOT, SMOKE, checkpoint_steps
 
 SCRIPT = textwrap.dedent(f"""
   import functools, sys
@@ -75,10 +75,6 @@ def _two_processes(workdir, *args):
       for i in range(2)]
 
 
-def _checkpoint_steps(workdir):
-  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-
-
 def test_two_process_run(tmp_path):
   """Two JAX processes train, checkpoint and evaluate one run together
   through the CLI."""
@@ -90,7 +86,7 @@ def test_two_process_run(tmp_path):
   assert "devices=2" in outs[0][0] and "final: knn_accuracy=" in outs[0][0]
   assert "step 5/10" not in outs[1][0]  # only process 0 logs progress
   assert (wd / "report.md").exists()
-  assert _checkpoint_steps(wd) == [10]
+  assert checkpoint_steps(wd) == [10]
 
 
 def test_two_process_preemption_notice(tmp_path):
@@ -110,4 +106,4 @@ def test_two_process_preemption_notice(tmp_path):
     assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
     steps += [int(m) for m in re.findall(r"preempted: saved a checkpoint at step (\d+)", out)]
   assert len(steps) == 2 and steps[0] == steps[1] < 1000, outs
-  assert _checkpoint_steps(wd) == [steps[0]]
+  assert checkpoint_steps(wd) == [steps[0]]

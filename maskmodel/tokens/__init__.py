@@ -60,7 +60,7 @@ from maskmodel.tokens.common import (Reduced, check_keep, init_size,
                                      init_source)
 from maskmodel.tokens.dart import dart, dart_select
 from maskmodel.tokens.divprune import divprune, max_min_select
-from maskmodel.tokens.flops import vit_flops, vit_flops_breakdown
+from maskmodel.tokens.flops import block_flops, vit_flops, vit_flops_breakdown
 from maskmodel.tokens.gtp import gtp, propagation_graph
 from maskmodel.tokens.merge import (bipartite_soft_matching, merge_source,
                                     merge_wavg, tome)
@@ -244,7 +244,8 @@ def reduce(method, x, size=None, *, keep, metric=None, cls_attn=None,
 
 __all__ = [
     "LINKAGES", "REDUCERS", "ReducerInfo", "Reduced", "STATS",
-    "agglomerative_labels", "atc", "bipartite_soft_matching", "constant_r",
+    "agglomerative_labels", "atc", "bipartite_soft_matching", "block_flops",
+    "constant_r",
     "dart", "dart_select", "decreasing_r", "divprune", "energy_score",
     "get_reducer", "gtp", "inflected_r", "init_size", "init_source",
     "max_min_select", "merge_source", "merge_wavg", "pitome",

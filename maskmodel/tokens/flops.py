@@ -18,6 +18,17 @@ from typing import Optional, Sequence
 from maskmodel.tokens.common import static_int
 
 
+def block_flops(n_in, n_out, width, mlp_ratio):
+  """FLOPs per component (dict) of one block on one image: attention on
+  `n_in` tokens, then the MLP on the `n_out` tokens its reduction keeps."""
+  hidden = int(width * mlp_ratio)
+  return {"qkv": 2.0 * n_in * width * 3 * width,
+          "attn_scores": 2.0 * n_in * n_in * width,  # heads * n^2 * head_dim
+          "attn_values": 2.0 * n_in * n_in * width,
+          "attn_proj": 2.0 * n_in * width * width,
+          "mlp": 2.0 * 2.0 * n_out * width * hidden}
+
+
 def vit_flops_breakdown(image_size, patch_size, depth, width, mlp_ratio, heads,
                         tokens_per_layer: Optional[Sequence[int]] = None, *,
                         in_chans=3, num_classes=1000, class_token=True):
@@ -41,7 +52,6 @@ def vit_flops_breakdown(image_size, patch_size, depth, width, mlp_ratio, heads,
   if len(kept) != depth:
     raise ValueError(f"tokens_per_layer has {len(kept)} entries for depth="
                      f"{depth}; give one per layer.")
-  hidden = int(width * mlp_ratio)
   out = {
       "patch_embed": 2.0 * num_patches * patch_size * patch_size * in_chans
                      * width,
@@ -54,11 +64,8 @@ def vit_flops_breakdown(image_size, patch_size, depth, width, mlp_ratio, heads,
     if n_out > n_in:
       raise ValueError(f"tokens_per_layer must be non-increasing from {n0}; "
                        f"got {kept}.")
-    out["qkv"] += 2.0 * n_in * width * 3 * width
-    out["attn_scores"] += 2.0 * n_in * n_in * width   # heads * n^2 * head_dim
-    out["attn_values"] += 2.0 * n_in * n_in * width
-    out["attn_proj"] += 2.0 * n_in * width * width
-    out["mlp"] += 2.0 * 2.0 * n_out * width * hidden
+    for name, flops in block_flops(n_in, n_out, width, mlp_ratio).items():
+      out[name] += flops
     n_in = n_out
   out["total"] = sum(out.values())
   return out
