@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from maskmodel import tokens
 from maskmodel.kernels import attention, attention_probs
+from maskmodel.models import norm
 from maskmodel.models.patches import patchify, sincos_2d_posemb
 
 Dtype = Any
@@ -77,7 +78,7 @@ class TokenReduction:
 
 
 def layer_norm(name=None):
-  return nn.LayerNorm(epsilon=1e-6, name=name)
+  return norm.LayerNorm(epsilon=1e-6, name=name)
 
 
 class MlpBlock(nn.Module):
