@@ -53,7 +53,7 @@ def train_step(task, tx, schedule, state, batch):
   params = optax.apply_updates(state["params"], updates)
   # The barrier gives the norm its own g * g. Shared with AdamW's second
   # moment (no gradient clip), XLA's CPU backend wrote that square out in
-  # full and read it back: 0.1 s of the ViT-B/16 MAE step (benchmarks/).
+  # full and read it back (the ViT-B/16 MAE step in benchmarks/README.md).
   grad_norm = optax.tree.norm(jax.lax.optimization_barrier(grads))
   metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state["step"]))
   new_state = dict(state, step=state["step"] + 1, params=params,

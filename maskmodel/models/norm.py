@@ -1,8 +1,9 @@
 """LayerNorm (Ba et al. 2016) with a hand-written backward pass.
 
-The forward is `flax.linen.LayerNorm`'s (f32 statistics, the one-pass
-variance `max(0, E[x^2] - E[x]^2)`, same params `scale` and `bias`), so
-checkpoints and outputs are interchangeable with it. The backward is the
+The forward computes `flax.linen.LayerNorm`'s function (f32 statistics,
+the one-pass variance `max(0, E[x^2] - E[x]^2)`, the same params `scale`
+and `bias`), so checkpoints are interchangeable with it and outputs agree
+to rounding. The backward is the
 closed form, with x_hat = (x - mean) * rstd and g = dy * scale:
 
   dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)),
