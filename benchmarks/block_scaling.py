@@ -44,10 +44,8 @@ from maskmodel.models import build  # pylint: disable=g-import-not-at-top
 from maskmodel.models import vit  # pylint: disable=g-import-not-at-top
 
 import common  # pylint: disable=g-bad-import-order,g-import-not-at-top
-from tome_speed import (CLASSES, DEPTH, HEADS, IMAGE, PATCH, WIDTH,  # pylint: disable=g-bad-import-order,g-import-not-at-top
-                        vit_b16_config)
-
-MLP_RATIO = 4.0
+from tome_speed import (CLASSES, DEPTH, HEADS, IMAGE, MLP_RATIO, PATCH,  # pylint: disable=g-bad-import-order,g-import-not-at-top
+                        WIDTH, vit_b16_config)
 
 
 def block_gflops(batch, n):

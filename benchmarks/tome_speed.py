@@ -53,13 +53,14 @@ import common  # pylint: disable=g-bad-import-order,g-import-not-at-top
 import xla_profile  # pylint: disable=g-bad-import-order,g-import-not-at-top
 
 IMAGE, PATCH, WIDTH, DEPTH, HEADS, CLASSES = 224, 16, 768, 12, 12, 1000
+MLP_RATIO = 4.0
 NUM_TOKENS = (IMAGE // PATCH) ** 2 + 1
 
 
 def vit_b16_config(attn_impl):
   m = mm.base_config().model
   m.patch_size, m.width, m.depth, m.num_heads = PATCH, WIDTH, DEPTH, HEADS
-  m.mlp_ratio, m.pool, m.attn_impl, m.dtype = 4.0, "cls", attn_impl, "float32"
+  m.mlp_ratio, m.pool, m.attn_impl, m.dtype = MLP_RATIO, "cls", attn_impl, "float32"
   return m
 
 
@@ -174,7 +175,7 @@ def main(argv=None):
     meta[f"{prefix}_r{r}"] = dict(
         r=r, tokens_per_layer=keep, compile_s=round(compile_s, 2),
         gflops_per_image=round(tokens.vit_flops(
-            IMAGE, PATCH, DEPTH, WIDTH, 4.0, HEADS, keep,
+            IMAGE, PATCH, DEPTH, WIDTH, MLP_RATIO, HEADS, keep,
             num_classes=CLASSES) / 1e9, 3))
   timm_info = None
   if args.timm:
