@@ -10,6 +10,7 @@ them (no gradient clipping), in float32. Prints one JSON document.
   python benchmarks/mae_step.py                        # batch 8
   python benchmarks/mae_step.py --batch 16 --out mae_step.json
   python benchmarks/mae_step.py --breakdown            # + time per op class
+  python benchmarks/mae_step.py --cpu-dots xla         # dots outside YNNPACK
 
 FLOPs per step come from XLA's cost analysis of the compiled step, with an
 analytic count (matmuls only, 2 FLOPs per multiply-add) beside it. The peak
@@ -38,6 +39,10 @@ them, since glibc reads them at startup):
     huge pages on its mmaps (the kernel must allow `madvise`): far fewer
     faults, but their cost rises when the kernel must compact memory to
     find huge pages.
+Dots (`--cpu-dots`): `ynn`, XLA's CPU default and what the training loop
+compiles, hands each dot to YNNPACK; `xla` keeps them in XLA's own dot
+thunk (`maskmodel.kernels.dispatch.CPU_XLA_DOTS`, the CPU choice of
+`inference_compiler_options`). The peak dots compile with the same choice.
 Synthetic data: for speed only.
 """
 from __future__ import annotations
@@ -69,6 +74,9 @@ def parse_args(argv=None):
                       "module docstring)")
   p.add_argument("--breakdown", action="store_true",
                  help="profile 2 more steps and add time per op class")
+  p.add_argument("--cpu-dots", choices=("ynn", "xla"), default="ynn",
+                 help="which library runs the dots on CPU (see the module "
+                      "docstring)")
   p.add_argument("--out", default=None, help="also write the JSON here")
   return p.parse_args(argv)
 
@@ -107,6 +115,7 @@ except ImportError:  # Run from a checkout without installing.
 
 from maskmodel import config as mm
 from maskmodel import sharding
+from maskmodel.kernels import dispatch
 from maskmodel.tasks import get_task
 from maskmodel.train import initial_state, train_step
 
@@ -165,8 +174,8 @@ class MatmulPeak:
   """Best f32 FLOP/s of `jnp.dot` on square matrices, on this process's
   XLA CPU client (so with the step's thread pool and dot library)."""
 
-  def __init__(self, sizes=(2048, 3072, 4096)):
-    self.dot = jax.jit(jnp.dot)
+  def __init__(self, sizes=(2048, 3072, 4096), compiler_options=None):
+    self.dot = jax.jit(jnp.dot, compiler_options=compiler_options)
     self.operands = {}
     for s in sizes:
       k1, k2 = jax.random.split(jax.random.PRNGKey(s))
@@ -249,8 +258,9 @@ def main(args):
                     in_shardings=(repl, data_sharding), out_shardings=(repl, repl),
                     donate_argnums=(0,))
 
+  options = {"ynn": None, "xla": dispatch.CPU_XLA_DOTS}[args.cpu_dots]
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
+  compiled = step_fn.lower(state, batch).compile(compiler_options=options)
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -258,7 +268,7 @@ def main(args):
   analytic = analytic_step_flops(config)
   temp_bytes = compiled.memory_analysis().temp_size_in_bytes
 
-  peak = MatmulPeak()
+  peak = MatmulPeak(compiler_options=options)
   load_before = os.getloadavg()
   for _ in range(args.warmup):
     state, metrics = compiled(state, batch)
@@ -341,6 +351,8 @@ def main(args):
       "cpu_model": _cpu_model(),
       "python": platform.python_version(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "cpu_dots": args.cpu_dots,
+      "compiler_options": options or {},
   }
   if args.breakdown:
     def two_steps():

@@ -12,12 +12,20 @@ median of its repeats. Prints one JSON document.
   python benchmarks/tome_speed.py --timm            # also timm's ViT-B/16
   python benchmarks/tome_speed.py --breakdown       # + time per op class
   python benchmarks/tome_speed.py --bound           # + the truncation bound
+  python benchmarks/tome_speed.py --cpu-dots both   # + XLA's default dots
 
 `--bound` also times, at each r > 0, the same schedule with a reducer that
 keeps the first tokens and does nothing else (`truncate`, registered here
 for the benchmark only, without proportional attention): the speed-up any
 reducer with that schedule could reach on this machine, had its own work
 no cost.
+
+Each forward is jitted with `maskmodel.kernels.inference_compiler_options`
+(`--cpu-dots auto`), which on CPU, from batch 4 up, keeps the dots in XLA's
+own dot thunk rather than YNNPACK. `--cpu-dots xla` and `--cpu-dots ynn`
+force one or the other at any batch, and `--cpu-dots both` times maskmodel's
+configurations both ways in the same round-robin (`maskmodel_r*` with XLA's
+dot thunk, `maskmodel-ynn_r*` with YNNPACK, XLA's default).
 
 `--timm` times PyTorch timm's `vit_base_patch16_224` (random weights,
 eval mode, `torch.inference_mode`) in the same process and the same
@@ -47,6 +55,7 @@ except ImportError:  # Run from a checkout without installing.
 
 from maskmodel import config as mm  # pylint: disable=g-import-not-at-top
 from maskmodel import tokens  # pylint: disable=g-import-not-at-top
+from maskmodel.kernels import dispatch, inference_compiler_options  # pylint: disable=g-import-not-at-top
 from maskmodel.models import build  # pylint: disable=g-import-not-at-top
 
 import common  # pylint: disable=g-bad-import-order,g-import-not-at-top
@@ -71,14 +80,16 @@ def truncate(x, size, *, keep, source, **_):
                         None if source is None else source[:, :keep])
 
 
-def maskmodel_forward(r, attn_impl, params, prop_attn, method="tome"):
+def maskmodel_forward(r, attn_impl, params, prop_attn, method="tome",
+                      compiler_options=None):
   """Jitted `images -> logits` of ViT-B/16 reducing r tokens per block with
   `method` (r = 0: no reduction)."""
   m = build.with_token_reduction(vit_b16_config(attn_impl),
                                  method if r else "none", r,
                                  prop_attn=prop_attn)
   model = build.vit(m, num_classes=CLASSES, num_tokens=NUM_TOKENS)
-  fn = jax.jit(lambda p, x: model.apply({"params": p}, x)["logits"])
+  fn = jax.jit(lambda p, x: model.apply({"params": p}, x)["logits"],
+               compiler_options=compiler_options)
   run = lambda x: fn(params, x).block_until_ready()
   return model, run, lambda x: fn.lower(params, x).compile().as_text()
 
@@ -148,6 +159,10 @@ def main(argv=None):
   p.add_argument("--breakdown", action="store_true",
                  help="after timing, profile 3 more forwards of each maskmodel "
                       "configuration and add time per op class")
+  p.add_argument("--cpu-dots", choices=("auto", "xla", "ynn", "both"),
+                 default="auto",
+                 help="auto: inference_compiler_options(batch * tokens); xla: "
+                      "XLA's dot thunk; ynn: XLA's defaults; both: xla and ynn")
   p.add_argument("--out", default=None, help="also write the JSON here")
   args = p.parse_args(argv)
   r_values = [int(r) for r in args.r.split(",")]
@@ -156,15 +171,21 @@ def main(argv=None):
                              (args.batch, IMAGE, IMAGE, 3), jnp.float32)
   base = build.vit(vit_b16_config(args.attn_impl), num_classes=CLASSES)
   params = jax.jit(base.init)(jax.random.PRNGKey(1), images)["params"]
-  configs = [("maskmodel", r, "tome", not args.no_prop_attn) for r in r_values]
+  ours = {"auto": inference_compiler_options(args.batch * NUM_TOKENS),
+          "xla": dispatch.CPU_XLA_DOTS, "ynn": None}
+  dots = ("xla", "ynn") if args.cpu_dots == "both" else (args.cpu_dots,)
+  configs = [("maskmodel" + ("-ynn" if d == "ynn" and len(dots) > 1 else ""),
+              r, "tome", not args.no_prop_attn, ours[d])
+             for d in dots for r in r_values]
   if args.bound:
     tokens.register_reducer("truncate", truncate, needs=(),
                             conserves_size=False)
-    configs += [("truncate", r, "truncate", False) for r in r_values if r]
+    configs += [("truncate", r, "truncate", False, ours[dots[0]])
+                for r in r_values if r]
   runs, meta, hlo = {}, {}, {}
-  for prefix, r, method, prop_attn in configs:
+  for prefix, r, method, prop_attn, options in configs:
     model, run, hlo_text = maskmodel_forward(r, args.attn_impl, params,
-                                             prop_attn, method)
+                                             prop_attn, method, options)
     t0 = time.perf_counter()
     run(images)
     compile_s = time.perf_counter() - t0
@@ -218,21 +239,25 @@ def main(argv=None):
       benchmark="tome_speed", model="ViT-B/16", image=IMAGE, batch=args.batch,
       dtype="float32", attn_impl=args.attn_impl,
       prop_attn=not args.no_prop_attn, repeats=args.repeats,
+      cpu_dots=args.cpu_dots, compiler_options=ours[dots[0]] or {},
       device=str(jax.devices()[0]), cpu_count=os.cpu_count(),
       processor=platform.processor() or platform.machine(),
       jax=jax.__version__, results=results)
-  r0 = results.get("maskmodel_r0")
-  if r0:
+  speed = lambda a, b: round(results[a]["img_per_s"] / results[b]["img_per_s"], 3)
+  if "maskmodel_r0" in results:
     for r in r_values:
       if r:
-        doc[f"r{r}_over_r0"] = round(
-            results[f"maskmodel_r{r}"]["img_per_s"] / r0["img_per_s"], 3)
+        doc[f"r{r}_over_r0"] = speed(f"maskmodel_r{r}", "maskmodel_r0")
         if f"truncate_r{r}" in results:
-          doc[f"truncate_r{r}_over_r0"] = round(
-              results[f"truncate_r{r}"]["img_per_s"] / r0["img_per_s"], 3)
-    if "timm_r0" in results:
-      doc["maskmodel_r0_over_timm_r0"] = round(
-          r0["img_per_s"] / results["timm_r0"]["img_per_s"], 3)
+          doc[f"truncate_r{r}_over_r0"] = speed(f"truncate_r{r}", "maskmodel_r0")
+        if "maskmodel-ynn_r0" in results:
+          doc[f"ynn_r{r}_over_ynn_r0"] = speed(f"maskmodel-ynn_r{r}", "maskmodel-ynn_r0")
+    for name in ("maskmodel_r0", "maskmodel-ynn_r0"):
+      if name in results and "timm_r0" in results:
+        doc[f"{name}_over_timm_r0"] = speed(name, "timm_r0")
+  if "maskmodel-ynn_r0" in results:
+    for r in r_values:
+      doc[f"xla_over_ynn_dots_r{r}"] = speed(f"maskmodel_r{r}", f"maskmodel-ynn_r{r}")
   bound = [results[n] for n in results
            if n.startswith("truncate") or n == "maskmodel_r0"]
   if len(bound) > 2:

@@ -315,6 +315,28 @@ def test_auto_dispatch_stays_on_xla_on_cpu():
       lambda a, b: token_matching(a, b, impl="auto"))(a, b))
 
 
+def test_inference_compiler_options():
+  rows = dispatch.CPU_XLA_DOTS_MIN_ROWS
+  assert dispatch.inference_compiler_options(rows, "cpu") == dispatch.CPU_XLA_DOTS
+  assert dispatch.inference_compiler_options(rows - 1, "cpu") == {}
+  assert dispatch.inference_compiler_options(10**6, "gpu") == {}
+  assert dispatch.inference_compiler_options(10**6, "tpu") == {}
+  if not ON_CPU:
+    return
+  # The options compile on this jaxlib, move the dot out of YNNPACK, and
+  # leave the result as it was.
+  rng = np.random.default_rng(0)
+  x, w = (jnp.asarray(rng.normal(size=s), jnp.float32)
+          for s in ((rows, 64), (64, 96)))
+  fn = lambda x, w: jax.nn.gelu(x @ w)
+  default = jax.jit(fn).lower(x, w).compile()
+  tuned = jax.jit(fn, compiler_options=dispatch.inference_compiler_options(
+      rows)).lower(x, w).compile()
+  assert "__ynn_fusion" in default.as_text()
+  assert "__ynn_fusion" not in tuned.as_text()
+  np.testing.assert_allclose(tuned(x, w), default(x, w), rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_impl_raises():
   q = jnp.zeros((1, 4, 1, 32))
   a = jnp.zeros((1, 4, 8))

@@ -12,6 +12,9 @@ under `jit` with batch-sharded inputs it would gather the whole batch onto
 every device. `per_device_batch` runs it under `jax.shard_map` instead, one
 call per device on its own rows, whenever a mesh is set (`jax.set_mesh`;
 the training loop sets its mesh).
+
+`inference_compiler_options` is the `compiler_options` to `jax.jit` a
+forward pass with, per backend (see its docstring).
 """
 from __future__ import annotations
 
@@ -31,6 +34,38 @@ def kernel_backend(platform: str | None = None) -> str | None:
   if platform == "tpu":
     return "mosaic"
   return None
+
+
+# XLA's CPU backend hands each dot to YNNPACK by default (a `__ynn_fusion`).
+# With YNNPACK kept for reductions only, dots run in XLA's own dot thunk
+# (Eigen) instead.
+CPU_XLA_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+# From about this many rows (batch x tokens) XLA's dot thunk beat YNNPACK on
+# ViT-B's dense matmuls (K, N in 768..3072) on a 2-core AVX-512 CPU: 0.92x
+# at 640 rows, 1.08x at 788, 1.09x at 1,576; 0.72x at 197.
+CPU_XLA_DOTS_MIN_ROWS = 768
+
+
+def inference_compiler_options(rows: int, platform: str | None = None
+                               ) -> dict[str, str]:
+  """`compiler_options` for `jax.jit` of a forward pass (inference, evals).
+
+  `rows` is the row count of the forward's dense matmuls: batch x tokens
+  for a ViT (before any token reduction). On CPU, from
+  `CPU_XLA_DOTS_MIN_ROWS` rows, the dots run in XLA's own dot thunk rather
+  than YNNPACK: ViT-B/16 inference at batch 8 (1,576 rows) ran about 5%
+  faster on a 2-core AVX-512 machine, batch 1 (197 rows) 8% slower
+  (`python benchmarks/tome_speed.py --timm --cpu-dots both`, figures in
+  `benchmarks/README.md`). The training loop keeps XLA's default: the same
+  change made the ViT-B/16 MAE train step slower
+  (`python benchmarks/mae_step.py --cpu-dots xla`). Other backends: none.
+
+    fn = jax.jit(forward, compiler_options=inference_compiler_options(b * n))
+  """
+  platform = jax.default_backend() if platform is None else platform
+  if platform == "cpu" and rows >= CPU_XLA_DOTS_MIN_ROWS:
+    return dict(CPU_XLA_DOTS)
+  return {}
 
 
 def resolve_impl(impl: str, op: str = "kernel") -> str:
