@@ -21,8 +21,8 @@ reducer with that schedule could reach on this machine, had its own work
 no cost.
 
 Each forward is jitted with `maskmodel.kernels.inference_compiler_options`
-(`--cpu-dots auto`), which on CPU, from batch 4 up, keeps the dots in XLA's
-own dot thunk rather than YNNPACK. `--cpu-dots xla` and `--cpu-dots ynn`
+(`--cpu-dots auto`), which on CPU, from batch 6 up (1,024 token rows), keeps
+the dots in XLA's own dot thunk rather than YNNPACK. `--cpu-dots xla` and `--cpu-dots ynn`
 force one or the other at any batch, and `--cpu-dots both` times maskmodel's
 configurations both ways in the same round-robin (`maskmodel_r*` with XLA's
 dot thunk, `maskmodel-ynn_r*` with YNNPACK, XLA's default).

@@ -40,10 +40,11 @@ def kernel_backend(platform: str | None = None) -> str | None:
 # With YNNPACK kept for reductions only, dots run in XLA's own dot thunk
 # (Eigen) instead.
 CPU_XLA_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
-# From about this many rows (batch x tokens) XLA's dot thunk beat YNNPACK on
-# ViT-B's dense matmuls (K, N in 768..3072) on a 2-core AVX-512 CPU: 0.92x
-# at 640 rows, 1.08x at 788, 1.09x at 1,576; 0.72x at 197.
-CPU_XLA_DOTS_MIN_ROWS = 768
+# From this many rows (batch x tokens) on, XLA's dot thunk beat YNNPACK on
+# ViT-B's four dense matmuls in two runs of `python benchmarks/cpu_dots.py
+# --repeats 15` on a 2-core AVX-512 CPU: 0.98-0.99x at 788 rows,
+# 1.05-1.07x at 1,024, 1.085-1.095x at 1,576 (and 0.92x at 197, first run).
+CPU_XLA_DOTS_MIN_ROWS = 1024
 
 
 def inference_compiler_options(rows: int, platform: str | None = None
@@ -53,8 +54,8 @@ def inference_compiler_options(rows: int, platform: str | None = None
   `rows` is the row count of the forward's dense matmuls: batch x tokens
   for a ViT (before any token reduction). On CPU, from
   `CPU_XLA_DOTS_MIN_ROWS` rows, the dots run in XLA's own dot thunk rather
-  than YNNPACK: ViT-B/16 inference at batch 8 (1,576 rows) ran about 5%
-  faster on a 2-core AVX-512 machine, batch 1 (197 rows) 8% slower
+  than YNNPACK: ViT-B/16 inference at batch 8 (1,576 rows) ran 6-7.5%
+  faster on a 2-core AVX-512 machine
   (`python benchmarks/tome_speed.py --timm --cpu-dots both`, figures in
   `benchmarks/README.md`). The training loop keeps XLA's default: the same
   change made the ViT-B/16 MAE train step slower
