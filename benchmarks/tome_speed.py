@@ -22,10 +22,11 @@ no cost.
 
 Each forward is jitted with `maskmodel.kernels.inference_compiler_options`
 (`--cpu-dots auto`), which on CPU, from batch 6 up (1,024 token rows), keeps
-the dots in XLA's own dot thunk rather than YNNPACK. `--cpu-dots xla` and `--cpu-dots ynn`
-force one or the other at any batch, and `--cpu-dots both` times maskmodel's
-configurations both ways in the same round-robin (`maskmodel_r*` with XLA's
-dot thunk, `maskmodel-ynn_r*` with YNNPACK, XLA's default).
+the dots in XLA's own dot thunk rather than YNNPACK. `--cpu-dots xla` and
+`--cpu-dots ynn` force one or the other at any batch; `--cpu-dots both` times
+maskmodel's configurations both ways in the same round-robin
+(`maskmodel_r*` with XLA's dot thunk, `maskmodel-ynn_r*` with YNNPACK,
+XLA's default).
 
 `--timm` times PyTorch timm's `vit_base_patch16_224` (random weights,
 eval mode, `torch.inference_mode`) in the same process and the same
@@ -271,11 +272,10 @@ def main(argv=None):
   for r in r_values:
     peer = results.get(f"timm-tome_r{r}")
     if peer and "timm_r0" in results:
-      doc[f"timm-tome_r{r}_over_timm_r0"] = round(
-          peer["img_per_s"] / results["timm_r0"]["img_per_s"], 3)
+      doc[f"timm-tome_r{r}_over_timm_r0"] = speed(f"timm-tome_r{r}", "timm_r0")
     if peer and f"maskmodel_r{r}" in results:
-      doc[f"maskmodel_r{r}_over_timm-tome_r{r}"] = round(
-          results[f"maskmodel_r{r}"]["img_per_s"] / peer["img_per_s"], 3)
+      doc[f"maskmodel_r{r}_over_timm-tome_r{r}"] = speed(f"maskmodel_r{r}",
+                                                         f"timm-tome_r{r}")
   if args.timm:
     doc["timm"] = timm_info
   common.emit_json(doc, args.out, indent=1)
