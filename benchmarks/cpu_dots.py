@@ -35,7 +35,6 @@ import common  # pylint: disable=g-bad-import-order,g-import-not-at-top
 
 SHAPES = {"qkv": (768, 2304), "proj": (768, 768), "fc1": (768, 3072),
           "fc2": (3072, 768)}
-OPTIONS = {"ynn": None, "xla": dispatch.CPU_XLA_DOTS}
 
 
 def main(argv=None):
@@ -51,7 +50,7 @@ def main(argv=None):
     for name, (k, n) in SHAPES.items():
       a = jax.random.normal(jax.random.PRNGKey(m), (m, k), jnp.float32)
       b = jax.random.normal(jax.random.PRNGKey(k + n), (k, n), jnp.float32)
-      for lib, options in OPTIONS.items():
+      for lib, options in dispatch.CPU_DOT_LIBRARIES.items():
         fn = jax.jit(jnp.dot, compiler_options=options).lower(a, b).compile()
         jax.block_until_ready(fn(a, b))
         runs[lib, name] = (fn, a, b, [])
@@ -61,7 +60,7 @@ def main(argv=None):
         jax.block_until_ready(fn(a, b))
         seconds.append(time.perf_counter() - t0)
     ms = {lib: sum(1e3 * statistics.median(runs[lib, name][3]) for name in SHAPES)
-          for lib in OPTIONS}
+          for lib in dispatch.CPU_DOT_LIBRARIES}
     results[str(m)] = dict(ynn_ms=round(ms["ynn"], 3), xla_ms=round(ms["xla"], 3),
                            xla_speedup=round(ms["ynn"] / ms["xla"], 3))
 

@@ -258,7 +258,7 @@ def main(args):
                     in_shardings=(repl, data_sharding), out_shardings=(repl, repl),
                     donate_argnums=(0,))
 
-  options = {"ynn": None, "xla": dispatch.CPU_XLA_DOTS}[args.cpu_dots]
+  options = dispatch.CPU_DOT_LIBRARIES[args.cpu_dots]
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile(compiler_options=options)
   compile_s = time.perf_counter() - t0

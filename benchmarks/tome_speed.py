@@ -172,8 +172,8 @@ def main(argv=None):
                              (args.batch, IMAGE, IMAGE, 3), jnp.float32)
   base = build.vit(vit_b16_config(args.attn_impl), num_classes=CLASSES)
   params = jax.jit(base.init)(jax.random.PRNGKey(1), images)["params"]
-  ours = {"auto": inference_compiler_options(args.batch * NUM_TOKENS),
-          "xla": dispatch.CPU_XLA_DOTS, "ynn": None}
+  ours = dict(dispatch.CPU_DOT_LIBRARIES,
+              auto=inference_compiler_options(args.batch * NUM_TOKENS))
   dots = ("xla", "ynn") if args.cpu_dots == "both" else (args.cpu_dots,)
   configs = [("maskmodel" + ("-ynn" if d == "ynn" and len(dots) > 1 else ""),
               r, "tome", not args.no_prop_attn, ours[d])

@@ -2,8 +2,8 @@
 
 `impl` is one of auto|xla|pallas|interpret (see `dispatch.py`). Each Pallas
 kernel has a plain-jnp reference that defines its semantics.
-`inference_compiler_options()` gives the `jax.jit` compiler options for a
-forward pass on the current backend.
+`inference_compiler_options(rows)` gives the `jax.jit` compiler options for
+a forward pass on the current backend.
 """
 from maskmodel.kernels.attention import (AttentionStats, attention,
                                          attention_probs, attention_reference)

@@ -40,6 +40,9 @@ def kernel_backend(platform: str | None = None) -> str | None:
 # With YNNPACK kept for reductions only, dots run in XLA's own dot thunk
 # (Eigen) instead.
 CPU_XLA_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+# The `compiler_options` for each CPU dot library, by name (`--cpu-dots` in
+# the benchmarks): YNNPACK is XLA's default.
+CPU_DOT_LIBRARIES = {"ynn": None, "xla": CPU_XLA_DOTS}
 # From this many rows (batch x tokens) on, XLA's dot thunk beat YNNPACK on
 # ViT-B's four dense matmuls in two runs of `python benchmarks/cpu_dots.py
 # --repeats 15` on a 2-core AVX-512 CPU: 0.98-0.99x at 788 rows,
