@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from maskmodel.kernels import dispatch
+
 
 class ConfigError(ValueError):
   """A config key or value that cannot work; the message names the fix."""
@@ -40,6 +42,14 @@ def validate(config, num_devices: int):
            f"optimizer.warmup_steps={o.warmup_steps} must be in [0, total_steps).")
   _require(0 < o.layer_decay <= 1.0,
            f"optimizer.layer_decay={o.layer_decay} must be in (0, 1]; 1 disables it.")
+  impl = config.model.get("attn_impl", "auto")
+  _require(impl in dispatch.IMPLS,
+           f"model.attn_impl={impl!r} is unknown; use one of {dispatch.IMPLS}.")
+  # The run executes on the default backend, which needs a compiled kernel.
+  _require(impl != "pallas" or dispatch.kernel_backend() is not None,
+           f"model.attn_impl='pallas' compiles for GPU or TPU, but this run's "
+           f"backend is {dispatch.jax.default_backend()!r}; use 'auto', 'xla' "
+           "or 'interpret' (the same kernel, interpreted).")
 
 
 

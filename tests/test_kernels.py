@@ -296,23 +296,74 @@ def test_xla_dot_product_attention_path_matches_reference():
 ON_CPU = jax.default_backend() == "cpu"
 
 
-@pytest.mark.skipif(not ON_CPU, reason="checks the CPU dispatch")
-def test_auto_dispatch_stays_on_xla_on_cpu():
-  assert dispatch.resolve_impl("auto") == "xla"
-  assert dispatch.kernel_backend("gpu") == "triton"
-  assert dispatch.kernel_backend("cuda") == "triton"
-  assert dispatch.kernel_backend("tpu") == "mosaic"
-  assert dispatch.kernel_backend("cpu") is None
+def _lowered(fn, platform, *args):
+  return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
+@pytest.mark.parametrize("validated", [(), ("cuda", "tpu")])
+def test_auto_runs_the_kernel_only_where_validated(monkeypatch, validated):
+  """`auto` picks per lowering platform: the kernel where it is validated,
+  the XLA path elsewhere, and never the kernel on CPU."""
+  for op in dispatch.VALIDATED_PLATFORMS:
+    monkeypatch.setitem(dispatch.VALIDATED_PLATFORMS, op, validated)
   q, k, v, bias, mask = _inputs(12, 1, 16, 16, 2, 32)
-  jaxpr = str(jax.make_jaxpr(lambda q, k, v: attention(
-      q, k, v, bias=bias, kv_mask=mask, impl="auto"))(q, k, v))
-  assert "pallas_call" not in jaxpr
+  a, b = q[:, :, 0], k[:, :, 0]
+  attend = lambda q, k, v: attention(q, k, v, bias=bias, kv_mask=mask)
+  match = lambda a, b: token_matching(a, b, impl="auto")
+  for platform, call in (("cpu", None), ("cuda", "__gpu$xla.gpu.triton"),
+                         ("tpu", "tpu_custom_call")):
+    for fn, args in ((attend, (q, k, v)), (match, (a, b))):
+      text = _lowered(fn, platform, *args)
+      kernel = call is not None and platform in validated
+      assert (call is not None and call in text) == kernel, (platform, fn)
   np.testing.assert_array_equal(
       attention(q, k, v, bias=bias, kv_mask=mask),
       attention_reference(q, k, v, bias=bias, kv_mask=mask))
-  a, b = q[:, :, 0], k[:, :, 0]
-  assert "pallas_call" not in str(jax.make_jaxpr(
-      lambda a, b: token_matching(a, b, impl="auto"))(a, b))
+
+
+def test_entry_points_lower_for_gpu_and_tpu_from_any_host():
+  """impl='pallas' through the public API, gradients included, lowers for
+  each accelerator from this host (AOT), and exports for one."""
+  q, k, v, bias, mask = _inputs(13, 2, 40, 40, 2, 32, dtype=jnp.bfloat16)
+  loss = lambda q, k, v, b: jnp.sum(attention(
+      q, k, v, bias=b, kv_mask=mask, impl="pallas").astype(jnp.float32))
+  grad = jax.grad(loss, argnums=(0, 1, 2, 3))
+  a, b = q[:, :, 0].astype(jnp.float32), k[:, :, 0].astype(jnp.float32)
+  match = lambda a, b: token_matching(a, b, impl="pallas")
+  for platform, call in (("cuda", "__gpu$xla.gpu.triton"),
+                         ("tpu", "tpu_custom_call")):
+    # Forward, dK/dV and dQ.
+    assert _lowered(grad, platform, q, k, v, bias).count(call) == 3
+    assert _lowered(match, platform, a, b).count(call) == 1
+  # Triton calls carry no serialization guarantee, so export must allow them.
+  exported = jax.export.export(
+      jax.jit(grad), platforms=("cuda",),
+      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(
+          "__gpu$xla.gpu.triton")])(q, k, v, bias)
+  assert exported.platforms == ("cuda",)
+  assert "__gpu$xla.gpu.triton" in exported.mlir_module()
+
+
+def test_pallas_does_not_lower_for_cpu():
+  """No compiled Pallas on CPU: JAX refuses to lower it, and a run with
+  `model.attn_impl='pallas'` on a CPU backend is a config error."""
+  q = jnp.zeros((1, 4, 1, 32))
+  a = jnp.zeros((1, 4, 8))
+  with pytest.raises(NotImplementedError, match="platform cpu"):
+    _lowered(lambda q: attention(q, q, q, impl="pallas"), "cpu", q)
+  with pytest.raises(NotImplementedError, match="platform cpu"):
+    _lowered(lambda a: token_matching(a, a, impl="pallas"), "cpu", a)
+
+
+@pytest.mark.skipif(dispatch.kernel_backend() is not None,
+                    reason="checks a CPU backend")
+@pytest.mark.parametrize("impl,error", [("pallas", "compiles for GPU or TPU"),
+                                        ("cuda", "is unknown")])
+def test_config_attn_impl_errors(smoke_config, impl, error):
+  from maskmodel import config as config_lib  # pylint: disable=g-import-not-at-top
+  smoke_config.model.attn_impl = impl
+  with pytest.raises(config_lib.ConfigError, match=error):
+    config_lib.validate(smoke_config, 1)
 
 
 def test_inference_compiler_options():
@@ -344,16 +395,6 @@ def test_unknown_impl_raises():
     attention(q, q, q, impl="cuda")
   with pytest.raises(ValueError, match="unknown"):
     token_matching(a, a, impl="triton")
-
-
-@pytest.mark.skipif(not ON_CPU, reason="Pallas compiles on GPU/TPU")
-def test_pallas_impl_on_cpu_raises():
-  q = jnp.zeros((1, 4, 1, 32))
-  a = jnp.zeros((1, 4, 8))
-  with pytest.raises(ValueError, match="impl='interpret'"):
-    attention(q, q, q, impl="pallas")  # No compiled Pallas on CPU.
-  with pytest.raises(ValueError, match="impl='interpret'"):
-    token_matching(a, a, impl="pallas")
 
 
 # ----------------------------------------------------------------------------

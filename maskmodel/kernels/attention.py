@@ -5,9 +5,10 @@ Layout is `[B, N, H, D]` (batch, tokens, heads, head dim), the layout of
 (ToMe's proportional attention passes log(size)); `kv_mask` is `[B, Nk]` with
 True = attend.
 
-`impl="pallas"` (and `auto` on GPU/TPU) runs the FlashAttention kernels of
-`flash_attention.py`; `impl="xla"` runs `attention_reference` (or, on GPU,
-`jax.nn.dot_product_attention`, which has the same semantics).
+`impl="pallas"` (and `auto` where the kernel is validated, see
+`dispatch.VALIDATED_PLATFORMS`) runs the FlashAttention kernels of
+`flash_attention.py`; `impl="xla"` runs `attention_reference` (or, lowered
+for a GPU, `jax.nn.dot_product_attention`, which has the same semantics).
 """
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from maskmodel.kernels import flash_attention as flash
-from maskmodel.kernels.dispatch import (IMPLS, kernel_backend,
-                                        per_device_batch, resolve_impl)
+from maskmodel.kernels.dispatch import IMPLS, by_platform, per_device_batch
 
 __all__ = ["AttentionStats", "IMPLS", "attention", "attention_probs",
            "attention_reference"]
@@ -35,10 +35,6 @@ class AttentionStats(NamedTuple):
   """
   cls_probs: jax.Array
   key_mass: jax.Array
-
-
-def _check_impl(impl: str) -> str:
-  return resolve_impl(impl, "attention")
 
 
 def _heads_first(x):
@@ -128,6 +124,19 @@ def _xla_attention(q, k, v, bias, kv_mask, causal, use_dot_product_attention):
       is_causal=causal)
 
 
+def _xla_branches(causal, return_stats):
+  """The `xla` path per lowering platform (see `dispatch.by_platform`)."""
+  if return_stats:
+    def with_stats(q, k, v, bias, kv_mask):
+      out, stats = attention_reference(q, k, v, bias=bias, kv_mask=kv_mask,
+                                       causal=causal, return_stats=True)
+      return out, stats.cls_probs, stats.key_mass
+    return {None: with_stats}
+  branch = lambda dpa: lambda q, k, v, bias, kv_mask: _xla_attention(
+      q, k, v, bias, kv_mask, causal, use_dot_product_attention=dpa)
+  return {None: branch(False), "cuda": branch(True)}
+
+
 def attention(q, k, v, *, bias=None, kv_mask=None, causal=False, impl="auto",
               return_stats=False):
   """Attention over `[B, N, H, D]` inputs; `impl` in auto|xla|pallas|interpret.
@@ -137,27 +146,26 @@ def attention(q, k, v, *, bias=None, kv_mask=None, causal=False, impl="auto",
     bias: optional `[B, Nk]` additive logit per key (differentiable).
     kv_mask: optional `[B, Nk]` bool, True = attend.
     causal: bottom-right aligned causal mask.
-    impl: `xla` (jnp reference), `pallas` (FlashAttention kernel compiled
-      for GPU/TPU), `interpret` (same kernel, Pallas interpreter; runs on
-      CPU), `auto` (`pallas` on GPU/TPU, `xla` otherwise).
+    impl: `xla` (jnp reference; cuDNN through `jax.nn.dot_product_attention`
+      when lowered for a GPU), `pallas` (FlashAttention kernel compiled for
+      GPU/TPU), `interpret` (same kernel, Pallas interpreter; runs on CPU),
+      `auto` (`pallas` on the platforms in
+      `dispatch.VALIDATED_PLATFORMS["attention"]`, `xla` elsewhere).
     return_stats: also return `AttentionStats`; the statistics carry no
       gradient. The kernels compute them without an `[Nq, Nk]` buffer.
 
   Returns:
     `[B, Nq, H, D]` in q's dtype, or `(out, AttentionStats)`.
   """
-  impl = _check_impl(impl)
-  if impl == "xla":
-    if return_stats:
-      return attention_reference(q, k, v, bias=bias, kv_mask=kv_mask,
-                                 causal=causal, return_stats=True)
-    return _xla_attention(q, k, v, bias, kv_mask, causal,
-                          use_dot_product_attention=kernel_backend() == "triton")
-  backend = kernel_backend() if impl == "pallas" else "triton"
-  kernel = functools.partial(flash.flash_attention, causal=causal,
-                             backend=backend, interpret=impl == "interpret",
-                             return_stats=return_stats)
-  result = per_device_batch(kernel, q, k, v, bias, kv_mask)
+  def kernel(backend):
+    fn = functools.partial(
+        flash.flash_attention, causal=causal,
+        backend="triton" if backend == "interpret" else backend,
+        interpret=backend == "interpret", return_stats=return_stats)
+    return lambda *args: per_device_batch(fn, *args)
+
+  result = by_platform("attention", impl, (q, k, v, bias, kv_mask),
+                       kernel=kernel, xla=_xla_branches(causal, return_stats))
   if not return_stats:
     return result
   out, cls_probs, key_mass = result

@@ -1,11 +1,20 @@
 """The `impl` switch shared by every kernel entry point.
 
-- `xla`: the plain-jnp reference, compiled by XLA on any backend.
-- `pallas`: the Pallas kernel compiled for the default backend: Triton on
-  GPU, Mosaic on TPU. There is no compiled Pallas on CPU.
+- `xla`: the plain-jnp reference, compiled by XLA on any backend (an entry
+  point may name a faster library op per platform, e.g. cuDNN attention).
+- `pallas`: the Pallas kernel, compiled for the platform the program is
+  lowered for: Triton on GPU, Mosaic on TPU. There is no compiled Pallas on
+  CPU: lowering `pallas` for CPU fails.
 - `interpret`: the same Pallas kernel run by the Pallas interpreter
   (`interpret=True`); slow, but runs anywhere, so CPU tests use it.
-- `auto`: `pallas` on GPU/TPU, `xla` elsewhere.
+- `auto`: `pallas` on the platforms where the kernel passed its on-device
+  checks (`VALIDATED_PLATFORMS`), `xla` everywhere else.
+
+The choice is made per lowering platform, not from `jax.default_backend()`
+at trace time (`by_platform`, through `jax.lax.platform_dependent`): every
+branch is traced, and lowering keeps only the one for the target. So a TPU or
+GPU program lowers and compiles from any host (AOT, `jax.export`), and a CPU
+computation on a GPU host gets the CPU branch.
 
 A `pallas_call` is one custom call that XLA's SPMD partitioner cannot split:
 under `jit` with batch-sharded inputs it would gather the whole batch onto
@@ -24,6 +33,21 @@ from jax.sharding import PartitionSpec as P
 IMPLS = ("auto", "xla", "pallas", "interpret")
 
 _TRITON_PLATFORMS = ("gpu", "cuda", "rocm")
+# The lowering platforms of `jax.lax.platform_dependent`, and the Pallas
+# backend that compiles for each.
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+_PALLAS_BACKENDS = {"cuda": "triton", "rocm": "triton", "tpu": "mosaic"}
+
+# Where each kernel passed the on-device checks of
+# `benchmarks/device_check.py` (compiled kernel against the reference:
+# forward, gradients, statistics; f32 and bf16; odd lengths; bias, mask,
+# causal). `impl="auto"` runs the Pallas kernel only on these platforms.
+# `maskmodel/kernels/README.md` records the card, the jax version and the
+# figures behind each entry.
+VALIDATED_PLATFORMS: dict[str, tuple[str, ...]] = {
+    "attention": (),
+    "token_matching": (),
+}
 
 
 def kernel_backend(platform: str | None = None) -> str | None:
@@ -72,19 +96,51 @@ def inference_compiler_options(rows: int, platform: str | None = None
   return {}
 
 
-def resolve_impl(impl: str, op: str = "kernel") -> str:
-  """Validates `impl` and resolves `auto`; returns xla|pallas|interpret."""
+def check_impl(impl: str, op: str = "kernel") -> str:
+  """Returns `impl` if it is one of `IMPLS`, else raises a `ValueError`."""
   if impl not in IMPLS:
     raise ValueError(f"{op} impl={impl!r} is unknown; use one of {IMPLS}.")
-  backend = kernel_backend()
-  if impl == "auto":
-    return "pallas" if backend is not None else "xla"
-  if impl == "pallas" and backend is None:
-    raise ValueError(
-        f"{op} impl='pallas' compiles for GPU (Triton) or TPU (Mosaic), but the "
-        f"default backend is {jax.default_backend()!r}; use impl='interpret' "
-        "to run the same kernel on CPU, or impl='xla'.")
   return impl
+
+
+def pallas_on(op: str, impl: str, platform: str) -> bool:
+  """Whether `impl` runs `op`'s compiled Pallas kernel on `platform`."""
+  if platform not in _PALLAS_BACKENDS:
+    return False
+  return impl == "pallas" or (
+      impl == "auto" and platform in VALIDATED_PLATFORMS[op])
+
+
+def by_platform(op: str, impl: str, args, *, kernel, xla):
+  """Runs `op` on `args` with the implementation that `impl` picks for
+  whichever platform the program is lowered for.
+
+  Args:
+    op: "attention" or "token_matching" (a key of `VALIDATED_PLATFORMS`).
+    impl: one of `IMPLS`.
+    args: a tuple of pytrees, passed to the chosen callable.
+    kernel: `backend -> callable`, for backend "triton", "mosaic" or
+      "interpret" (the Pallas interpreter).
+    xla: `{platform: callable}` for the XLA path, with key None as the
+      default for platforms not named.
+
+  Every branch is traced; lowering keeps the target's (see the module
+  docstring). `impl="pallas"` has no CPU branch, so lowering it for CPU
+  fails with JAX's "not found for platform cpu".
+  """
+  check_impl(impl, op)
+  if impl == "interpret":
+    return kernel("interpret")(*args)
+  kernels = {b: kernel(b) for b in sorted(set(_PALLAS_BACKENDS.values()))}
+  branches = {}
+  for platform in PLATFORMS:
+    if pallas_on(op, impl, platform):
+      branches[platform] = kernels[_PALLAS_BACKENDS[platform]]
+    elif impl != "pallas":
+      branches[platform] = xla.get(platform, xla[None])
+  if len(set(map(id, branches.values()))) == 1:  # One program everywhere.
+    return next(iter(branches.values()))(*args)
+  return jax.lax.platform_dependent(*args, **branches)
 
 
 def per_device_batch(fn, *args):

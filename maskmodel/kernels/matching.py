@@ -20,8 +20,7 @@ from jax import lax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from maskmodel.kernels.dispatch import (kernel_backend, per_device_batch,
-                                        resolve_impl)
+from maskmodel.kernels.dispatch import by_platform, per_device_batch
 
 _NT = (((1,), (1,)), ((), ()))
 
@@ -158,18 +157,23 @@ def token_matching(a, b, *, class_token=False, impl="auto"):
     a: `[B, Na, C]` and b: `[B, Nb, C]`, L2-normalized metrics (any float).
     class_token: A's row 0 is [CLS]; its score is set to -inf.
     impl: `xla` (jnp reference), `pallas` (kernel compiled for GPU/TPU),
-      `interpret` (same kernel, Pallas interpreter), `auto`.
+      `interpret` (same kernel, Pallas interpreter), `auto` (`pallas` on the
+      platforms in `dispatch.VALIDATED_PLATFORMS["token_matching"]`, `xla`
+      elsewhere).
 
   Returns:
     node_max `[B, Na]` f32 and node_idx `[B, Na]` int32 (first index on ties).
   """
-  impl = resolve_impl(impl, "token_matching")
-  if impl == "xla":
-    return token_matching_reference(a, b, class_token=class_token)
-  backend = kernel_backend() if impl == "pallas" else "triton"
-  node_max, node_idx = per_device_batch(
-      functools.partial(token_matching_pallas, backend=backend,
-                        interpret=impl == "interpret"), a, b)
+  def kernel(backend):
+    fn = functools.partial(
+        token_matching_pallas,
+        backend="triton" if backend == "interpret" else backend,
+        interpret=backend == "interpret")
+    return lambda a, b: per_device_batch(fn, a, b)
+
+  node_max, node_idx = by_platform(
+      "token_matching", impl, (a, b), kernel=kernel,
+      xla={None: token_matching_reference})
   if class_token:
     node_max = node_max.at[:, 0].set(-jnp.inf)
   return node_max, node_idx
