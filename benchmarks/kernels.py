@@ -56,18 +56,23 @@ def _timeit(fn, args, reps):
   return statistics.median(times), min(times), compile_s
 
 
-def _attention_fn(impl):
+def _attention_fn(impl, use_bias=True):
+  """`fn(q, k, v, bias)`; with `use_bias=False` it ignores `bias`. cuDNN
+  takes no per-key bias (it wants one as long as the queries), so it is
+  timed without one."""
   if impl in ("jax_dpa", "cudnn"):
     implementation = None if impl == "jax_dpa" else "cudnn"
     return lambda q, k, v, bias: jax.nn.dot_product_attention(
-        q, k, v, bias=bias[:, None, None, :].astype(q.dtype),
-        implementation=implementation)
-  return lambda q, k, v, bias: attention(q, k, v, bias=bias, impl=impl)
+        q, k, v, bias=bias[:, None, None, :].astype(q.dtype) if use_bias
+        else None, implementation=implementation)
+  return lambda q, k, v, bias: attention(q, k, v, bias=bias if use_bias
+                                         else None, impl=impl)
 
 
-def bench_attention(impl, n, batch, heads, dim, dtype, reps, max_xla_gib):
+def bench_attention(impl, n, batch, heads, dim, dtype, reps, max_xla_gib,
+                    use_bias=True):
   row = dict(op="attention", impl=impl, n=n, batch=batch, heads=heads,
-             head_dim=dim, dtype=jnp.dtype(dtype).name)
+             head_dim=dim, dtype=jnp.dtype(dtype).name, bias=use_bias)
   if impl in ("xla", "jax_dpa"):
     # Logits, probabilities and their gradients in f32: ~4 [B, H, N, N].
     gib = 4 * batch * heads * n * n * 4 / 2**30
@@ -79,8 +84,10 @@ def bench_attention(impl, n, batch, heads, dim, dtype, reps, max_xla_gib):
              for _ in range(3))
   bias = jnp.log(jnp.asarray(rng.integers(1, 4, size=(batch, n)),
                              jnp.float32))  # ToMe: log token sizes.
+  if not use_bias:  # Not differentiated either.
+    bias = jnp.zeros((batch, n), jnp.float32)
   cot = jnp.asarray(rng.normal(size=q.shape), dtype)
-  fn = _attention_fn(impl)
+  fn = _attention_fn(impl, use_bias)
   fwd = jax.jit(fn)
   loss = lambda q, k, v, b: jnp.sum((fn(q, k, v, b) * cot).astype(jnp.float32))
   fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
