@@ -31,6 +31,14 @@ def test_missing_config_file(tmp_path):
   _assert_clean_error(proc, "does not exist")
 
 
+@pytest.mark.parametrize("args", [["--config"], ["--config="],
+                                  ["--config", "--workdir", "/tmp/unused"]])
+def test_config_without_a_file(args):
+  proc = run_cli(*args)
+  _assert_clean_error(proc, "--config needs a config file")
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_tfds_dataset_not_prepared(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   proc = run_cli("--config", SMOKE, "--workdir", str(tmp_path / "w"),
