@@ -37,9 +37,10 @@ def _shapes(tree):
           for path, leaf in flat}
 
 
-def _mismatch(saved, wanted, limit=3):
-  """A short account of how two `_shapes` maps differ, or "" if they agree."""
-  diffs = []
+def shape_mismatch(saved, wanted, limit=3):
+  """A short account of how the leaves of two trees differ in name or shape,
+  or "" if they agree. `saved` is a checkpoint's, `wanted` the config's."""
+  saved, wanted, diffs = _shapes(saved), _shapes(wanted), []
   # params first: they name the change (opt_state repeats them twice over).
   for key in sorted(saved.keys() | wanted.keys(),
                     key=lambda k: (not k.startswith("params/"), k)):
@@ -85,11 +86,11 @@ class Checkpointer:
     steps = sorted(self._mngr.all_steps(), reverse=True)
     for step in steps:
       try:
-        saved = _shapes(self._mngr.item_metadata(step)["state"].tree)
+        saved = self._mngr.item_metadata(step)["state"].tree
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e)
         continue
-      diff = _mismatch(saved, _shapes(abstract))
+      diff = shape_mismatch(saved, abstract)
       if diff:
         raise CheckpointError(
             f"checkpoint step {step} in {self.directory} does not fit this "
