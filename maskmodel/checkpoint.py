@@ -4,7 +4,9 @@ the data-iterator state.
 Orbax writes each step into a temporary folder and renames it when complete,
 so a kill mid-save never leaves a half-written step behind the latest good
 one. On restore, a step that cannot be read is moved aside (`<step>.corrupt`)
-with a warning and the newest readable step is used instead.
+with a warning and the newest readable step is used instead. A readable step
+whose arrays differ from the config's (another `model.width`, say) is no
+damage: restoring stops with a `CheckpointError` and nothing is moved.
 
 `PreemptionNotice` turns a scheduler's preemption notice (SIGTERM, as sent by
 Cloud TPU, GKE and SLURM before they evict a job) into a step at which the
@@ -23,7 +25,33 @@ import orbax.checkpoint as ocp
 
 
 class CheckpointError(RuntimeError):
-  """No readable checkpoint where one was expected."""
+  """No readable checkpoint where one was expected, or one that does not fit."""
+
+
+def _shapes(tree):
+  """{"params/encoder/...": shape} of a tree's leaves. Paths are spelled
+  plainly, so a namedtuple's field and the dict key orbax stores it under
+  read the same; empty nodes (optax's EmptyState, orbax's None) drop out."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
+          for path, leaf in flat}
+
+
+def shape_mismatch(saved, wanted, limit=3):
+  """A short account of how the leaves of two trees differ in name or shape,
+  or "" if they agree. `saved` is a checkpoint's, `wanted` the config's."""
+  saved, wanted, diffs = _shapes(saved), _shapes(wanted), []
+  # params first: they name the change (opt_state repeats them twice over).
+  for key in sorted(saved.keys() | wanted.keys(),
+                    key=lambda k: (not k.startswith("params/"), k)):
+    if key not in wanted:
+      diffs.append(f"{key} is only in the checkpoint")
+    elif key not in saved:
+      diffs.append(f"{key} is only in the config")
+    elif saved[key] != wanted[key]:
+      diffs.append(f"{key} has shape {saved[key]} there but {wanted[key]} in the config")
+  more = f" (and {len(diffs) - limit} more)" if len(diffs) > limit else ""
+  return "; ".join(diffs[:limit]) + more
 
 
 class Checkpointer:
@@ -33,7 +61,10 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self._mngr = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        # Named handlers let `item_metadata` read a step's shapes unrestored.
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, train_state, data_state: dict):
     self._mngr.save(step, args=ocp.args.Composite(
@@ -48,16 +79,30 @@ class Checkpointer:
 
     `target` is a train state (arrays or `jax.ShapeDtypeStruct`s with
     shardings) giving the structure, dtypes and shardings to restore into.
+    Raises `CheckpointError` if the newest readable step holds other arrays
+    or shapes than `target`: that run had another config.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     steps = sorted(self._mngr.all_steps(), reverse=True)
     for step in steps:
       try:
+        saved = self._mngr.item_metadata(step)["state"].tree
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e)
+        continue
+      diff = shape_mismatch(saved, abstract)
+      if diff:
+        raise CheckpointError(
+            f"checkpoint step {step} in {self.directory} does not fit this "
+            f"config: {diff}. Resume with the config that wrote it, or pass a "
+            "new --workdir to start a new run.")
+      try:
         out = self._mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract),
             data=ocp.args.JsonRestore()))
         return out["state"], out["data"]
-      except Exception as e:  # any failure to read means this step is unusable
+      except Exception as e:  # pylint: disable=broad-except
+        # Its shapes fit, so a failure to read means damaged files.
         self._set_aside(step, e)
     return None
 

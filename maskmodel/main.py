@@ -32,10 +32,16 @@ def _fail(msg):
 
 def parse_flags(argv):
   """absl parsing with a one-line error for unknown or bad config overrides."""
-  for a in argv[1:]:
-    if a.startswith("--config=") or (a == "--config"):
-      path = (a.split("=", 1)[1] if "=" in a else
-              argv[argv.index(a) + 1]).split(":")[0]
+  for i, a in enumerate(argv):
+    if a.startswith("--config=") or a == "--config":
+      if "=" in a:
+        value = a.split("=", 1)[1]
+      else:
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+      path = value.split(":")[0]
+      if not path or path.startswith("-"):  # absl would take the next flag as the file
+        _fail("--config needs a config file, e.g. --config "
+              "configs/mae/mnist_vit_tiny.py.")
       if not os.path.exists(path):
         _fail(f"config file {path!r} does not exist; pass e.g. "
               "--config configs/mae/mnist_vit_tiny.py.")

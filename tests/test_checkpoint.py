@@ -1,7 +1,8 @@
 """Preemption: a killed run resumes to the same result; a preemption notice
 (SIGTERM) checkpoints the current step and the run resumes from it to the
 same result; a corrupt latest checkpoint is set aside and the last good one
-is used."""
+is used; a checkpoint of another config is one error line, and nothing is
+set aside."""
 import os
 import re
 import signal
@@ -10,11 +11,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from conftest import ROOT, SMOKE, checkpoint_steps, run_cli
+from maskmodel import checkpoint
 
 FAST = ["--config.evals.names=()", "--config.checkpoint_every=10",
         "--config.model.depth=2"]
@@ -110,3 +113,51 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path):
   assert "resumed from step 20" in proc.stdout
   assert os.path.isdir(os.path.join(wd, "checkpoints", "30.corrupt"))
   assert checkpoint_steps(wd)[-1] == 40
+
+
+TINY = ["--config.total_steps=2", "--config.checkpoint_every=1",
+        "--config.optimizer.warmup_steps=0", "--config.evals.names=()"]
+
+
+def test_changed_config_is_one_error_and_keeps_every_step(tmp_path):
+  wd = str(tmp_path / "run")
+  assert run_cli("--config", SMOKE, "--workdir", wd, *TINY).returncode == 0
+  proc = run_cli("--config", SMOKE, "--workdir", wd, *TINY, "--config.model.width=48")
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: checkpoint step 2 "), lines
+  assert "params/encoder/cls_token has shape (1, 1, 32) there but (1, 1, 48)" in lines[0]
+  assert "--workdir" in lines[0]
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["1", "2"]
+
+
+def _tiny_state(value):
+  return {"step": jnp.int32(value), "params": {"w": jnp.full((4,), value, jnp.float32)}}
+
+
+def test_damaged_arrays_are_set_aside_and_shape_changes_are_not(tmp_path):
+  """Step 2's array files are garbage but its metadata reads: set aside, step 1
+  restored. A target of other shapes is an error that renames nothing."""
+  directory = str(tmp_path / "ckpt")
+  ckpt = checkpoint.Checkpointer(directory)
+  for step in (1, 2):
+    ckpt.save(step, _tiny_state(step), {"pos": step})
+  ckpt.wait()
+  wider = {"step": jnp.int32(0), "params": {"w": jnp.zeros((5,), jnp.float32)}}
+  with pytest.raises(checkpoint.CheckpointError, match=r"params/w has shape \(4,\) "
+                     r"there but \(5,\) in the config.*new --workdir"):
+    checkpoint.Checkpointer(directory).restore_latest(wider)
+  assert sorted(os.listdir(directory)) == ["1", "2"]
+
+  # The array data (OCDBT's `d/` folders); the tree metadata stays intact.
+  for root, _, files in os.walk(os.path.join(directory, "2", "state")):
+    for f in files:
+      if os.path.basename(root) == "d":
+        with open(os.path.join(root, f), "wb") as fh:
+          fh.write(b"\x00garbage")
+  with pytest.warns(UserWarning, match="checkpoint step 2 .* is unreadable"):
+    state, data = checkpoint.Checkpointer(directory).restore_latest(_tiny_state(0))
+  assert int(state["step"]) == 1 and data == {"pos": 1}
+  np.testing.assert_array_equal(state["params"]["w"], np.ones(4))
+  assert sorted(os.listdir(directory)) == ["1", "2.corrupt"]

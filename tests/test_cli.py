@@ -1,7 +1,11 @@
 """The main job end to end through the CLI, at smoke size."""
 import json
 
+import jax
+import numpy as np
+
 from conftest import SMOKE, run_cli
+from maskmodel.checkpoint import load_encoder_params
 
 
 def test_main_job_writes_report(tmp_path):
@@ -28,10 +32,20 @@ def test_main_job_writes_report(tmp_path):
 
 
 def test_finetune_from_mae_checkpoint(tmp_path):
-  pre = tmp_path / "pre"
-  assert run_cli("--config", SMOKE, "--workdir", str(pre), "--config.total_steps=8",
+  pre, ft = tmp_path / "pre", tmp_path / "ft"
+  assert run_cli("--config", SMOKE, "--workdir", str(pre), "--config.total_steps=2",
+                 "--config.optimizer.warmup_steps=0",
                  "--config.evals.names=()").returncode == 0
+  # One step at lr 1e-3: AdamW moves each value by about lr at most, so the
+  # step-1 encoder still shows where it started.
   proc = run_cli("--config", "configs/classify/mnist_vit_tiny.py:smoke",
-                 "--workdir", str(tmp_path / "ft"), f"--config.task.init_from={pre}")
+                 "--workdir", str(ft), f"--config.task.init_from={pre}",
+                 "--config.total_steps=1", "--config.optimizer.warmup_steps=0",
+                 "--config.optimizer.lr=1e-3")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "final: test_accuracy=" in proc.stdout
+  mae, tuned = load_encoder_params(str(pre)), load_encoder_params(str(ft))
+  assert set(tuned) == set(mae) | {"head"}
+  for key in mae:  # a random init is 0.07 to 0.7 off in each of these
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-3),
+                 tuned[key], mae[key])

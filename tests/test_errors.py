@@ -1,5 +1,6 @@
 """Bad input: each case fails with one clear line naming the fix, no traceback."""
 
+import numpy as np
 import pytest
 
 from conftest import SMOKE, run_cli
@@ -31,6 +32,14 @@ def test_missing_config_file(tmp_path):
   _assert_clean_error(proc, "does not exist")
 
 
+@pytest.mark.parametrize("args", [["--config"], ["--config="],
+                                  ["--config", "--workdir", "/tmp/unused"]])
+def test_config_without_a_file(args):
+  proc = run_cli(*args)
+  _assert_clean_error(proc, "--config needs a config file")
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_tfds_dataset_not_prepared(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   proc = run_cli("--config", SMOKE, "--workdir", str(tmp_path / "w"),
@@ -55,3 +64,17 @@ def test_eval_crop_out_of_range(smoke_config, crop):
   smoke_config.data.eval_crop = crop
   with pytest.raises(config_lib.ConfigError, match=f"data.eval_crop={crop} must be in"):
     config_lib.validate(smoke_config, 1)
+
+
+@pytest.mark.parametrize("shape,needle", [
+    ((5,), r"encoder/w has shape \(4,\) there but \(5,\) in the config"),
+    (None, r"encoder/w is only in the config")])
+def test_init_from_of_another_model(shape, needle):
+  from maskmodel import checkpoint  # pylint: disable=g-import-not-at-top
+  from maskmodel.tasks.classify import transfer_encoder  # pylint: disable=g-import-not-at-top
+  pretrained = {"encoder": {"b": np.zeros(4)}}
+  if shape:
+    pretrained["encoder"]["w"] = np.zeros(4)
+  params = {"encoder": {"b": np.zeros(4), "w": np.zeros(shape or 4)}, "head": np.zeros(2)}
+  with pytest.raises(checkpoint.CheckpointError, match=needle + ".*model config of the"):
+    transfer_encoder(params, pretrained)

@@ -10,7 +10,8 @@ layer-wise lr decay 0.75 as in MAE Appendix A.2):
 
 From scratch: leave `task.init_from` empty and pass
 `--config.optimizer.layer_decay=1.0`.
-Expected: test accuracy in README "Fine-tuning" (measured by these commands).
+Expected: not measured yet; README "The main job" gives these commands and
+the pretraining numbers only.
 Hardware / time: 2 CPU cores, a few minutes.
 """
 import ml_collections

@@ -6,6 +6,7 @@ Feature-based evaluators share one feature extraction per round via `cache`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -34,9 +35,27 @@ class Context:
   workdir: str
 
 
+# One jit per task method, taking params and state as arguments: a closure
+# over this round's params would be a new function, traced and compiled again
+# at every eval round. The task is static (hashed by identity).
+@functools.partial(jax.jit, static_argnums=0)
+def _task_features(task, params, task_state, images):
+  return task.features(params, task_state, images)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _task_predictions(task, params, task_state, images):
+  return task.logits(params, task_state, images).argmax(-1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _task_reconstruction(task, params, task_state, images, rng):
+  return task.reconstruct(params, task_state, images, rng)
+
+
 def _features(ctx, params, task_state, cache):
   if "features" not in cache:
-    fn = jax.jit(lambda x: ctx.task.features(params, task_state, x))
+    fn = functools.partial(_task_features, ctx.task, params, task_state)
     bs = ctx.config.evals.batch_size
     cache["features"] = (
         features_lib.extract(fn, ctx.train_source, batch_size=bs, spec=ctx.spec, mesh=ctx.mesh),
@@ -61,7 +80,7 @@ def probe(ctx, params, task_state, cache):
 
 def accuracy(ctx, params, task_state, cache):
   del cache
-  fn = jax.jit(lambda x: ctx.task.logits(params, task_state, x).argmax(-1))
+  fn = functools.partial(_task_predictions, ctx.task, params, task_state)
   correct = total = 0
   data_sharding = sharding.batch_sharded(ctx.mesh)
   for batch, n in eval_batches(ctx.test_source, batch_size=ctx.config.evals.batch_size,
@@ -80,8 +99,8 @@ def reconstruction(ctx, params, task_state, cache):
   images = np.stack([ctx.test_source[i]["image"] for i in range(n)])
   images = np.stack([eval_preprocess({"image": im, "label": 0}, ctx.spec)["image"]
                      for im in images])
-  out = jax.jit(ctx.task.reconstruct)(params, task_state, images,
-                                      jax.random.PRNGKey(ctx.config.seed))
+  out = _task_reconstruction(ctx.task, params, task_state, images,
+                             jax.random.PRNGKey(ctx.config.seed))
   p, c = ctx.config.model.patch_size, ctx.config.data.channels
   grid = (images.shape[1] // p, images.shape[2] // p)
   to_img = lambda x: np.asarray(unpatchify(x, p, grid, c))

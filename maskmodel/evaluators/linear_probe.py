@@ -6,6 +6,8 @@ trained full-batch with AdamW.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,22 +22,25 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes, steps=500,
   d = xs.shape[1]
   params = {"w": jnp.zeros((d, num_classes)), "b": jnp.zeros((num_classes,))}
   del seed  # zero init and full-batch updates make this deterministic
-  tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=weight_decay)
-
-  def loss_fn(p, x, y):
-    logits = x @ p["w"] + p["b"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-  @jax.jit
-  def fit(params, x, y):
-    def step(carry, _):
-      p, s = carry
-      g = jax.grad(loss_fn)(p, x, y)
-      u, s = tx.update(g, s, p)
-      return (optax.apply_updates(p, u), s), None
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
-    return params
-
-  params = fit(params, jnp.asarray(xs), jnp.asarray(train_y))
+  params = _fit(params, jnp.asarray(xs), jnp.asarray(train_y), lr, weight_decay,
+                steps=steps)
   acc = lambda x, y: float(np.mean(np.asarray(x @ params["w"] + params["b"]).argmax(1) == y))
   return {"train_accuracy": acc(xs, train_y), "test_accuracy": acc(xt, test_y)}
+
+
+def _loss(p, x, y):
+  logits = x @ p["w"] + p["b"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+# Module level, with lr and weight decay as arguments, so that each eval
+# round reuses one compilation instead of jitting a new closure.
+@functools.partial(jax.jit, static_argnames="steps")
+def _fit(params, x, y, lr, weight_decay, *, steps):
+  tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=weight_decay)
+  def step(carry, _):
+    p, s = carry
+    u, s = tx.update(jax.grad(_loss)(p, x, y), s, p)
+    return (optax.apply_updates(p, u), s), None
+  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
+  return params

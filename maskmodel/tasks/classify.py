@@ -59,17 +59,12 @@ class ClassifyTask:
 
 def transfer_encoder(params, pretrained):
   """Copies every pretrained encoder leaf into `params`; the head stays new."""
-  missing = set(params) - set(pretrained) - {"head"}
-  if missing:
-    raise ValueError(f"pretrained encoder lacks {sorted(missing)}; was it "
-                     "trained with the same model config?")
-  def check(a, b):
-    if a.shape != b.shape:
-      raise ValueError(f"pretrained shape {b.shape} != model shape {a.shape}; "
-                       "the model config must match the pretraining run.")
-    return jnp.asarray(b, a.dtype)
-  out = dict(params)
-  for k in params:
-    if k != "head":
-      out[k] = jax.tree.map(check, params[k], pretrained[k])
-  return out
+  encoder = {k: v for k, v in params.items() if k != "head"}
+  pretrained = {k: v for k, v in pretrained.items() if k != "head"}
+  diff = checkpoint.shape_mismatch(pretrained, encoder)
+  if diff:
+    raise checkpoint.CheckpointError(
+        f"the encoder in task.init_from does not fit this model: {diff}. Use "
+        "the model config of the pretraining run.")
+  cast = lambda a, b: jnp.asarray(b, a.dtype)
+  return dict(params, **jax.tree.map(cast, encoder, pretrained))

@@ -1,0 +1,113 @@
+"""Evaluators: k-NN and linear-probe values on features whose answer is
+known, and a second eval round that compiles nothing."""
+import jax
+import numpy as np
+import pytest
+
+from conftest import SMOKE, load_config
+from maskmodel import evaluators, sharding, train
+from maskmodel.evaluators.knn import knn_accuracy
+from maskmodel.evaluators.linear_probe import linear_probe
+from maskmodel.tasks import get_task
+
+
+def _weighted_vote(train_x, train_y, x, k, temperature, num_classes):
+  """The k-NN prediction for one query, spelled out: cosine similarity, the
+  k most similar, each voting exp(s / T) for its class."""
+  cos = [float(t @ x / np.linalg.norm(t) / np.linalg.norm(x)) for t in train_x]
+  votes = np.zeros(num_classes)
+  for i in np.argsort(cos)[::-1][:k]:
+    votes[train_y[i]] += np.exp(cos[i] / temperature)
+  return int(votes.argmax())
+
+
+def test_knn_weights_votes_by_similarity():
+  # One class-0 neighbour very close to the query, two class-1 neighbours
+  # further away: the temperature-weighted vote picks 0, a plain majority 1.
+  angles = np.array([0.1, 0.5, 0.6, 2.5])
+  train_x = np.stack([np.cos(angles), np.sin(angles)], 1) * [[1.0], [3.0], [0.5], [2.0]]
+  train_y = np.array([0, 1, 1, 2])
+  query = np.array([[2.0, 0.0]])
+  kw = dict(num_classes=3, k=3)
+  assert knn_accuracy(train_x, train_y, query, np.array([0]), temperature=0.07, **kw) == 1.0
+  assert knn_accuracy(train_x, train_y, query, np.array([1]), temperature=10.0, **kw) == 1.0
+  # k=1: only the nearest votes.
+  assert knn_accuracy(train_x, train_y, query, np.array([0]), num_classes=3, k=1) == 1.0
+
+
+@pytest.mark.parametrize("k,temperature", [(1, 0.07), (5, 0.07), (5, 0.5), (40, 0.07)])
+def test_knn_matches_the_vote_computed_by_hand(k, temperature):
+  rng = np.random.default_rng(0)
+  train_x, train_y = rng.normal(size=(30, 6)), rng.integers(0, 4, 30)
+  test_x = rng.normal(size=(25, 6))
+  want = np.array([_weighted_vote(train_x, train_y, x, k, temperature, 4)
+                   for x in test_x])
+  kw = dict(num_classes=4, k=k, temperature=temperature)
+  assert knn_accuracy(train_x, train_y, test_x, want, **kw) == 1.0
+  # Labels right on exactly the first 10 queries: accuracy 10/25.
+  wrong = np.where(np.arange(25) < 10, want, (want + 1) % 4)
+  assert knn_accuracy(train_x, train_y, test_x, wrong, **kw) == pytest.approx(0.4)
+
+
+def test_linear_probe_separates_what_a_line_separates():
+  # x2 > 0 is class 0, but the class means differ mostly along x1, so the
+  # first gradient step from zero (the class-mean direction) gets ~96%;
+  # only a trained head finds the separating line.
+  rng = np.random.default_rng(0)
+  def data(n):
+    y = np.arange(n) % 2
+    x1 = np.where(y == 0, rng.uniform(5, 10, n), rng.uniform(-10, 10, n))
+    x2 = np.where(y == 0, rng.uniform(0.1, 1, n), rng.uniform(-1, -0.1, n))
+    return np.stack([x1, x2], 1).astype(np.float32), y
+  (xtr, ytr), (xte, yte) = data(100), data(100)
+  r = linear_probe(xtr, ytr, xte, yte, num_classes=2, steps=100, lr=0.1)
+  assert r == {"train_accuracy": 1.0, "test_accuracy": 1.0}
+
+
+def test_linear_probe_cannot_learn_xor():
+  # XOR of the signs: no line gets more than 3 of the 4 quadrants right.
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, size=(200, 2)).astype(np.float32)
+  y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int32)
+  r = linear_probe(x, y, x, y, num_classes=2, steps=200, lr=0.1)
+  assert r["train_accuracy"] < 0.8
+
+
+@pytest.mark.parametrize("config_path,names", [
+    (SMOKE, ("knn", "linear_probe", "reconstruction")),
+    ("configs/classify/mnist_vit_tiny.py:smoke", ("accuracy",)),
+])
+def test_second_eval_round_compiles_nothing(tmp_path, config_path, names):
+  config = load_config(config_path)
+  config.evals.batch_size = 16
+  config.evals.linear_probe.steps = 5
+  config.evals.reconstruction.num_images = 2
+  task = get_task(config)
+  train_src, test_src = train.sources(config)
+  train_src = [train_src[i] for i in range(40)]
+  test_src = [test_src[i] for i in range(20)]
+  spec = train.image_spec(config)
+  # Jitted: op by op, init compiles every layer's ops separately (seconds).
+  params, task_state = jax.jit(task.init)(
+      jax.random.PRNGKey(0), {"image": np.zeros((2, 28, 28, 1), np.float32)})
+  mesh = sharding.make_mesh()
+  # Two rounds' params, placed as the train loop places them.
+  rounds = [jax.device_put(p, sharding.replicated(mesh))
+            for p in (params, jax.tree.map(lambda p: p + 0.01, params))]
+  ctx = evaluators.Context(config, task, mesh, train_src, test_src, spec, str(tmp_path))
+
+  compiles = []
+  def on_event(event, duration, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  try:
+    with jax.set_mesh(mesh):
+      evaluators.run(ctx, names, rounds[0], task_state)
+      first = len(compiles)
+      evaluators.run(ctx, names, rounds[1], task_state)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_event)
+  assert first > 0  # the listener sees compilations
+  assert len(compiles) == first, f"round 2 compiled {len(compiles) - first} programs"
