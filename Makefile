@@ -1,12 +1,16 @@
 # Two entry points, each self-contained on a fresh machine with python3:
 #   make demo   installs everything into .venv and runs the main job
 #   make test   installs everything into .venv and runs the whole test suite
+# and the experiments' data, which neither of them needs:
+#   make data   installs Fashion-MNIST with apt-get (as root, or through sudo):
+#               Debian's dataset-fashion-mnist puts its four IDX files in
+#               /usr/share/datasets/fashion-mnist; does nothing if they are there
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/mae_mnist
 
-.PHONY: demo test install clean
+.PHONY: demo test install data clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +26,21 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+FASHION_MNIST_FILES := $(foreach f,train-images-idx3 train-labels-idx1 t10k-images-idx3 \
+    t10k-labels-idx1,$(FASHION_MNIST_DIR)/$(f)-ubyte.gz)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+
+# A fresh machine may have no package lists yet: update only if install fails.
+data:
+	@if ls $(FASHION_MNIST_FILES) >/dev/null 2>&1; then \
+	  echo "Fashion-MNIST is installed in $(FASHION_MNIST_DIR)"; \
+	else \
+	  $(APT) install -y dataset-fashion-mnist || \
+	    { $(APT) update && $(APT) install -y dataset-fashion-mnist; }; \
+	fi
 
 clean:
 	rm -rf $(VENV) workdirs

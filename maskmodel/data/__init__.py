@@ -1,4 +1,5 @@
-"""Data: sources (embedded, sklearn, TFDS, synthetic) and grain pipelines."""
+"""Data: sources (embedded, sklearn, Fashion-MNIST IDX, TFDS, synthetic) and grain
+pipelines."""
 from maskmodel.data.pipeline import (ImageSpec, eval_batches, train_dataset,
                                      train_iterator)
 from maskmodel.data.sources import DataError, get_source

