@@ -272,6 +272,7 @@ def test_compiled_paths_lower_for_gpu_and_tpu(platform, backend, custom_call):
   assert text.count(f"custom_call @{custom_call}") == 1
 
 
+@jax.default_matmul_precision("highest")  # No TF32 when run on a GPU.
 def test_xla_dot_product_attention_path_matches_reference():
   """The GPU `xla` branch (jax.nn.dot_product_attention) runs on CPU too."""
   q, k, v, bias, mask = _inputs(11, 2, 24, 24, 2, 32)
@@ -316,9 +317,15 @@ def test_auto_runs_the_kernel_only_where_validated(monkeypatch, validated):
       text = _lowered(fn, platform, *args)
       kernel = call is not None and platform in validated
       assert (call is not None and call in text) == kernel, (platform, fn)
-  np.testing.assert_array_equal(
-      attention(q, k, v, bias=bias, kv_mask=mask),
-      attention_reference(q, k, v, bias=bias, kv_mask=mask))
+  # f32 with a head dim above 64 stays on XLA (shared memory of sm_86/89).
+  wide = jnp.zeros((1, 16, 2, 80))
+  for dtype, kernel in ((jnp.float32, False), (jnp.bfloat16, True)):
+    text = _lowered(lambda q: attention(q, q, q), "cuda", wide.astype(dtype))
+    assert ("__gpu$xla.gpu.triton" in text) == (kernel and "cuda" in validated)
+  with jax.default_matmul_precision("highest"):  # No TF32 on a GPU.
+    np.testing.assert_allclose(
+        attention(q, k, v, bias=bias, kv_mask=mask),
+        attention_reference(q, k, v, bias=bias, kv_mask=mask), atol=F32_ATOL)
 
 
 def test_entry_points_lower_for_gpu_and_tpu_from_any_host():

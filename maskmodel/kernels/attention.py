@@ -137,6 +137,16 @@ def _xla_branches(causal, return_stats):
   return {None: branch(False), "cuda": branch(True)}
 
 
+def _auto_kernel(q) -> bool:
+  """Whether `auto` may pick the kernel for these inputs.
+
+  Not for f32 with a head dim above 64: compiled for GPUs with about 100 KiB
+  of shared memory per SM (sm_86, sm_89: A10, L4, RTX 30/40), those kernels
+  ask for 131,584 bytes. The H100 that validated the kernel has 228 KiB.
+  """
+  return q.dtype != jnp.float32 or q.shape[-1] <= 64
+
+
 def attention(q, k, v, *, bias=None, kv_mask=None, causal=False, impl="auto",
               return_stats=False):
   """Attention over `[B, N, H, D]` inputs; `impl` in auto|xla|pallas|interpret.
@@ -150,7 +160,8 @@ def attention(q, k, v, *, bias=None, kv_mask=None, causal=False, impl="auto",
       when lowered for a GPU), `pallas` (FlashAttention kernel compiled for
       GPU/TPU), `interpret` (same kernel, Pallas interpreter; runs on CPU),
       `auto` (`pallas` on the platforms in
-      `dispatch.VALIDATED_PLATFORMS["attention"]`, `xla` elsewhere).
+      `dispatch.VALIDATED_PLATFORMS["attention"]`, except f32 with a head
+      dim above 64; `xla` elsewhere).
     return_stats: also return `AttentionStats`; the statistics carry no
       gradient. The kernels compute them without an `[Nq, Nk]` buffer.
 
@@ -165,7 +176,8 @@ def attention(q, k, v, *, bias=None, kv_mask=None, causal=False, impl="auto",
     return lambda *args: per_device_batch(fn, *args)
 
   result = by_platform("attention", impl, (q, k, v, bias, kv_mask),
-                       kernel=kernel, xla=_xla_branches(causal, return_stats))
+                       kernel=kernel, xla=_xla_branches(causal, return_stats),
+                       auto_kernel=_auto_kernel(q))
   if not return_stats:
     return result
   out, cls_probs, key_mass = result
