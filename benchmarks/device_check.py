@@ -57,8 +57,6 @@ from maskmodel import sharding  # pylint: disable=g-import-not-at-top
 from maskmodel.kernels import (attention, attention_reference,  # pylint: disable=g-import-not-at-top
                                token_matching, token_matching_reference)
 from maskmodel.kernels import dispatch  # pylint: disable=g-import-not-at-top
-from maskmodel.tasks import get_task  # pylint: disable=g-import-not-at-top
-from maskmodel.train import initial_state, train_step  # pylint: disable=g-import-not-at-top
 
 import common  # pylint: disable=g-bad-import-order,g-import-not-at-top
 import kernels as kernel_bench  # pylint: disable=g-bad-import-order,g-import-not-at-top
@@ -302,20 +300,8 @@ def bf16_matmul_peak(size, reps):
 def mae_step_rate(args, attn_impl):
   """The loop's jitted MAE train step: ms per step and XLA's FLOPs."""
   config = _mae_config(args, attn_impl)
+  step, state, batch, _ = mae_step.jitted_train_step(config, args.mae_batch)
   mesh = sharding.make_mesh()
-  task = get_task(config)
-  size, ch = config.data.image_size, config.data.channels
-  rng = np.random.default_rng(0)
-  host_batch = {"image": rng.normal(size=(args.mae_batch, size, size, ch)
-                                    ).astype(np.float32),
-                "label": np.zeros((args.mae_batch,), np.int32)}
-  state, tx, schedule = initial_state(config, task, host_batch)
-  repl, data_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  state = jax.device_put(state, repl)
-  batch = sharding.shard_batch(host_batch, data_sharding)
-  step = jax.jit(functools.partial(train_step, task, tx, schedule),
-                 in_shardings=(repl, data_sharding),
-                 out_shardings=(repl, repl), donate_argnums=(0,))
   with jax.set_mesh(mesh):
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()

@@ -240,23 +240,31 @@ def memory_bound_floor(tx, state):
           "triad_gb_per_s": round(16 * n / triad_ms / 1e6, 1)}
 
 
-def main(args):
-  config = vit_b16_mae_config(args.batch)
+def jitted_train_step(config, batch_size):
+  """The loop's train step for `config`, jitted exactly as
+  `train_and_evaluate` jits it (shardings, donated state), with its initial
+  state and one batch of synthetic images on the devices."""
   mesh = sharding.make_mesh()
   mm.validate(config, mesh.size)
   task = get_task(config)
   size, ch = config.data.image_size, config.data.channels
   rng = np.random.default_rng(0)
-  host_batch = {"image": rng.normal(size=(args.batch, size, size, ch)).astype(np.float32),
-                "label": np.zeros((args.batch,), np.int32)}
+  host_batch = {"image": rng.normal(size=(batch_size, size, size, ch)).astype(np.float32),
+                "label": np.zeros((batch_size,), np.int32)}
   state, tx, schedule = initial_state(config, task, host_batch)
   repl, data_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   state = jax.device_put(state, repl)
   batch = sharding.shard_batch(host_batch, data_sharding)
-  # Built exactly as `train_and_evaluate` builds it.
   step_fn = jax.jit(functools.partial(train_step, task, tx, schedule),
                     in_shardings=(repl, data_sharding), out_shardings=(repl, repl),
                     donate_argnums=(0,))
+  return step_fn, state, batch, tx
+
+
+def main(args):
+  config = vit_b16_mae_config(args.batch)
+  step_fn, state, batch, tx = jitted_train_step(config, args.batch)
+  size, ch = config.data.image_size, config.data.channels
 
   options = dispatch.CPU_DOT_LIBRARIES[args.cpu_dots]
   t0 = time.perf_counter()

@@ -2,6 +2,7 @@
 bad value fail early with one line naming the fix."""
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from maskmodel.kernels import dispatch
@@ -48,7 +49,7 @@ def validate(config, num_devices: int):
   # The run executes on the default backend, which needs a compiled kernel.
   _require(impl != "pallas" or dispatch.kernel_backend() is not None,
            f"model.attn_impl='pallas' compiles for GPU or TPU, but this run's "
-           f"backend is {dispatch.jax.default_backend()!r}; use 'auto', 'xla' "
+           f"backend is {jax.default_backend()!r}; use 'auto', 'xla' "
            "or 'interpret' (the same kernel, interpreted).")
 
 
