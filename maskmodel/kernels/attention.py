@@ -141,8 +141,9 @@ def _auto_kernel(q) -> bool:
   """Whether `auto` may pick the kernel for these inputs.
 
   Not for f32 with a head dim above 64: compiled for GPUs with about 100 KiB
-  of shared memory per SM (sm_86, sm_89: A10, L4, RTX 30/40), those kernels
-  ask for 131,584 bytes. The H100 that validated the kernel has 228 KiB.
+  of shared memory per SM (sm_86, sm_89: A10, L4, RTX 30/40), ptxas reports
+  that those kernels ask for 131,584 bytes. The H100 that validated the
+  kernel has 228 KiB.
   """
   return q.dtype != jnp.float32 or q.shape[-1] <= 64
 
@@ -156,8 +157,8 @@ def attention(q, k, v, *, bias=None, kv_mask=None, causal=False, impl="auto",
     bias: optional `[B, Nk]` additive logit per key (differentiable).
     kv_mask: optional `[B, Nk]` bool, True = attend.
     causal: bottom-right aligned causal mask.
-    impl: `xla` (jnp reference; cuDNN through `jax.nn.dot_product_attention`
-      when lowered for a GPU), `pallas` (FlashAttention kernel compiled for
+    impl: `xla` (jnp reference; lowered for a GPU,
+      `jax.nn.dot_product_attention`, whose default is XLA), `pallas` (FlashAttention kernel compiled for
       GPU/TPU), `interpret` (same kernel, Pallas interpreter; runs on CPU),
       `auto` (`pallas` on the platforms in
       `dispatch.VALIDATED_PLATFORMS["attention"]`, except f32 with a head
