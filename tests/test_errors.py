@@ -33,7 +33,7 @@ def test_missing_config_file(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--config"], ["--config="],
-                                  ["--config", "--workdir", "/tmp/unused"]])
+                                  ["--config", "--workdir", "workdirs/unused"]])
 def test_config_without_a_file(args):
   proc = run_cli(*args)
   _assert_clean_error(proc, "--config needs a config file")
