@@ -25,6 +25,9 @@ EXTRAS = {
         "tensorflow-cpu==2.21.0",
         "array-record==0.8.6",
     ],
+    # Compile-only TPU devices (`maskmodel.aot`, tests/test_tpu_compile.py):
+    # the libtpu that jax[tpu] pins for this jax.
+    "aot": ["libtpu==0.0.42.1"],
     "test": [
         "pytest==9.2.0",
         "nbclient==0.11.0",

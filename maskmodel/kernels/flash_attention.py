@@ -315,6 +315,12 @@ def _key_spec(block: int, num_blocks: int, tiled: bool):
   return pl.BlockSpec((None, num_blocks, 1, block), lambda b, h, i: (b, 0, 0, 0))
 
 
+# The largest VMEM of any TPU generation (v5e, v6e: 128 MiB; v5p, TPU7x:
+# 64 MiB; v4: 16 MiB). A limit above a chip's VMEM is not an error there: the
+# program then fails only if it really needs more than the chip has.
+_MAX_VMEM_BYTES = 128 * 2**20
+
+
 def _compiler_params(cfg: _Config, head_dim: int, vmem_bytes: int):
   """Backend compiler parameters; `vmem_bytes` estimates Mosaic's residency."""
   if cfg.interpret:
@@ -326,7 +332,7 @@ def _compiler_params(cfg: _Config, head_dim: int, vmem_bytes: int):
   from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
   vmem_limit = None  # The default scoped limit suffices for short sequences.
   if vmem_bytes > 8 * 2**20:
-    vmem_limit = min(vmem_bytes + 16 * 2**20, 100 * 2**20)
+    vmem_limit = min(vmem_bytes + 16 * 2**20, _MAX_VMEM_BYTES)
   return pltpu.CompilerParams(
       dimension_semantics=("parallel", "parallel", "parallel"),
       vmem_limit_bytes=vmem_limit)
@@ -337,10 +343,13 @@ def _resident_vmem_bytes(tokens: int, dim: int, itemsize: int,
                          num_key_operands: int) -> int:
   """Double-buffered VMEM held by whole-sequence blocks on TPU.
 
-  In VMEM an `[N, 1]` f32 column occupies full 128-lane tiles, and a
+  VMEM holds arrays in (8 sublane x 128 lane) tiles: a `[N, D]` block with
+  D < 128 occupies full 128-lane rows (the compiler reports `f32[16384, 64]`
+  as 8 MiB, not 4), an `[N, 1]` f32 column full 128-lane tiles, and a
   `[N // b, 1, b]` key vector full 8-sublane tiles.
   """
-  per_buffer = (num_token_operands * tokens * dim * itemsize
+  lanes = -(-dim // 128) * 128
+  per_buffer = (num_token_operands * tokens * lanes * itemsize
                 + num_row_operands * tokens * 128 * 4
                 + num_key_operands * tokens * 8 * 4)
   return 2 * per_buffer
