@@ -1,5 +1,7 @@
 """The optax optimizer: AdamW, warmup + cosine schedule, gradient clipping,
-and layer-wise lr decay for fine-tuning (BEiT Sec. 2.4; MAE Appendix A.2)."""
+and a learning-rate multiplier per parameter from the task
+(`Task.param_labels`): layer-wise lr decay for fine-tuning (BEiT Sec. 2.4;
+MAE Appendix A.2), per-group rates, and frozen leaves (multiplier 0)."""
 from __future__ import annotations
 
 import jax
@@ -26,17 +28,34 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-def make_optimizer(config, params, layer_ids=None, num_layers=None):
-  """Returns `(tx, schedule)`. `layer_ids` (a tree like params) enables
-  layer-wise decay: the lr of layer i is scaled by decay**(num_layers - i)."""
+def layer_decay_scales(layer_ids, decay: float, num_layers: int):
+  """The lr multiplier of layer i: decay**(num_layers - i) (BEiT Sec. 2.4)."""
+  return jax.tree.map(lambda i: decay ** (num_layers - i), layer_ids)
+
+
+def make_optimizer(config, params, lr_scales=None):
+  """Returns `(tx, schedule)`.
+
+  `lr_scales` (a tree like params of floats, `Task.param_labels`) multiplies
+  each leaf's update; leaves at 0.0 are frozen: `optax.multi_transform`
+  gives them `set_to_zero`, so AdamW keeps no moments for them (a frozen
+  teacher costs no optimizer memory), and the gradient clip measures only
+  the trained leaves.
+  """
   o = config.optimizer
   schedule = lr_schedule(config)
   parts = []
   if o.grad_clip:
     parts.append(optax.clip_by_global_norm(o.grad_clip))
   parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2,
-                           weight_decay=o.weight_decay, mask=decay_mask(params)))
-  if o.layer_decay < 1.0 and layer_ids is not None:
-    scales = jax.tree.map(lambda i: o.layer_decay ** (num_layers - i), layer_ids)
-    parts.append(scale_by_tree(scales))
-  return optax.chain(*parts), schedule
+                           weight_decay=o.weight_decay, mask=decay_mask))
+  tx = optax.chain(*parts)
+  scales = jax.tree.leaves(lr_scales)
+  if 0.0 in scales:
+    labels = jax.tree.map(lambda s: "frozen" if s == 0.0 else "trained",
+                          lr_scales)
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
+                               labels)
+  if any(s not in (0.0, 1.0) for s in scales):
+    tx = optax.chain(tx, scale_by_tree(jax.tree.map(float, lr_scales)))
+  return tx, schedule

@@ -16,7 +16,6 @@ from maskmodel import checkpoint, config as config_lib, evaluators, optim, shard
 from maskmodel import data as data_lib
 from maskmodel import report as report_lib
 from maskmodel.metrics import MetricWriter
-from maskmodel.models import build
 from maskmodel.tasks import get_task
 
 
@@ -44,13 +43,16 @@ def sources(config):
 
 
 def train_step(task, tx, schedule, state, batch):
-  """One optimizer step; the per-step RNG is fold_in(rng, step)."""
-  rng = jax.random.fold_in(state["rng"], state["step"])
+  """One optimizer step; the per-step RNG is fold_in(rng, step). The task's
+  `after_update` sees the new params (`maskmodel/tasks/base.py`)."""
+  step = state["step"]
+  rng = jax.random.fold_in(state["rng"], step)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
   (_, (metrics, task_state)), grads = grad_fn(state["params"], state["task_state"],
-                                              batch, rng)
+                                              batch, rng, step)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
+  task_state = task.after_update(params, task_state, step)
   # The barrier gives the norm its own g * g. Shared with AdamW's second
   # moment (no gradient clip), XLA's CPU backend wrote that square out in
   # full and read it back (the ViT-B/16 MAE step in benchmarks/README.md).
@@ -61,18 +63,13 @@ def train_step(task, tx, schedule, state, batch):
   return new_state, metrics
 
 
-def make_optimizer(config, params):
-  layer_ids = None
-  if config.optimizer.layer_decay < 1.0:
-    layer_ids = build.vit_layer_ids(params, config.model.depth)
-  return optim.make_optimizer(config, params, layer_ids, config.model.depth + 1)
-
-
 def initial_state(config, task, example_batch):
+  """Fresh params, task state and optimizer; no pretrained weights yet
+  (`Task.load_pretrained` runs only when the run does not resume)."""
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   params, task_state = task.init(init_rng, example_batch)
-  tx, schedule = make_optimizer(config, params)
+  tx, schedule = optim.make_optimizer(config, params, task.param_labels(params))
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
            "opt_state": tx.init(params), "task_state": task_state, "rng": train_rng}
   return state, tx, schedule
@@ -128,6 +125,10 @@ def _train_and_evaluate(config, workdir, mesh):
     data_iter.set_state(data_state)
     writer.truncate_after(int(state["step"]))
     log(f"resumed from step {int(state['step'])} in {workdir}")
+  else:  # Pretrained weights only for a fresh run: a resume has its own.
+    params, task_state = task.load_pretrained(state["params"], state["task_state"])
+    state = jax.device_put(dict(state, params=params, task_state=task_state),
+                           repl)
   start = int(state["step"])
 
   step_fn = jax.jit(functools.partial(train_step, task, tx, schedule),

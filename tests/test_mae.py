@@ -39,12 +39,12 @@ def test_mae_task_loss_and_grads(smoke_config):
   pred, mask = task.predict(params, images, jax.random.PRNGKey(2))
   assert pred.shape == (4, 49, 16)
   assert float(mask.mask.sum()) == 4 * (49 - task.keep)
-  loss, (metrics, _) = task.loss(params, state, {"image": images}, jax.random.PRNGKey(2))
+  loss, (metrics, _) = task.loss(params, state, {"image": images}, jax.random.PRNGKey(2), 0)
   np.testing.assert_allclose(
       float(loss), float(masked_mse(pred, task.target(images), mask.mask)), rtol=1e-6)
   # Gradients reach both the decoder's mask token and the encoder.
   grads = jax.grad(lambda p: task.loss(p, state, {"image": images},
-                                       jax.random.PRNGKey(2))[0])(params)
+                                       jax.random.PRNGKey(2), 0)[0])(params)
   norms = jax.tree.map(lambda g: float(jnp.abs(g).sum()), grads)
   assert norms["decoder"]["mask_token"] > 0
   assert norms["encoder"]["patch_embed"]["kernel"] > 0

@@ -41,9 +41,10 @@ def test_layer_ids_and_layer_decay():
   c.optimizer.grad_clip = 0.0
   grads = jax.tree.map(jnp.ones_like, params)
   c.optimizer.layer_decay = 1.0
+  assert task.param_labels(params) is None
   tx0, _ = optim.make_optimizer(c, params)
   c.optimizer.layer_decay = 0.5
-  tx1, _ = optim.make_optimizer(c, params, ids, c.model.depth + 1)
+  tx1, _ = optim.make_optimizer(c, params, task.param_labels(params))
   u0, _ = tx0.update(grads, tx0.init(params), params)
   u1, _ = tx1.update(grads, tx1.init(params), params)
   ratio = jax.tree.map(lambda a, b: float(jnp.mean(b / a)), u0, u1)
@@ -51,6 +52,29 @@ def test_layer_ids_and_layer_decay():
   np.testing.assert_allclose(ratio["encoder"]["block_1"]["attn"]["proj"]["kernel"],
                              0.5 ** 2, rtol=1e-5)
   np.testing.assert_allclose(ratio["head"]["kernel"], 1.0, rtol=1e-5)
+
+
+def test_frozen_leaves_get_no_update_and_no_moments():
+  c = _cfg()
+  c.optimizer.warmup_steps, c.optimizer.grad_clip = 0, 1.0
+  c.optimizer.weight_decay = 0.0
+  params = {"student": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones((3,))},
+            "teacher": {"kernel": jnp.ones((4, 3))}}
+  scales = {"student": {"kernel": 1.0, "bias": 0.5}, "teacher": {"kernel": 0.0}}
+  tx, _ = optim.make_optimizer(c, params, scales)
+  opt_state = tx.init(params)
+  grads = jax.tree.map(lambda p: 3.0 * jnp.ones_like(p), params)
+  updates, _ = tx.update(grads, opt_state, params)
+  assert float(jnp.abs(updates["teacher"]["kernel"]).max()) == 0.0
+  assert float(jnp.abs(updates["student"]["kernel"]).min()) > 0.0
+  # The bias moves at half the kernel's rate: same gradient, no weight
+  # decay, and AdamW's first step is -lr per element for both.
+  np.testing.assert_allclose(updates["student"]["bias"],
+                             0.5 * updates["student"]["kernel"][0], rtol=1e-5)
+  # AdamW keeps moments for the 15 trained numbers only.
+  moments = sum(x.size for x in jax.tree.leaves(opt_state)
+                if getattr(x, "ndim", 0) > 0)
+  assert moments == 2 * 15, moments
 
 
 def test_weight_decay_only_on_matrices():

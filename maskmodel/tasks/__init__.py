@@ -1,7 +1,8 @@
-"""Tasks by name. A task gives `init(rng, batch) -> (params, state)` and
-`loss(params, state, batch, rng) -> (loss, (metrics, new_state))`; the loop
-knows nothing else about it."""
+"""Tasks by name. Each follows the contract of `base.py` (`init` and `loss`,
+plus the optional `after_update`, `param_labels`, `load_pretrained`); the
+loop knows nothing else about it."""
 from maskmodel.config import ConfigError
+from maskmodel.tasks.base import Task, TaskBase
 from maskmodel.tasks.classify import ClassifyTask
 from maskmodel.tasks.mae import MAETask
 

@@ -1,7 +1,10 @@
 """Supervised image classification with a ViT: fine-tuning or from scratch.
 
 With `task.init_from` set to an MAE workdir, the encoder starts from its last
-checkpoint (MAE Sec. 4, "fine-tuning"); the head starts at zero. With
+checkpoint (MAE Sec. 4, "fine-tuning"); the head starts at zero. That load
+is `load_pretrained`, which the loop skips when the run resumes from its own
+checkpoint. `optimizer.layer_decay < 1` scales each layer's learning rate
+(`param_labels`). With
 `model.token_reduction` the ViT merges or prunes tokens in training and in
 every eval alike.
 """
@@ -12,7 +15,9 @@ import jax.numpy as jnp
 import optax
 
 from maskmodel import checkpoint
+from maskmodel import optim
 from maskmodel.models import build
+from maskmodel.tasks.base import TaskBase
 
 
 def softmax_cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
@@ -20,22 +25,33 @@ def softmax_cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
   return optax.softmax_cross_entropy(logits, onehot).mean()
 
 
-class ClassifyTask:
-  """Task contract: `init`, `loss`, plus `logits` and `features` for evals."""
+class ClassifyTask(TaskBase):
+  """Task contract: `init`, `loss`, `load_pretrained`, `param_labels`, plus
+  `logits` and `features` for evals."""
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     build.grid(config)
     self.num_classes = config.data.num_classes
     self.model = build.vit(config.model, num_classes=self.num_classes,
                            num_tokens=build.num_tokens(config))
 
   def init(self, rng, batch):
-    params = self.model.init(rng, batch["image"])["params"]
+    return self.model.init(rng, batch["image"])["params"], {}
+
+  def load_pretrained(self, params, state):
     if self.config.task.init_from:
       pretrained = checkpoint.load_encoder_params(self.config.task.init_from)
       params = transfer_encoder(params, pretrained)
-    return params, {}
+    return params, state
+
+  def param_labels(self, params):
+    """Layer-wise lr decay over the ViT's depth, when configured."""
+    o, depth = self.config.optimizer, self.config.model.depth
+    if o.layer_decay >= 1.0:
+      return None
+    return optim.layer_decay_scales(build.vit_layer_ids(params, depth),
+                                    o.layer_decay, depth + 1)
 
   def logits(self, params, state, images):
     del state
@@ -48,8 +64,8 @@ class ClassifyTask:
   def encoder_params(self, params):
     return {k: v for k, v in params.items() if k != "head"}
 
-  def loss(self, params, state, batch, rng):
-    del rng
+  def loss(self, params, state, batch, rng, step):
+    del rng, step
     logits = self.logits(params, state, batch["image"])
     loss = softmax_cross_entropy(logits, batch["label"], self.num_classes,
                                  self.config.task.label_smoothing)

@@ -22,6 +22,7 @@ from maskmodel import masking
 from maskmodel.models import build
 from maskmodel.models.mae import MAEDecoder, MaskedAutoencoder
 from maskmodel.models.patches import patchify
+from maskmodel.tasks.base import TaskBase
 
 
 def normalized_pixel_target(patches, eps=1e-6):
@@ -37,11 +38,11 @@ def masked_mse(pred, target, mask):
   return (per_patch * mask).sum() / mask.sum()
 
 
-class MAETask:
+class MAETask(TaskBase):
   """Task contract: `init`, `loss`, plus `features` and `reconstruct` for evals."""
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     m, t = config.model, config.task
     self.grid = build.grid(config)
     self.patch_dim = m.patch_size**2 * config.data.channels
@@ -79,7 +80,8 @@ class MAETask:
     target = patchify(images, self.config.model.patch_size)
     return normalized_pixel_target(target) if self.norm_pix_loss else target
 
-  def loss(self, params, state, batch, rng):
+  def loss(self, params, state, batch, rng, step):
+    del step
     pred, mask = self.predict(params, batch["image"], rng)
     loss = masked_mse(pred, self.target(batch["image"]), mask.mask)
     return loss, ({"loss": loss}, state)

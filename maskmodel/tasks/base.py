@@ -1,0 +1,58 @@
+"""The task contract: everything the one train/eval loop asks of a method.
+
+A task is an object built from the config (`tasks.get_task`). It must give
+
+- `init(rng, batch) -> (params, state)`: fresh params and task state (EMA
+  teachers, codebooks, frozen tokenizers: anything the loop carries and
+  checkpoints but the optimizer does not update).
+- `loss(params, state, batch, rng, step) -> (loss, (metrics, state))`: `step`
+  is the index of the optimizer step being taken (0 for the first), for
+  schedules of momentum, mask difficulty or weight decay.
+
+and may override the defaults of `TaskBase`:
+
+- `after_update(params, state, step) -> state`: runs inside the jitted step,
+  after the optimizer has applied step `step`, with the new params (EMA
+  teachers, momentum schedules, online codebooks).
+- `param_labels(params) -> tree of floats, or None`: a learning-rate
+  multiplier per parameter leaf; 0.0 freezes a leaf (its update is zero and
+  the optimizer keeps no state for it), other values scale its update
+  (per-group learning rates, layer-wise decay). None: every leaf at 1.0.
+- `load_pretrained(params, state) -> (params, state)`: called once, only
+  when the run does not resume from its own checkpoint, so a fine-tune
+  resumes even when the pretraining workdir is gone.
+
+Evaluation hooks (`features`, `logits`, `reconstruct`, `encoder_params`) are
+read by `maskmodel.evaluators` where a task has them.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Task(Protocol):
+  """The two methods every task writes; see the module docstring."""
+
+  def init(self, rng, batch) -> tuple[Any, Any]:
+    ...
+
+  def loss(self, params, state, batch, rng, step):
+    ...
+
+
+class TaskBase:
+  """Defaults for the optional methods of the contract."""
+
+  def __init__(self, config):
+    self.config = config
+
+  def after_update(self, params, state, step):
+    del params, step
+    return state
+
+  def param_labels(self, params):
+    del params
+    return None
+
+  def load_pretrained(self, params, state):
+    return params, state
