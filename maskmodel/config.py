@@ -103,6 +103,9 @@ def base_config():
   c.evals.names = ("knn",)
   c.evals.batch_size = 256
   c.evals.compare_random_init = False
+  # The feature evals (k-NN, linear probe) also run once on raw pixels at the
+  # end. Off only where the split's pixels do not fit in host memory.
+  c.evals.compare_pixels = True
   c.evals.knn = dict(every=0, k=20)
   c.evals.linear_probe = dict(every=0, steps=500, lr=1e-2)
   c.evals.accuracy = dict(every=0)

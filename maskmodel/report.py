@@ -6,8 +6,33 @@ import os
 from maskmodel.evaluators.plots import loss_curve
 
 
-def write(workdir, config, final: dict, baseline: dict, *, train_seconds: float,
+# Column titles of the baselines, in the order the table shows them.
+BASELINES = {"random_init": "random init", "pixels": "raw pixels"}
+_EVAL_NAMES = {"knn_accuracy": "k-NN", "linear_probe_accuracy": "linear probe"}
+
+
+def pixels_verdicts(final: dict, pixels: dict) -> list[str]:
+  """One sentence per metric with a raw-pixel value: who wins, with numbers.
+
+  Every pixel metric is an accuracy, so higher is better.
+  """
+  out = []
+  for k, p in pixels.items():
+    if k not in final:
+      continue
+    name, t = _EVAL_NAMES.get(k, k), final[k]
+    if p > t:
+      out.append(f"Raw pixels beat the trained encoder on {name} ({p:.4f} vs {t:.4f}).")
+    elif t > p:
+      out.append(f"The trained encoder beats raw pixels on {name} ({t:.4f} vs {p:.4f}).")
+    else:
+      out.append(f"The trained encoder and raw pixels tie on {name} ({t:.4f}).")
+  return out
+
+
+def write(workdir, config, final: dict, baselines: dict, *, train_seconds: float,
           steps_run: int):
+  """`baselines` maps a key of BASELINES to that baseline's eval metrics."""
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   loss_curve(metrics_path, os.path.join(workdir, "loss_curve.png"))
   lines = [
@@ -21,14 +46,16 @@ def write(workdir, config, final: dict, baseline: dict, *, train_seconds: float,
       "## Evaluation",
       "",
   ]
-  if baseline:
-    lines += ["| metric | trained | random init |", "|---|---|---|"]
-    for k, v in final.items():
-      b = f"{baseline[k]:.4f}" if k in baseline else "-"
-      lines.append(f"| {k} | {v:.4f} | {b} |")
-  else:
-    lines += ["| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in final.items()]
+  cols = [b for b in BASELINES if baselines.get(b)]
+  lines += ["| metric | " + " | ".join(["trained"] + [BASELINES[b] for b in cols]) + " |",
+            "|---|---|" + "---|" * len(cols)]
+  for k, v in final.items():
+    row = [f"{v:.4f}"] + [f"{baselines[b][k]:.4f}" if k in baselines[b] else "-"
+                          for b in cols]
+    lines.append(f"| {k} | " + " | ".join(row) + " |")
+  verdicts = pixels_verdicts(final, baselines.get("pixels", {}))
+  if verdicts:
+    lines += [""] + verdicts
   lines += ["", "![loss curve](loss_curve.png)", ""]
   if os.path.exists(os.path.join(workdir, "reconstructions.png")):
     lines += ["![original / masked / reconstructed](reconstructions.png)", ""]

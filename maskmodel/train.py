@@ -84,8 +84,9 @@ def _fmt_time(seconds):
 def train_and_evaluate(config, workdir):
   """Runs (or resumes) the run described by `config` in `workdir`.
 
-  Returns {"final": eval metrics, "random_init": the same evals of the
-  initial params (when `evals.compare_random_init`), "state": train state}.
+  Returns {"final": eval metrics, "random_init": the feature evals of the
+  initial params (when `evals.compare_random_init`), "pixels": the feature
+  evals on raw pixels (when `evals.compare_pixels`), "state": train state}.
   On a preemption notice (SIGTERM) it checkpoints the step it is at and
   raises `Preempted`.
   """
@@ -170,17 +171,26 @@ def _train_and_evaluate(config, workdir, mesh):
   ckpt.wait()
   train_seconds = time.time() - t_start
 
-  final = evaluators.run(ctx, evaluators.due(config, total, final=True),
-                         state["params"], state["task_state"])
-  writer.write(total, {f"eval/{k}": v for k, v in final.items()})
+  final_names = evaluators.due(config, total, final=True)
+  final = evaluators.run(ctx, final_names, state["params"], state["task_state"])
   log("final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
-  baseline = {}
-  if config.evals.compare_random_init:
-    names = [n for n in config.evals.names if n in evaluators.FEATURE_EVALUATORS]
-    baseline = evaluators.run(ctx, names, init_params, state["task_state"])
-    log("random init: " + ", ".join(f"{k}={v:.4f}" for k, v in baseline.items()))
+  # The feature evals again on what the trained encoder has to beat: the same
+  # encoder at init, and the raw pixels with no encoder at all.
+  feature_names = [n for n in final_names if n in evaluators.FEATURE_EVALUATORS]
+  baselines = {}
+  if feature_names and config.evals.compare_random_init:
+    baselines["random_init"] = evaluators.run(ctx, feature_names, init_params,
+                                              state["task_state"])
+  if feature_names and config.evals.compare_pixels:
+    baselines["pixels"] = evaluators.run_on_pixels(ctx, feature_names)
+  for name, values in baselines.items():
+    log(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
+  writer.write(total, {**{f"eval/{k}": v for k, v in final.items()},
+                       **{f"{name}/{k}": v for name, values in baselines.items()
+                          for k, v in values.items()}})
   writer.close()
   if jax.process_index() == 0:
-    report_lib.write(workdir, config, final, baseline,
+    report_lib.write(workdir, config, final, baselines,
                      train_seconds=train_seconds, steps_run=total - start)
-  return {"final": final, "random_init": baseline, "state": state}
+  return {"final": final, "random_init": baselines.get("random_init", {}),
+          "pixels": baselines.get("pixels", {}), "state": state}

@@ -21,11 +21,14 @@ def test_main_job_writes_report(tmp_path):
   train = [r for r in recs if "train/loss" in r]
   assert [r["step"] for r in train] == [5, 10, 12]
   final = recs[-1]
-  for k in ("eval/knn_accuracy", "eval/linear_probe_accuracy"):
-    assert 0.0 <= final[k] <= 1.0
+  # The feature evals of the trained encoder, of its init and of raw pixels.
+  for prefix in ("eval", "random_init", "pixels"):
+    for k in ("knn_accuracy", "linear_probe_accuracy"):
+      assert 0.0 <= final[f"{prefix}/{k}"] <= 1.0
   report = (wd / "report.md").read_text()
-  assert "| knn_accuracy |" in report and "random init" in report
-  assert "| linear_probe_accuracy |" in report
+  assert "| metric | trained | random init | raw pixels |" in report
+  assert "| knn_accuracy |" in report and "| linear_probe_accuracy |" in report
+  assert "raw pixels on k-NN" in report or "the trained encoder on k-NN" in report
   # 12 steps with checkpoint_every=10: steps 10 and 12 are kept.
   steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == [10, 12]

@@ -1,11 +1,13 @@
 """Evaluators: k-NN and linear-probe values on features whose answer is
-known, and a second eval round that compiles nothing."""
+known, the raw-pixel baseline on images whose answer is known, and a second
+eval round that compiles nothing."""
 import jax
 import numpy as np
 import pytest
 
 from conftest import SMOKE, load_config
-from maskmodel import evaluators, sharding, train
+from maskmodel import config as mm_config, evaluators, sharding, train
+from maskmodel.evaluators import features as features_lib
 from maskmodel.evaluators.knn import knn_accuracy
 from maskmodel.evaluators.linear_probe import linear_probe
 from maskmodel.tasks import get_task
@@ -111,3 +113,48 @@ def test_second_eval_round_compiles_nothing(tmp_path, config_path, names):
     jax.monitoring.unregister_event_duration_listener(on_event)
   assert first > 0  # the listener sees compilations
   assert len(compiles) == first, f"round 2 compiled {len(compiles) - first} programs"
+
+
+# 2x2 one-channel digits-to-be, normalized with mean = std = 0.5, so pixel 0
+# becomes -1 and 255 becomes +1.
+_TOP, _BOTTOM, _LEFT = ([[255, 255], [0, 0]], [[0, 0], [255, 255]],
+                        [[255, 0], [255, 0]])
+
+
+def _records(images_and_labels):
+  return [{"image": np.asarray(im, np.uint8)[..., None], "label": np.int32(y)}
+          for im, y in images_and_labels]
+
+
+def _pixel_context(tmp_path, train_src, test_src):
+  config = mm_config.base_config()
+  config.data.image_size, config.data.num_classes = 2, 3
+  config.data.mean, config.data.std = (0.5,), (0.5,)
+  config.evals.batch_size = 2  # smaller than a split: padding is dropped
+  spec = train.image_spec(config)
+  return evaluators.Context(config, None, sharding.make_mesh(), train_src,
+                            test_src, spec, str(tmp_path))
+
+
+def test_pixel_features_are_the_flattened_normalized_pixels(tmp_path):
+  src = _records([(_TOP, 0), (_BOTTOM, 1), (_LEFT, 2)])
+  ctx = _pixel_context(tmp_path, src, src)
+  feats, labels = features_lib.extract(features_lib.pixels, src, batch_size=2,
+                                       spec=ctx.spec, mesh=ctx.mesh)
+  np.testing.assert_array_equal(feats, [[1, 1, -1, -1], [-1, -1, 1, 1],
+                                        [1, -1, 1, -1]])
+  np.testing.assert_array_equal(labels, [0, 1, 2])
+
+
+def test_pixel_baseline_scores_the_pixels_of_each_split(tmp_path):
+  # One training image per class; the test split repeats them and adds a
+  # top-bright image labelled 1. Its pixels equal the class-0 image's, so
+  # both k-NN and the probe call it 0: 3 of 4 right, for both evaluators.
+  train_src = _records([(_TOP, 0), (_BOTTOM, 1), (_LEFT, 2)])
+  test_src = _records([(_TOP, 0), (_BOTTOM, 1), (_LEFT, 2), (_TOP, 1)])
+  ctx = _pixel_context(tmp_path, train_src, test_src)
+  with jax.set_mesh(ctx.mesh):
+    got = evaluators.run_on_pixels(ctx, ["knn", "linear_probe", "reconstruction"])
+  # Only the feature evaluators have a pixel baseline.
+  assert got == {"knn_accuracy": 0.75, "linear_probe_accuracy": 0.75}
+  assert evaluators.run_on_pixels(ctx, ["accuracy"]) == {}

@@ -53,13 +53,17 @@ def _task_reconstruction(task, params, task_state, images, rng):
   return task.reconstruct(params, task_state, images, rng)
 
 
+def _extract(ctx, feature_fn):
+  """(train, test) features of `feature_fn`, the value of cache["features"]."""
+  kw = dict(batch_size=ctx.config.evals.batch_size, spec=ctx.spec, mesh=ctx.mesh)
+  return (features_lib.extract(feature_fn, ctx.train_source, **kw),
+          features_lib.extract(feature_fn, ctx.test_source, **kw))
+
+
 def _features(ctx, params, task_state, cache):
   if "features" not in cache:
-    fn = functools.partial(_task_features, ctx.task, params, task_state)
-    bs = ctx.config.evals.batch_size
-    cache["features"] = (
-        features_lib.extract(fn, ctx.train_source, batch_size=bs, spec=ctx.spec, mesh=ctx.mesh),
-        features_lib.extract(fn, ctx.test_source, batch_size=bs, spec=ctx.spec, mesh=ctx.mesh))
+    cache["features"] = _extract(
+        ctx, functools.partial(_task_features, ctx.task, params, task_state))
   return cache["features"]
 
 
@@ -132,8 +136,21 @@ def due(config, step: int, final: bool):
   return names
 
 
-def run(ctx, names, params, task_state):
-  cache, out = {}, {}
+def run(ctx, names, params, task_state, cache=None):
+  cache = {} if cache is None else cache
+  out = {}
   for name in names:
     out.update(EVALUATORS[name](ctx, params, task_state, cache))
   return out
+
+
+def run_on_pixels(ctx, names):
+  """The feature evaluators among `names`, on the flattened, normalized
+  pixels of the same train/test split instead of an encoder's features: the
+  baseline a learned representation has to beat (DESIGN.md, Baselines)."""
+  names = [n for n in names if n in FEATURE_EVALUATORS]
+  if not names:
+    return {}
+  # With the cache filled, knn and linear_probe read pixels, not features.
+  cache = {"features": _extract(ctx, features_lib.pixels)}
+  return run(ctx, names, None, None, cache)

@@ -1,6 +1,7 @@
 """Frozen-feature extraction over a whole split."""
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from maskmodel import sharding
@@ -19,3 +20,14 @@ def extract(feature_fn, source, *, batch_size, spec, mesh):
     feats.append(sharding.to_host(feature_fn(images))[:n_valid])
     labels.append(batch["label"][:n_valid])
   return np.concatenate(feats).astype(np.float32), np.concatenate(labels)
+
+
+@jax.jit
+def pixels(images):
+  """The input itself, flattened: [B, H, W, C] -> [B, H*W*C].
+
+  The no-encoder baseline. Images arrive as the evals see them (resized,
+  cropped, normalized), so an encoder and its pixels are scored on the same
+  input.
+  """
+  return images.reshape(images.shape[0], -1)
