@@ -53,6 +53,7 @@ SPEC = "experiment.json"
 PACKAGE_PARENT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = PACKAGE_PARENT / "experiments"
 REQUIRED = ("name", "claim", "command", "results", "metrics", "verdict")
+OPTIONAL = ("time", "record")
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
@@ -88,6 +89,10 @@ def load(folder: pathlib.Path) -> Experiment:
     raise ExperimentError(f"{path} has no field {', '.join(map(repr, missing))}; "
                           f"an experiment needs {', '.join(REQUIRED)} "
                           "(see maskmodel/experiments.py).")
+  unknown = sorted(set(spec) - set(REQUIRED) - set(OPTIONAL))
+  if unknown:
+    raise ExperimentError(f"{path}: unknown field {', '.join(map(repr, unknown))}; "
+                          f"the fields are {', '.join(REQUIRED + OPTIONAL)}.")
   for k in ("name", "claim", "command", "results"):
     if not isinstance(spec[k], str) or not spec[k].strip():
       raise ExperimentError(f"{path}: field {k!r} must be a non-empty string.")
@@ -108,8 +113,11 @@ def load(folder: pathlib.Path) -> Experiment:
                             'number \'tolerance\', e.g. {"path": ["rows", 0, '
                             '"accuracy"], "tolerance": 0.02}.')
     metrics[name] = (m["path"], float(m["tolerance"]))
+  if not isinstance(spec["verdict"], list) or not spec["verdict"]:
+    raise ExperimentError(f"{path}: verdict must be a non-empty list of "
+                          "comparisons, e.g. [\"knn > knn_random_init\"].")
   verdict = []
-  for text in spec["verdict"] if isinstance(spec["verdict"], list) else [None]:
+  for text in spec["verdict"]:
     parts = text.split() if isinstance(text, str) else []
     if len(parts) != 3 or parts[1] not in OPS:
       raise ExperimentError(f"{path}: verdict {text!r} is not 'a OP b' with OP "

@@ -150,6 +150,8 @@ def test_unknown_experiment_names_the_known_ones(tmp_path, capsys):
     (None, ["is not valid JSON"]),
     ({"claim": None}, ["has no field 'claim'", "needs name, claim, command"]),
     ({"verdict": ["accuracy >> baseline"]}, ["is not 'a OP b'"]),
+    ({"verdict": []}, ["verdict must be a non-empty list"]),
+    ({"tolerence": 0.1}, ["unknown field 'tolerence'"]),
     ({"verdict": ["accuracy > speed"]}, ["names 'speed', which is not a metric"]),
     ({"metrics": {"accuracy": {"path": ["scores"]}}}, ["'accuracy' needs", "'tolerance'"]),
     ({"name": "renamed"}, ["is not the folder's name 'fake'"]),
