@@ -262,7 +262,8 @@ def run_command(exp: Experiment, out: pathlib.Path, cwd: pathlib.Path):
 
 def compare(exp: Experiment, new: dict, old: dict):
   """Per-metric table lines and the names outside their tolerance."""
-  lines = [f"{'metric':32s} {'recorded':>9s} {'new':>9s} {'diff':>9s} "
+  w = max(map(len, exp.metrics))
+  lines = [f"{'metric':{w}s} {'recorded':>9s} {'new':>9s} {'diff':>9s} "
            f"{'tolerance':>9s}"]
   outside = []
   for name, (_, tol) in exp.metrics.items():
@@ -270,7 +271,7 @@ def compare(exp: Experiment, new: dict, old: dict):
     ok = abs(diff) <= tol + 1e-12
     if not ok:
       outside.append(f"{name} {diff:+.4f}")
-    lines.append(f"{name:32s} {old[name]:9.4f} {new[name]:9.4f} {diff:+9.4f} "
+    lines.append(f"{name:{w}s} {old[name]:9.4f} {new[name]:9.4f} {diff:+9.4f} "
                  f"{tol:9.4f}  {'ok' if ok else 'OUTSIDE'}")
   return lines, outside
 
@@ -322,8 +323,9 @@ def cmd_run(exp: Experiment, args, repo: pathlib.Path):
       print(f"check passed: {exp.name}: all {len(new)} metrics within tolerance, "
             f"verdict {was} as recorded")
   else:
+    w = max(map(len, new))
     for name, value in new.items():
-      print(f"{name:32s} {value:9.4f}")
+      print(f"{name:{w}s} {value:9.4f}")
     print(f"verdict: {verdict_word(holds)} ({why})")
   if args.record:
     for f in exp.record:

@@ -198,3 +198,12 @@ def test_report_md_is_read_by_its_table(tmp_path):
   assert experiments.read_results(report) == {
       "knn_accuracy": {"trained": 0.74, "random init": 0.473},
       "reconstruction_mse_pixels": {"trained": 0.2615, "random init": "-"}}
+
+
+def test_selector_picks_exactly_one_entry():
+  rows = {"rows": [{"method": "topk", "prop_attn": True, "accuracy": 0.83},
+                   {"method": "topk", "prop_attn": False, "accuracy": 0.82}]}
+  assert experiments.lookup(rows, ["rows", {"method": "topk", "prop_attn": False},
+                                   "accuracy"], "x") == 0.82
+  with pytest.raises(experiments.ExperimentError, match="2 entries match"):
+    experiments.lookup(rows, ["rows", {"method": "topk"}, "accuracy"], "x")
