@@ -63,12 +63,22 @@ def train_step(task, tx, schedule, state, batch):
   return new_state, metrics
 
 
+def _own_buffers(params, task_state):
+  """Task state that reuses a params array (an EMA teacher that starts as
+  the student) gets its own copy: the step donates params and state, and one
+  buffer cannot be donated twice."""
+  ids = {id(x) for x in jax.tree.leaves(params)}
+  return jax.tree.map(lambda x: jnp.copy(x) if id(x) in ids else x,
+                      task_state)
+
+
 def initial_state(config, task, example_batch):
   """Fresh params, task state and optimizer; no pretrained weights yet
   (`Task.load_pretrained` runs only when the run does not resume)."""
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   params, task_state = task.init(init_rng, example_batch)
+  task_state = _own_buffers(params, task_state)
   tx, schedule = optim.make_optimizer(config, params, task.param_labels(params))
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
            "opt_state": tx.init(params), "task_state": task_state, "rng": train_rng}
@@ -128,7 +138,8 @@ def _train_and_evaluate(config, workdir, mesh):
     log(f"resumed from step {int(state['step'])} in {workdir}")
   else:  # Pretrained weights only for a fresh run: a resume has its own.
     params, task_state = task.load_pretrained(state["params"], state["task_state"])
-    state = jax.device_put(dict(state, params=params, task_state=task_state),
+    state = jax.device_put(dict(state, params=params,
+                                task_state=_own_buffers(params, task_state)),
                            repl)
   start = int(state["step"])
 

@@ -1,5 +1,6 @@
 """The main job end to end through the CLI, at smoke size."""
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -52,3 +53,12 @@ def test_finetune_from_mae_checkpoint(tmp_path):
   for key in mae:  # a random init is 0.07 to 0.7 off in each of these
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-3),
                  tuned[key], mae[key])
+  # The pretraining workdir is gone: the fine-tune still resumes from its
+  # own checkpoint, since init_from is read only by a fresh run.
+  shutil.rmtree(pre)
+  proc = run_cli("--config", "configs/classify/mnist_vit_tiny.py:smoke",
+                 "--workdir", str(ft), f"--config.task.init_from={pre}",
+                 "--config.total_steps=2", "--config.optimizer.warmup_steps=0",
+                 "--config.optimizer.lr=1e-3", "--config.evals.names=()")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed from step 1" in proc.stdout
