@@ -6,6 +6,9 @@ VMEM allocator included, so a kernel that needs more VMEM than a chip has
 fails here as it would there. The longest sequences come from
 `python benchmarks/tpu_compile.py` (`benchmarks/results/tpu_compile.json`).
 """
+import pathlib
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -14,7 +17,7 @@ pytest.importorskip("libtpu", reason="compile-only TPU checks need libtpu: "
                     "pip install -e '.[aot]'")
 
 from maskmodel import aot  # pylint: disable=g-import-not-at-top
-from maskmodel.kernels import attention, token_matching  # pylint: disable=g-import-not-at-top
+from maskmodel.kernels import token_matching  # pylint: disable=g-import-not-at-top
 
 # Longest N whose attention gradient (D = 64, bf16) compiles; 2N does not:
 # K and V (Q and dO in the backward) stay whole in VMEM.
@@ -22,18 +25,11 @@ LONGEST_BF16 = {"v4": 4096, "v5e": 32768, "v5p": 16384, "v6e": 32768,
                 "tpu7x": 16384}
 
 
-def _attention_grad(q, k, v, bias):
-  def loss(q, k, v, bias):
-    out, stats = attention(q, k, v, bias=bias, impl="pallas",
-                           return_stats=True)
-    return (out.astype(jnp.float32).sum() + stats.cls_probs.sum()
-            + stats.key_mass.sum())
-  return jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias)
-
-
-def _args(batch, n, heads, dim, dtype):
-  q = jax.ShapeDtypeStruct((batch, n, heads, dim), dtype)
-  return q, q, q, jax.ShapeDtypeStruct((batch, n), jnp.float32)
+sys.path.append(str(pathlib.Path(__file__).resolve().parents[1]
+                       / "benchmarks"))
+# The same programs as the compile table: forward, statistics, gradients.
+from tpu_compile import attention_args as _args  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tpu_compile import attention_grad as _attention_grad  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.mark.parametrize("generation", sorted(aot.TPU_TOPOLOGIES))
