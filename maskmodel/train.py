@@ -165,7 +165,7 @@ def _train_and_evaluate(config, workdir, mesh):
         writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
         log(f"step {step}/{total}  loss {float(metrics['loss']):.4f}  "
             f"{rate:.1f} steps/s  ETA {_fmt_time((total - step) / max(rate, 1e-9))}")
-      names = evaluators.due(config, step, final=False) if step < total else []
+      names = evaluators.due(config, step, final=False, task=task) if step < total else []
       if names:
         results = evaluators.run(ctx, names, state["params"], state["task_state"])
         writer.write(step, {f"eval/{k}": v for k, v in results.items()})
@@ -182,7 +182,7 @@ def _train_and_evaluate(config, workdir, mesh):
   ckpt.wait()
   train_seconds = time.time() - t_start
 
-  final_names = evaluators.due(config, total, final=True)
+  final_names = evaluators.due(config, total, final=True, task=task)
   final = evaluators.run(ctx, final_names, state["params"], state["task_state"])
   log("final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
   # The feature evals again on what the trained encoder has to beat: the same

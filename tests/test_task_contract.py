@@ -1,8 +1,8 @@
 """The task contract of `maskmodel/tasks/base.py`, through the one loop.
 
 A toy task uses every optional hook: an EMA teacher updated in
-`after_update`, a frozen subtree (`param_labels`), and the step passed to
-`loss`. It must train in the real loop, on 8 simulated devices, resume
+`after_update`, a frozen subtree (`param_labels`), the step passed to
+`loss`, and an evaluator of its own (`evaluators`). It must train in the real loop, on 8 simulated devices, resume
 bit-exactly, and never move its frozen leaves.
 """
 import os
@@ -13,6 +13,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import ROOT, SMOKE, load_config
 from maskmodel import train
@@ -47,11 +48,18 @@ class EMATeacherTask(TaskBase):
   def param_labels(self, params):
     return {"student": 1.0, "frozen": 0.0}
 
+  def evaluators(self):
+    def teacher_gap(ctx, params, state, cache):
+      del ctx, cache
+      gap = jnp.abs(state["teacher"] - params["student"]).max()
+      return {"teacher_gap": float(gap)}
+    return {"teacher_gap": teacher_gap}
+
 
 def _toy_config():
   c = load_config(SMOKE)
   c.task.name = "toy_ema"
-  c.evals.names = ()
+  c.evals.names = ("teacher_gap",)  # The task's own evaluator.
   c.optimizer.warmup_steps = 0
   return c
 
@@ -97,8 +105,9 @@ RESUME_SCRIPT = textwrap.dedent("""
     config = _toy_config()
     config.total_steps, config.checkpoint_every = 6, 3
     workdir = sys.argv[1]
-    first = train.train_and_evaluate(config, workdir)["state"]
-    first = jax.device_get(first)
+    result = train.train_and_evaluate(config, workdir)
+    assert 0 < result["final"]["teacher_gap"] < 1, result["final"]
+    first = jax.device_get(result["state"])
     # Drop the last checkpoint: the rerun resumes from step 3.
     shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
     again = jax.device_get(train.train_and_evaluate(config, workdir)["state"])
@@ -111,6 +120,20 @@ RESUME_SCRIPT = textwrap.dedent("""
     assert int(again["task_state"]["steps_seen"]) == 6
     print("OK")
 """)
+
+
+def test_unknown_or_clashing_evaluator_names():
+  from maskmodel import evaluators  # pylint: disable=g-import-not-at-top
+  from maskmodel.config import ConfigError  # pylint: disable=g-import-not-at-top
+  config = _toy_config()
+  task = EMATeacherTask(config)
+  assert evaluators.due(config, 1, final=True, task=task) == ["teacher_gap"]
+  config.evals.names = ("teacher_gapp",)
+  with pytest.raises(ConfigError, match="'teacher_gapp'.*teacher_gap"):
+    evaluators.due(config, 1, final=True, task=task)
+  task.evaluators = lambda: {"knn": None}
+  with pytest.raises(ConfigError, match="reuse built-in names"):
+    evaluators.registry(task)
 
 
 def test_toy_task_resumes_bit_exactly_on_8_devices(tmp_path):

@@ -123,14 +123,26 @@ EVALUATORS = {"knn": knn, "linear_probe": probe, "accuracy": accuracy,
 FEATURE_EVALUATORS = ("knn", "linear_probe")
 
 
-def due(config, step: int, final: bool):
-  """Names of the evaluators to run at `step`."""
+def registry(task):
+  """The built-in evaluators plus the task's own (`Task.evaluators`)."""
+  own = task.evaluators() if hasattr(task, "evaluators") else {}
+  clash = sorted(set(own) & set(EVALUATORS))
+  if clash:
+    raise ConfigError(f"the task's evaluators {clash} reuse built-in names; "
+                      "rename them.")
+  return {**EVALUATORS, **own}
+
+
+def due(config, step: int, final: bool, task=None):
+  """Names of the evaluators to run at `step`. An evaluator without
+  `evals.NAME.every` in the config runs at the end only."""
+  known = registry(task) if task is not None else EVALUATORS
   names = []
   for name in config.evals.names:
-    if name not in EVALUATORS:
+    if name not in known:
       raise ConfigError(f"evals.names has unknown evaluator {name!r}; use some of "
-                        f"{sorted(EVALUATORS)}.")
-    every = config.evals[name].every
+                        f"{sorted(known)}.")
+    every = config.evals[name].every if name in config.evals else 0
     if final or (every and step % every == 0):
       names.append(name)
   return names
@@ -138,9 +150,10 @@ def due(config, step: int, final: bool):
 
 def run(ctx, names, params, task_state, cache=None):
   cache = {} if cache is None else cache
+  known = registry(ctx.task)
   out = {}
   for name in names:
-    out.update(EVALUATORS[name](ctx, params, task_state, cache))
+    out.update(known[name](ctx, params, task_state, cache))
   return out
 
 

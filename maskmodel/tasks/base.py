@@ -21,6 +21,10 @@ and may override the defaults of `TaskBase`:
 - `load_pretrained(params, state) -> (params, state)`: called once, only
   when the run does not resume from its own checkpoint, so a fine-tune
   resumes even when the pretraining workdir is gone.
+- `evaluators() -> {name: fn(ctx, params, state, cache) -> {metric: value}}`:
+  the task's own evaluators, run like the built-in ones of
+  `maskmodel.evaluators` when `evals.names` lists them (every
+  `evals.NAME.every` steps if the config sets it, else at the end).
 
 Evaluation hooks (`features`, `logits`, `reconstruct`, `encoder_params`) are
 read by `maskmodel.evaluators` where a task has them.
@@ -56,3 +60,6 @@ class TaskBase:
 
   def load_pretrained(self, params, state):
     return params, state
+
+  def evaluators(self):
+    return {}
