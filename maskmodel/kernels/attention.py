@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from maskmodel.kernels import flash_attention as flash
-from maskmodel.kernels.dispatch import IMPLS, by_platform, per_device_batch
+from maskmodel.kernels.dispatch import IMPLS, by_platform
 
 __all__ = ["AttentionStats", "IMPLS", "attention", "attention_probs",
            "attention_reference"]
@@ -169,13 +169,8 @@ def attention(q, k, v, *, bias=None, kv_mask=None, causal=False, impl="auto",
   Returns:
     `[B, Nq, H, D]` in q's dtype, or `(out, AttentionStats)`.
   """
-  def kernel(backend):
-    fn = functools.partial(
-        flash.flash_attention, causal=causal,
-        backend="triton" if backend == "interpret" else backend,
-        interpret=backend == "interpret", return_stats=return_stats)
-    return lambda *args: per_device_batch(fn, *args)
-
+  kernel = functools.partial(flash.flash_attention, causal=causal,
+                             return_stats=return_stats)
   result = by_platform("attention", impl, (q, k, v, bias, kv_mask),
                        kernel=kernel, xla=_xla_branches(causal, return_stats),
                        auto_kernel=_auto_kernel(q))

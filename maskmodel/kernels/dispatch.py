@@ -27,6 +27,8 @@ forward pass with, per backend (see its docstring).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 from jax.sharding import PartitionSpec as P
 
@@ -124,8 +126,9 @@ def by_platform(op: str, impl: str, args, *, kernel, xla, auto_kernel=True):
     op: "attention" or "token_matching" (a key of `VALIDATED_PLATFORMS`).
     impl: one of `IMPLS`.
     args: a tuple of pytrees, passed to the chosen callable.
-    kernel: `backend -> callable`, for backend "triton", "mosaic" or
-      "interpret" (the Pallas interpreter).
+    kernel: the Pallas op, called as `kernel(*args, backend=..., interpret=...)`
+      with backend "triton" or "mosaic"; it runs per device under a mesh
+      (`per_device_batch`). The interpreter runs the Triton layout.
     xla: `{platform: callable}` for the XLA path, with key None as the
       default for platforms not named.
     auto_kernel: False keeps `auto` on the XLA path for these inputs
@@ -136,9 +139,14 @@ def by_platform(op: str, impl: str, args, *, kernel, xla, auto_kernel=True):
   fails with JAX's "not found for platform cpu".
   """
   check_impl(impl, op)
+
+  def compiled(backend, interpret=False):
+    fn = functools.partial(kernel, backend=backend, interpret=interpret)
+    return lambda *a: per_device_batch(fn, *a)
+
   if impl == "interpret":
-    return kernel("interpret")(*args)
-  kernels = {b: kernel(b) for b in sorted(set(_PALLAS_BACKENDS.values()))}
+    return compiled("triton", interpret=True)(*args)
+  kernels = {b: compiled(b) for b in sorted(set(_PALLAS_BACKENDS.values()))}
   branches = {}
   for platform in PLATFORMS:
     if pallas_on(op, impl, platform, auto_kernel):

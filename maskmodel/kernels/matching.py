@@ -20,7 +20,7 @@ from jax import lax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from maskmodel.kernels.dispatch import by_platform, per_device_batch
+from maskmodel.kernels.dispatch import by_platform
 
 _NT = (((1,), (1,)), ((), ()))
 
@@ -164,15 +164,8 @@ def token_matching(a, b, *, class_token=False, impl="auto"):
   Returns:
     node_max `[B, Na]` f32 and node_idx `[B, Na]` int32 (first index on ties).
   """
-  def kernel(backend):
-    fn = functools.partial(
-        token_matching_pallas,
-        backend="triton" if backend == "interpret" else backend,
-        interpret=backend == "interpret")
-    return lambda a, b: per_device_batch(fn, a, b)
-
   node_max, node_idx = by_platform(
-      "token_matching", impl, (a, b), kernel=kernel,
+      "token_matching", impl, (a, b), kernel=token_matching_pallas,
       xla={None: token_matching_reference})
   if class_token:
     node_max = node_max.at[:, 0].set(-jnp.inf)
