@@ -28,12 +28,6 @@ def log(msg):
     print(msg, flush=True)
 
 
-def image_spec(config):
-  d = config.data
-  return data_lib.ImageSpec(size=d.image_size, mean=tuple(d.mean), std=tuple(d.std),
-                            eval_crop=d.eval_crop)
-
-
 def sources(config):
   d = config.data
   kw = dict(data_dir=d.data_dir, image_size=d.image_size, channels=d.channels,
@@ -111,13 +105,12 @@ def _train_and_evaluate(config, workdir, mesh):
   os.makedirs(workdir, exist_ok=True)
   config_lib.validate(config, mesh.size)
   task = get_task(config)
-  spec = image_spec(config)
   train_src, test_src = sources(config)
 
   local_batch = config.batch_size // jax.process_count()
   ds = data_lib.train_dataset(train_src, batch_size=local_batch, seed=config.seed,
-                              spec=spec, crop_scale=config.data.crop_scale,
-                              flip=config.data.flip)
+                              preprocess=functools.partial(task.preprocess,
+                                                           train=True))
   example = ds[0]
   repl, data_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   state, tx, schedule = initial_state(config, task, example)
@@ -146,7 +139,8 @@ def _train_and_evaluate(config, workdir, mesh):
   step_fn = jax.jit(functools.partial(train_step, task, tx, schedule),
                     in_shardings=(repl, data_sharding), out_shardings=(repl, repl),
                     donate_argnums=(0,))
-  ctx = evaluators.Context(config, task, mesh, train_src, test_src, spec, workdir)
+  ctx = evaluators.Context(config, task, mesh, train_src, test_src,
+                           data_lib.image_spec(config.data), workdir)
   total = config.total_steps
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   log(f"task={config.task.name} data={config.data.name} params={n_params / 1e6:.2f}M "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import SMOKE, load_config
-from maskmodel import config as mm_config, evaluators, sharding, train
+from maskmodel import config as mm_config, data, evaluators, sharding, train
 from maskmodel.evaluators import features as features_lib
 from maskmodel.evaluators.knn import knn_accuracy
 from maskmodel.evaluators.linear_probe import linear_probe
@@ -88,7 +88,7 @@ def test_second_eval_round_compiles_nothing(tmp_path, config_path, names):
   train_src, test_src = train.sources(config)
   train_src = [train_src[i] for i in range(40)]
   test_src = [test_src[i] for i in range(20)]
-  spec = train.image_spec(config)
+  spec = data.image_spec(config.data)
   # Jitted: op by op, init compiles every layer's ops separately (seconds).
   params, task_state = jax.jit(task.init)(
       jax.random.PRNGKey(0), {"image": np.zeros((2, 28, 28, 1), np.float32)})
@@ -131,7 +131,7 @@ def _pixel_context(tmp_path, train_src, test_src):
   config.data.image_size, config.data.num_classes = 2, 3
   config.data.mean, config.data.std = (0.5,), (0.5,)
   config.evals.batch_size = 2  # smaller than a split: padding is dropped
-  spec = train.image_spec(config)
+  spec = data.image_spec(config.data)
   return evaluators.Context(config, None, sharding.make_mesh(), train_src,
                             test_src, spec, str(tmp_path))
 

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(f"""
   config = load_config({SMOKE!r})
   task = get_task(config)
   src = data.get_source("mnist5k", "train")
-  ds = data.train_dataset(src, batch_size=32, seed=0, spec=train.image_spec(config))
+  ds = data.train_dataset(src, batch_size=32, seed=0, spec=data.image_spec(config.data))
   state0, tx, schedule = train.initial_state(config, task, ds[0])
 
   def run(devices):

@@ -2,9 +2,11 @@
 
 A toy task uses every optional hook: an EMA teacher updated in
 `after_update`, a frozen subtree (`param_labels`), the step passed to
-`loss`, and an evaluator of its own (`evaluators`). It must train in the real loop, on 8 simulated devices, resume
-bit-exactly, and never move its frozen leaves.
+`loss`, two views of each image made on the host (`preprocess`), and an
+evaluator of its own (`evaluators`). It must train in the real loop, on 8
+simulated devices, resume bit-exactly, and never move its frozen leaves.
 """
+import functools
 import os
 import subprocess
 import sys
@@ -16,28 +18,41 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SMOKE, load_config
-from maskmodel import train
+from maskmodel import data, train
 from maskmodel.tasks.base import TaskBase
 
 MOMENTUM = 0.75
+LOCAL = 14  # side of the local view, a window of the 28 x 28 global view
 
 
 class EMATeacherTask(TaskBase):
   """Linear regression onto a frozen random projection of the pixels, with
-  an EMA copy of the student as the teacher."""
+  an EMA copy of the student as the teacher, and a local view (a window of
+  the global one) regressed onto the student's output of the global view."""
+
+  def preprocess(self, record, rng, train):
+    example = super().preprocess(record, rng, train)
+    if train:
+      y, x = rng.integers(0, 28 - LOCAL + 1, size=2)
+      example["local"] = example["image"][y:y + LOCAL, x:x + LOCAL]
+    return example
 
   def init(self, rng, batch):
     dim = int(np.prod(batch["image"].shape[1:]))
     k1, k2 = jax.random.split(rng)
     params = {"student": 0.01 * jax.random.normal(k1, (dim, 4)),
-              "frozen": jax.random.normal(k2, (dim, 4)) / dim**0.5}
+              "frozen": jax.random.normal(k2, (dim, 4)) / dim**0.5,
+              "local": jnp.zeros((LOCAL * LOCAL, 4))}
     return params, {"teacher": params["student"],
                     "steps_seen": jnp.zeros((), jnp.int32)}
 
   def loss(self, params, state, batch, rng, step):
     del rng
     x = batch["image"].reshape(batch["image"].shape[0], -1)
-    loss = jnp.mean((x @ params["student"] - x @ params["frozen"]) ** 2)
+    local = batch["local"].reshape(x.shape[0], -1)
+    student = x @ params["student"]
+    loss = (jnp.mean((student - x @ params["frozen"]) ** 2) + jnp.mean(
+        (local @ params["local"] - jax.lax.stop_gradient(student)) ** 2))
     # The step reaches the loss: it counts the steps taken so far.
     return loss, ({"loss": loss, "step": step.astype(jnp.float32)}, state)
 
@@ -46,7 +61,7 @@ class EMATeacherTask(TaskBase):
     return {"teacher": teacher, "steps_seen": step + 1}
 
   def param_labels(self, params):
-    return {"student": 1.0, "frozen": 0.0}
+    return {"student": 1.0, "frozen": 0.0, "local": 1.0}
 
   def evaluators(self):
     def teacher_gap(ctx, params, state, cache):
@@ -64,11 +79,32 @@ def _toy_config():
   return c
 
 
+def test_preprocess_makes_both_views_in_the_pipeline():
+  task = EMATeacherTask(_toy_config())
+  src = data.get_source("mnist5k", "train")
+  ds = data.train_dataset(src, batch_size=8, seed=0,
+                          preprocess=functools.partial(task.preprocess, train=True))
+  batch = ds[0]
+  assert batch["image"].shape == (8, 28, 28, 1)
+  assert batch["local"].shape == (8, LOCAL, LOCAL, 1)
+  offsets = set()
+  for image, local in zip(batch["image"], batch["local"]):
+    windows = np.lib.stride_tricks.sliding_window_view(image[..., 0], (LOCAL, LOCAL))
+    hits = np.argwhere((windows == local[..., 0]).all(axis=(-1, -2)))
+    assert len(hits), "the local view is not a window of the global view"
+    offsets.add(tuple(hits[0]))
+  assert len(offsets) > 1  # drawn per example
+  # Evals get the default preprocessing: the image and label only.
+  assert sorted(task.preprocess(src[0], None, False)) == ["image", "label"]
+
+
 def test_after_update_is_the_closed_form_ema():
   config = _toy_config()
   task = EMATeacherTask(config)
-  batch = {"image": jnp.asarray(np.random.default_rng(0).random(
-      (8, 28, 28, 1)), jnp.float32), "label": jnp.zeros((8,), jnp.int32)}
+  rand = np.random.default_rng(0).random
+  batch = {"image": jnp.asarray(rand((8, 28, 28, 1)), jnp.float32),
+           "local": jnp.asarray(rand((8, LOCAL, LOCAL, 1)), jnp.float32),
+           "label": jnp.zeros((8,), jnp.int32)}
   state, tx, schedule = train.initial_state(config, task, batch)
   frozen = np.asarray(state["params"]["frozen"])
   step = jax.jit(lambda s, b: train.train_step(task, tx, schedule, s, b))
@@ -89,7 +125,7 @@ def test_after_update_is_the_closed_form_ema():
   # The optimizer keeps no moments for the frozen projection.
   moments = sum(x.size for x in jax.tree.leaves(state["opt_state"])
                 if getattr(x, "ndim", 0) > 0)
-  assert moments == 2 * students[0].size
+  assert moments == 2 * (students[0].size + state["params"]["local"].size)
 
 
 RESUME_SCRIPT = textwrap.dedent("""

@@ -102,7 +102,7 @@ def test_set(config):
   _, test_src = train.sources(config)
   images, labels = [], []
   for batch, n in data_lib.eval_batches(test_src, batch_size=500,
-                                        spec=train.image_spec(config)):
+                                        spec=data_lib.image_spec(config.data)):
     images.append(batch["image"][:n])
     labels.append(batch["label"][:n])
   return np.concatenate(images), np.concatenate(labels)

@@ -1,7 +1,8 @@
 """grain input pipelines: deterministic, seekable, sharded across processes.
 
 A training pipeline is `source -> shard(process) -> shuffle(seed) -> repeat ->
-random_map(augment) -> batch`. Every random choice is derived from the seed
+random_map(preprocess) -> batch`, where `preprocess` is the task's
+(`Task.preprocess`; images by default). Every random choice is derived from the seed
 and the element index, so the iterator state (`{"next_index": k}`) restores
 the exact same stream after a restart.
 """
@@ -28,6 +29,13 @@ class ImageSpec:
   mean: tuple[float, ...]
   std: tuple[float, ...]
   eval_crop: float = 1.0
+
+
+def image_spec(data_config) -> ImageSpec:
+  """The `ImageSpec` of a config's `data` section."""
+  d = data_config
+  return ImageSpec(size=d.image_size, mean=tuple(d.mean), std=tuple(d.std),
+                   eval_crop=d.eval_crop)
 
 
 def _resize(image: np.ndarray, size: int, box=None) -> np.ndarray:
@@ -91,16 +99,21 @@ def _process_shard(ds):
   return ds
 
 
-def train_dataset(source, *, batch_size: int, seed: int, spec: ImageSpec,
-                  crop_scale=None, flip=False) -> grain.MapDataset:
-  """Infinite, reshuffled-per-epoch, augmented batches of this process's share.
+def train_dataset(source, *, batch_size: int, seed: int, spec: ImageSpec = None,
+                  crop_scale=None, flip=False, preprocess=None) -> grain.MapDataset:
+  """Infinite, reshuffled-per-epoch, preprocessed batches of this process's
+  share. `batch_size` is per process.
 
-  `batch_size` is per process.
+  `preprocess(record, rng) -> dict` makes one example from a source record
+  with a numpy Generator seeded by `seed` and the element's index (a task's
+  `preprocess`, which may return several views or token ids). Without it,
+  `train_augment` with `spec`, `crop_scale` and `flip`.
   """
+  if preprocess is None:
+    preprocess = lambda r, rng: train_augment(r, rng, spec, crop_scale, flip)
   ds = _process_shard(grain.MapDataset.source(source))
   ds = ds.shuffle(seed=seed).repeat(None)
-  ds = ds.random_map(lambda r, rng: train_augment(r, rng, spec, crop_scale, flip),
-                     seed=seed)
+  ds = ds.random_map(preprocess, seed=seed)
   return ds.batch(batch_size, drop_remainder=True)
 
 
@@ -110,17 +123,22 @@ def train_iterator(ds: grain.MapDataset, num_threads: int = 2):
                                                    prefetch_buffer_size=4)))
 
 
-def eval_batches(source, *, batch_size: int, spec: ImageSpec):
+def eval_batches(source, *, batch_size: int, spec: ImageSpec = None,
+                 preprocess=None):
   """Yields (batch, n_valid) over the whole split, padded to `batch_size`.
 
-  Padding keeps one static shape for the jitted eval step; callers drop the
-  padded rows with `n_valid`.
+  `preprocess(record) -> dict` makes one example (a task's `preprocess` with
+  `train=False`); without it, `eval_preprocess` with `spec`. Padding keeps
+  one static shape for the jitted eval step; callers drop the padded rows
+  with `n_valid`.
   """
+  if preprocess is None:
+    preprocess = lambda r: eval_preprocess(r, spec)
   n = len(source)
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size)
     n_valid = int(min(batch_size, n - start))
     idx = np.minimum(idx, n - 1)
-    recs = [eval_preprocess(source[int(i)], spec) for i in idx]
+    recs = [preprocess(source[int(i)]) for i in idx]
     batch = {k: np.stack([r[k] for r in recs]) for k in recs[0]}
     yield batch, n_valid

@@ -34,6 +34,13 @@ class Context:
   spec: Any
   workdir: str
 
+  def example(self, record):
+    """One eval example: the task's `preprocess` with train=False, or the
+    image eval preprocessing of `spec` where there is no task (pixels)."""
+    if hasattr(self.task, "preprocess"):
+      return self.task.preprocess(record, None, False)
+    return eval_preprocess(record, self.spec)
+
 
 # One jit per task method, taking params and state as arguments: a closure
 # over this round's params would be a new function, traced and compiled again
@@ -55,7 +62,8 @@ def _task_reconstruction(task, params, task_state, images, rng):
 
 def _extract(ctx, feature_fn):
   """(train, test) features of `feature_fn`, the value of cache["features"]."""
-  kw = dict(batch_size=ctx.config.evals.batch_size, spec=ctx.spec, mesh=ctx.mesh)
+  kw = dict(batch_size=ctx.config.evals.batch_size, preprocess=ctx.example,
+            mesh=ctx.mesh)
   return (features_lib.extract(feature_fn, ctx.train_source, **kw),
           features_lib.extract(feature_fn, ctx.test_source, **kw))
 
@@ -88,7 +96,7 @@ def accuracy(ctx, params, task_state, cache):
   correct = total = 0
   data_sharding = sharding.batch_sharded(ctx.mesh)
   for batch, n in eval_batches(ctx.test_source, batch_size=ctx.config.evals.batch_size,
-                               spec=ctx.spec):
+                               preprocess=ctx.example):
     pred = sharding.to_host(fn(sharding.shard_replicated_batch(batch["image"],
                                                                data_sharding)))[:n]
     correct += int((pred == batch["label"][:n]).sum())
@@ -100,9 +108,7 @@ def reconstruction(ctx, params, task_state, cache):
   """Writes `reconstructions.png`: original / masked / reconstructed rows."""
   del cache
   n = ctx.config.evals.reconstruction.num_images
-  images = np.stack([ctx.test_source[i]["image"] for i in range(n)])
-  images = np.stack([eval_preprocess({"image": im, "label": 0}, ctx.spec)["image"]
-                     for im in images])
+  images = np.stack([ctx.example(ctx.test_source[i])["image"] for i in range(n)])
   out = _task_reconstruction(ctx.task, params, task_state, images,
                              jax.random.PRNGKey(ctx.config.seed))
   p, c = ctx.config.model.patch_size, ctx.config.data.channels

@@ -8,14 +8,16 @@ from maskmodel import sharding
 from maskmodel.data import eval_batches
 
 
-def extract(feature_fn, source, *, batch_size, spec, mesh):
-  """Applies a jitted `feature_fn(images) -> [B, D]` to every example.
+def extract(feature_fn, source, *, batch_size, mesh, spec=None, preprocess=None):
+  """Applies a jitted `feature_fn(images) -> [B, D]` to every example, made
+  by `preprocess(record)` (default: the eval preprocessing of `spec`).
 
   Returns (features [N, D] float32, labels [N] int32) as numpy arrays.
   """
   data_sharding = sharding.batch_sharded(mesh)
   feats, labels = [], []
-  for batch, n_valid in eval_batches(source, batch_size=batch_size, spec=spec):
+  for batch, n_valid in eval_batches(source, batch_size=batch_size, spec=spec,
+                                     preprocess=preprocess):
     images = sharding.shard_replicated_batch(batch["image"], data_sharding)
     feats.append(sharding.to_host(feature_fn(images))[:n_valid])
     labels.append(batch["label"][:n_valid])

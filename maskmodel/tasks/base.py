@@ -18,6 +18,13 @@ and may override the defaults of `TaskBase`:
   multiplier per parameter leaf; 0.0 freezes a leaf (its update is zero and
   the optimizer keeps no state for it), other values scale its update
   (per-group learning rates, layer-wise decay). None: every leaf at 1.0.
+- `preprocess(record, rng, train) -> dict`: one example from a source record,
+  on the host inside the grain pipeline; `rng` is a numpy Generator seeded
+  by the run's seed and the example's index (None when `train` is False, for
+  evals). It may return several views (a global crop and a local crop
+  inside it) or token ids. Default: the image augmentation of
+  `config.data` for training, the eval resize/crop otherwise; either way a
+  normalized float "image" and the "label".
 - `load_pretrained(params, state) -> (params, state)`: called once, only
   when the run does not resume from its own checkpoint, so a fine-tune
   resumes even when the pretraining workdir is gone.
@@ -31,7 +38,10 @@ read by `maskmodel.evaluators` where a task has them.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
+
+from maskmodel import data
 
 
 class Task(Protocol):
@@ -57,6 +67,17 @@ class TaskBase:
   def param_labels(self, params):
     del params
     return None
+
+  @functools.cached_property
+  def image_spec(self):
+    return data.image_spec(self.config.data)
+
+  def preprocess(self, record, rng, train):
+    if train:
+      d = self.config.data
+      return data.train_augment(record, rng, self.image_spec, d.crop_scale,
+                                d.flip)
+    return data.eval_preprocess(record, self.image_spec)
 
   def load_pretrained(self, params, state):
     return params, state
