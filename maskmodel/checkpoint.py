@@ -8,6 +8,11 @@ with a warning and the newest readable step is used instead. A readable step
 whose arrays differ from the config's (another `model.width`, say) is no
 damage: restoring stops with a `CheckpointError` and nothing is moved.
 
+Frozen weights (a frozen teacher, a tokenizer: leaves that never change
+after `Task.load_pretrained`) are written once per run, into `frozen/` next
+to the steps, and not into every step: each step holds the rest, with None in
+their place. A resume reads both, so it never needs the pretraining workdir.
+
 `PreemptionNotice` turns a scheduler's preemption notice (SIGTERM, as sent by
 Cloud TPU, GKE and SLURM before they evict a job) into a step at which the
 loop saves and stops, so a preempted run loses no steps.
@@ -22,6 +27,9 @@ import warnings
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+
+FROZEN = "frozen"  # the folder of the frozen weights, beside the steps
 
 
 class CheckpointError(RuntimeError):
@@ -54,11 +62,31 @@ def shape_mismatch(saved, wanted, limit=3):
   return "; ".join(diffs[:limit]) + more
 
 
-class Checkpointer:
-  """Saves and restores `(train_state, data_state)` under `directory`."""
+def split(tree, frozen):
+  """(frozen leaves, other leaves) of `tree`, each with None in the other's
+  places; `frozen` is a tree of bools with `tree`'s structure."""
+  return (jax.tree.map(lambda f, x: x if f else None, frozen, tree),
+          jax.tree.map(lambda f, x: None if f else x, frozen, tree))
 
-  def __init__(self, directory, max_to_keep: int = 3):
+
+def fill(tree, other):
+  """`tree` with each None leaf taken from `other`: undoes `split`."""
+  return jax.tree.map(lambda a, b: b if a is None else a, tree, other,
+                      is_leaf=lambda x: x is None)
+
+
+class Checkpointer:
+  """Saves and restores `(train_state, data_state)` under `directory`.
+
+  `frozen`, a tree of bools with the train state's structure, marks the
+  leaves that are saved once into `frozen/` rather than at every step.
+  """
+
+  def __init__(self, directory, max_to_keep: int = 3, frozen=None):
     self.directory = os.path.abspath(directory)
+    self.frozen_dir = os.path.join(self.directory, FROZEN)
+    self._frozen = frozen if frozen is not None and any(jax.tree.leaves(frozen)) else None
+    self._frozen_saved = False
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -67,6 +95,13 @@ class Checkpointer:
                        "data": ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, train_state, data_state: dict):
+    if self._frozen is not None:
+      frozen, train_state = split(train_state, self._frozen)
+      if not self._frozen_saved:  # Once per run; a resumed run has them.
+        writer = ocp.StandardCheckpointer()
+        writer.save(self.frozen_dir, frozen, force=True)
+        writer.wait_until_finished()
+        self._frozen_saved = True
     self._mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(train_state),
         data=ocp.args.JsonSave(data_state)))
@@ -83,6 +118,9 @@ class Checkpointer:
     or shapes than `target`: that run had another config.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    frozen = None
+    if self._frozen is not None:
+      frozen, abstract = split(abstract, self._frozen)
     steps = sorted(self._mngr.all_steps(), reverse=True)
     for step in steps:
       try:
@@ -100,11 +138,34 @@ class Checkpointer:
         out = self._mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract),
             data=ocp.args.JsonRestore()))
-        return out["state"], out["data"]
       except Exception as e:  # pylint: disable=broad-except
         # Its shapes fit, so a failure to read means damaged files.
         self._set_aside(step, e)
+        continue
+      state = out["state"]
+      if frozen is not None:
+        state = fill(state, self._restore_frozen(step, frozen))
+        self._frozen_saved = True
+      return state, out["data"]
     return None
+
+  def _restore_frozen(self, step, abstract):
+    """The frozen leaves that step `step` needs, from `frozen/`."""
+    reader = ocp.StandardCheckpointer()
+    fix = ("Resume with the config that wrote it, or pass a new --workdir to "
+           "start a new run.")
+    try:
+      saved = reader.metadata(self.frozen_dir).item_metadata.tree
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f"checkpoint step {step} in {self.directory} needs the frozen "
+          f"weights in {self.frozen_dir}, which cannot be read "
+          f"({type(e).__name__}). {fix}") from None
+    diff = shape_mismatch(saved, abstract)
+    if diff:
+      raise CheckpointError(f"the frozen weights in {self.frozen_dir} do not "
+                            f"fit this config: {diff}. {fix}")
+    return reader.restore(self.frozen_dir, abstract)
 
   def _set_aside(self, step, error):
     path = os.path.join(self.directory, str(step))
@@ -179,6 +240,9 @@ def load_encoder_params(workdir):
     except Exception as e:  # pylint: disable=broad-except
       errors.append(f"step {step}: {type(e).__name__}")
       continue
+    if os.path.isdir(os.path.join(directory, FROZEN)):
+      state = fill(state, ocp.StandardCheckpointer().restore(
+          os.path.join(directory, FROZEN)))
     params = state["params"]
     return params["encoder"] if "patch_embed" not in params else params
   raise CheckpointError(

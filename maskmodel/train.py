@@ -66,6 +66,23 @@ def _own_buffers(params, task_state):
                       task_state)
 
 
+def frozen_leaves(task, state):
+  """True for each train-state leaf that never changes after
+  `Task.load_pretrained`: params the task freezes (`param_labels` 0.0) and
+  the task state under "frozen". The checkpointer writes them once."""
+  mask = jax.tree.map(lambda _: False, state)
+  labels = task.param_labels(state["params"])
+  if labels is not None:
+    mask["params"] = jax.tree.map(
+        lambda s, sub: jax.tree.map(lambda _: s == 0.0, sub),
+        labels, state["params"])
+  task_state = state["task_state"]
+  if isinstance(task_state, dict) and "frozen" in task_state:
+    mask["task_state"] = dict(mask["task_state"], frozen=jax.tree.map(
+        lambda _: True, task_state["frozen"]))
+  return mask
+
+
 def initial_state(config, task, example_batch):
   """Fresh params, task state and optimizer; no pretrained weights yet
   (`Task.load_pretrained` runs only when the run does not resume)."""
@@ -120,7 +137,8 @@ def _train_and_evaluate(config, workdir, mesh):
                  if config.evals.compare_random_init else None)
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 max_to_keep=config.checkpoint_keep)
+                                 max_to_keep=config.checkpoint_keep,
+                                 frozen=frozen_leaves(task, state))
   data_iter = data_lib.train_iterator(ds)
   writer = MetricWriter(workdir)
   restored = ckpt.restore_latest(state)

@@ -5,6 +5,7 @@ is used; a checkpoint of another config is one error line, and nothing is
 set aside."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,3 +162,49 @@ def test_damaged_arrays_are_set_aside_and_shape_changes_are_not(tmp_path):
   assert int(state["step"]) == 1 and data == {"pos": 1}
   np.testing.assert_array_equal(state["params"]["w"], np.ones(4))
   assert sorted(os.listdir(directory)) == ["1", "2.corrupt"]
+
+
+def _state_with_teacher(value):
+  return {"step": jnp.int32(value),
+          "params": {"w": jnp.full((4,), value, jnp.float32)},
+          "task_state": {"frozen": {"teacher": jnp.arange(6, dtype=jnp.float32)}}}
+
+
+def _frozen_commit_time(directory):
+  return ocp.StandardCheckpointer().metadata(
+      os.path.join(directory, checkpoint.FROZEN)).init_timestamp_nsecs
+
+
+def test_frozen_weights_are_written_once_and_restored_with_every_step(tmp_path):
+  directory = str(tmp_path / "ckpt")
+  frozen = {"step": False, "params": {"w": False},
+            "task_state": {"frozen": {"teacher": True}}}
+  ckpt = checkpoint.Checkpointer(directory, frozen=frozen)
+  ckpt.save(1, _state_with_teacher(1), {"pos": 1})
+  ckpt.wait()
+  written = _frozen_commit_time(directory)
+  ckpt.save(2, _state_with_teacher(2), {"pos": 2})
+  ckpt.wait()
+  assert _frozen_commit_time(directory) == written  # not rewritten
+  steps = ocp.CheckpointManager(
+      directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
+  for step in (1, 2):  # the steps hold no teacher
+    meta = steps.item_metadata(step)["state"].tree
+    assert meta["task_state"]["frozen"]["teacher"] is None
+    assert meta["params"]["w"] is not None
+
+  target = jax.tree.map(jnp.zeros_like, _state_with_teacher(0))
+  state, data = checkpoint.Checkpointer(directory, frozen=frozen).restore_latest(target)
+  assert int(state["step"]) == 2 and data == {"pos": 2}
+  np.testing.assert_array_equal(state["task_state"]["frozen"]["teacher"], np.arange(6))
+  np.testing.assert_array_equal(state["params"]["w"], np.full(4, 2.0))
+
+  # Another teacher shape, or no frozen folder: one error, nothing moved.
+  other = dict(target, task_state={"frozen": {"teacher": jnp.zeros(7)}})
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"frozen weights .*/frozen/teacher has shape \(6,\) there but \(7,\)"):
+    checkpoint.Checkpointer(directory, frozen=frozen).restore_latest(other)
+  shutil.rmtree(os.path.join(directory, checkpoint.FROZEN))
+  with pytest.raises(checkpoint.CheckpointError, match="needs the frozen weights"):
+    checkpoint.Checkpointer(directory, frozen=frozen).restore_latest(target)
+  assert sorted(os.listdir(directory)) == ["1", "2"]

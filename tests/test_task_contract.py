@@ -39,26 +39,28 @@ class EMATeacherTask(TaskBase):
 
   def init(self, rng, batch):
     dim = int(np.prod(batch["image"].shape[1:]))
-    k1, k2 = jax.random.split(rng)
+    k1, k2, k3 = jax.random.split(rng, 3)
     params = {"student": 0.01 * jax.random.normal(k1, (dim, 4)),
               "frozen": jax.random.normal(k2, (dim, 4)) / dim**0.5,
               "local": jnp.zeros((LOCAL * LOCAL, 4))}
     return params, {"teacher": params["student"],
-                    "steps_seen": jnp.zeros((), jnp.int32)}
+                    "steps_seen": jnp.zeros((), jnp.int32),
+                    "frozen": {"offset": jax.random.normal(k3, (4,))}}
 
   def loss(self, params, state, batch, rng, step):
     del rng
     x = batch["image"].reshape(batch["image"].shape[0], -1)
     local = batch["local"].reshape(x.shape[0], -1)
     student = x @ params["student"]
-    loss = (jnp.mean((student - x @ params["frozen"]) ** 2) + jnp.mean(
+    target = x @ params["frozen"] + state["frozen"]["offset"]
+    loss = (jnp.mean((student - target) ** 2) + jnp.mean(
         (local @ params["local"] - jax.lax.stop_gradient(student)) ** 2))
     # The step reaches the loss: it counts the steps taken so far.
     return loss, ({"loss": loss, "step": step.astype(jnp.float32)}, state)
 
   def after_update(self, params, state, step):
     teacher = MOMENTUM * state["teacher"] + (1 - MOMENTUM) * params["student"]
-    return {"teacher": teacher, "steps_seen": step + 1}
+    return dict(state, teacher=teacher, steps_seen=step + 1)
 
   def param_labels(self, params):
     return {"student": 1.0, "frozen": 0.0, "local": 1.0}
@@ -144,6 +146,14 @@ RESUME_SCRIPT = textwrap.dedent("""
     result = train.train_and_evaluate(config, workdir)
     assert 0 < result["final"]["teacher_gap"] < 1, result["final"]
     first = jax.device_get(result["state"])
+    # Frozen params and state are written once, beside the steps, not in them.
+    import orbax.checkpoint as ocp
+    steps = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+        item_handlers={{"state": ocp.StandardCheckpointHandler()}})
+    saved = steps.item_metadata(3)["state"].tree
+    assert saved["params"]["frozen"] is None and saved["task_state"]["frozen"]["offset"] is None
+    assert saved["params"]["student"] is not None
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "frozen"))
     # Drop the last checkpoint: the rerun resumes from step 3.
     shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
     again = jax.device_get(train.train_and_evaluate(config, workdir)["state"])

@@ -4,7 +4,10 @@ A task is an object built from the config (`tasks.get_task`). It must give
 
 - `init(rng, batch) -> (params, state)`: fresh params and task state (EMA
   teachers, codebooks, frozen tokenizers: anything the loop carries and
-  checkpoints but the optimizer does not update).
+  checkpoints but the optimizer does not update). Task state under the key
+  "frozen" (a dict state's) never changes after `load_pretrained`: the loop
+  checkpoints it once per run, not at every step, as it does the params
+  that `param_labels` freezes.
 - `loss(params, state, batch, rng, step) -> (loss, (metrics, state))`: `step`
   is the index of the optimizer step being taken (0 for the first), for
   schedules of momentum, mask difficulty or weight decay.
