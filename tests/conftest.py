@@ -36,3 +36,35 @@ def checkpoint_steps(workdir):
 @pytest.fixture
 def smoke_config():
   return load_config(SMOKE)
+
+
+RESUME_SCRIPT = """
+import os, shutil, sys
+import jax, numpy as np
+sys.path.insert(0, {tests!r})
+from conftest import load_config
+from maskmodel import train
+
+assert jax.device_count() == 8
+config = load_config({config!r})
+config.total_steps, config.checkpoint_every, config.evals.names = 6, 3, ()
+workdir = sys.argv[1]
+first = jax.device_get(train.train_and_evaluate(config, workdir)["state"])
+shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))  # resume from 3
+again = jax.device_get(train.train_and_evaluate(config, workdir)["state"])
+for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
+  np.testing.assert_array_equal(a, b)
+print("OK")
+"""
+
+
+def assert_resumes_bit_exactly(config_path, workdir):
+  """Trains `config_path` for 6 steps on 8 simulated devices, then again from
+  its step-3 checkpoint, and checks that the two final states are equal."""
+  script = RESUME_SCRIPT.format(tests=os.path.join(ROOT, "tests"),
+                                config=config_path)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, "-c", script, str(workdir)], env=env,
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "OK" in proc.stdout

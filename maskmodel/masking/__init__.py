@@ -1,2 +1,3 @@
 """Mask policies: pure functions rng -> Mask (1 = hidden)."""
-from maskmodel.masking.random import Mask, mask_from_scores, num_kept, random_mask
+from maskmodel.masking.random import (Mask, coarse_random_mask, mask_from_scores,
+                                      num_kept, num_kept_coarse, random_mask)

@@ -246,7 +246,9 @@ class ViT(nn.Module):
   """ViT encoder over `[B, H, W, C]` images.
 
   `ids_keep` ([B, K], MAE semantics) restricts the encoder to those patches,
-  which is how MAE runs the encoder on visible patches only. Returns a dict
+  which is how MAE runs the encoder on visible patches only. `mask` ([B, N],
+  1 = hidden) instead replaces the hidden patches' embeddings by a learned
+  `mask_token` before the position embedding, as SimMIM's encoder does. Returns a dict
   with `tokens` ([B, 1+K, D] with class token), `pooled` ([B, D]), `size`
   ([B, 1+K, 1], the patches each token holds) and, when `num_classes` > 0,
   `logits`.
@@ -275,11 +277,16 @@ class ViT(nn.Module):
 
   @nn.compact
   def __call__(self, images, ids_keep: Optional[jax.Array] = None,
-               return_source: bool = False, restore_tokens: bool = False):
+               return_source: bool = False, restore_tokens: bool = False,
+               mask: Optional[jax.Array] = None):
     b, h, w, _ = images.shape
     grid = (h // self.patch_size, w // self.patch_size)
     x = token_dense(nn.Dense(self.width, kernel_init=dense_init, dtype=self.dtype,
                              name="patch_embed"), patchify(images, self.patch_size))
+    if mask is not None:  # SimMIM's x * (1 - w) + mask_token * w.
+      mask_token = self.param("mask_token", token_init, (1, 1, self.width))
+      w = mask[..., None].astype(x.dtype)
+      x = x * (1 - w) + mask_token.astype(x.dtype) * w
     posemb = sincos_2d_posemb(self.width, grid, class_token=True)
     x = x + posemb[None, 1:]
     if ids_keep is not None:

@@ -5,8 +5,9 @@ from maskmodel.config import ConfigError
 from maskmodel.tasks.base import Task, TaskBase
 from maskmodel.tasks.classify import ClassifyTask
 from maskmodel.tasks.mae import MAETask
+from maskmodel.tasks.simmim import SimMIMTask
 
-TASKS = {"mae": MAETask, "classify": ClassifyTask}
+TASKS = {"mae": MAETask, "simmim": SimMIMTask, "classify": ClassifyTask}
 
 
 def get_task(config):

@@ -73,10 +73,14 @@ class ClassifyTask(TaskBase):
     return loss, ({"loss": loss, "accuracy": acc}, state)
 
 
+# Encoder params that only pretraining uses (SimMIM's mask token).
+PRETRAINING_ONLY = ("head", "mask_token")
+
+
 def transfer_encoder(params, pretrained):
   """Copies every pretrained encoder leaf into `params`; the head stays new."""
   encoder = {k: v for k, v in params.items() if k != "head"}
-  pretrained = {k: v for k, v in pretrained.items() if k != "head"}
+  pretrained = {k: v for k, v in pretrained.items() if k not in PRETRAINING_ONLY}
   diff = checkpoint.shape_mismatch(pretrained, encoder)
   if diff:
     raise checkpoint.CheckpointError(
