@@ -5,9 +5,11 @@ from maskmodel.config import ConfigError
 from maskmodel.tasks.base import Task, TaskBase
 from maskmodel.tasks.classify import ClassifyTask
 from maskmodel.tasks.mae import MAETask
+from maskmodel.tasks.maskfeat import MaskFeatTask
 from maskmodel.tasks.simmim import SimMIMTask
 
-TASKS = {"mae": MAETask, "simmim": SimMIMTask, "classify": ClassifyTask}
+TASKS = {"mae": MAETask, "simmim": SimMIMTask, "maskfeat": MaskFeatTask,
+         "classify": ClassifyTask}
 
 
 def get_task(config):

@@ -39,15 +39,17 @@ def masked_l1(pred, target, mask, channels):
   return (l1 * mask).sum() / (mask.sum() * pixels_per_patch + 1e-5) / channels
 
 
-class SimMIMModel(nn.Module):
-  """Encoder over all patches with mask tokens, then a linear pixel head."""
+class MaskTokenModel(nn.Module):
+  """An encoder over all patches, hidden ones as mask tokens, then a linear
+  head from each patch token to its target (SimMIM's pixels, MaskFeat's
+  HOG)."""
   encoder: ViT
-  patch_dim: int
+  out_dim: int
 
   @nn.compact
   def __call__(self, images, mask):
     tokens = self.encoder(images, mask=mask)["tokens"][:, 1:]
-    return nn.Dense(self.patch_dim, kernel_init=dense_init, dtype=jnp.float32,
+    return nn.Dense(self.out_dim, kernel_init=dense_init, dtype=jnp.float32,
                     name="head")(tokens).astype(jnp.float32)
 
 
@@ -66,8 +68,8 @@ class SimMIMTask(TaskBase):
     self.keep = masking.num_kept_coarse(self.grid, self.cell, t.mask_ratio)
     self.channels = config.data.channels
     self.encoder = build.vit(build.with_token_reduction(m, "none"))
-    self.model = SimMIMModel(encoder=self.encoder,
-                             patch_dim=m.patch_size**2 * self.channels)
+    self.model = MaskTokenModel(encoder=self.encoder,
+                                out_dim=m.patch_size**2 * self.channels)
 
   def mask_policy(self, rng, batch_size):
     return masking.coarse_random_mask(rng, batch_size, self.grid,
