@@ -18,6 +18,13 @@ class MAEDecoder(nn.Module):
 
   Takes encoder tokens [B, 1+K, D] (class token first) and MAE's
   `ids_restore`, and predicts every patch's pixels [B, N, p*p*C].
+
+  With `loss_predictor`, a second stack of the same shape (HPM's loss
+  predictor, `decoder_blocks_losspred` in Haochen-Wang409/HPM's
+  `models_mae_learn_loss.py`) runs on the same embedded tokens, mask tokens
+  and positions, and its per-patch output, averaged over its p*p*C values,
+  is the predicted reconstruction loss: the call returns (pixels [B, N,
+  p*p*C], predicted loss [B, N]).
   """
   grid: tuple[int, int]
   patch_dim: int
@@ -27,6 +34,7 @@ class MAEDecoder(nn.Module):
   mlp_ratio: float = 4.0
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
+  loss_predictor: bool = False
 
   @nn.compact
   def __call__(self, tokens, ids_restore):
@@ -41,10 +49,16 @@ class MAEDecoder(nn.Module):
     x_ = jnp.take_along_axis(x_, ids_restore[..., None], axis=1)  # unshuffle
     x = jnp.concatenate([x[:, :1], x_], axis=1)
     x = x + sincos_2d_posemb(self.width, self.grid, class_token=True)[None]
+    pixels = self._stack(x, "decoder", "pred")
+    if not self.loss_predictor:
+      return pixels
+    return pixels, self._stack(x, "loss_decoder", "loss_pred").mean(axis=-1)
+
+  def _stack(self, x, blocks, head):
     x = Transformer(self.depth, self.num_heads, int(self.width * self.mlp_ratio),
-                    self.attn_impl, self.dtype, name="decoder")(x)
+                    self.attn_impl, self.dtype, name=blocks)(x)
     x = token_dense(nn.Dense(self.patch_dim, kernel_init=dense_init,
-                             dtype=self.dtype, name="pred"), x)
+                             dtype=self.dtype, name=head), x)
     return x[:, 1:].astype(jnp.float32)
 
 
