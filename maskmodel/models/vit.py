@@ -307,7 +307,7 @@ class ViT(nn.Module):
       pooled = x[:, 0] if self.pool == "cls" else x[:, 1:].mean(axis=1)
     else:
       track = return_source or restore_tokens
-      x, size, source = encoder(x, tokens.init_source(x) if track else None)
+      x, size, source, _ = encoder(x, tokens.init_source(x) if track else None)
       if self.pool == "cls":
         pooled = x[:, 0]
       else:

@@ -2,52 +2,62 @@
 
 Every method reduces tokens `x [B, N, D]` with sizes `size [B, N, 1]` to a
 static number `keep` of tokens (class token included) and returns
-`Reduced(x, size, source)`. The uniform entry point is
+`Reduced(x, size, source, graph)`. Each matches its official code by default
+(see its module docstring); deviations are named options, default off. The
+uniform entry point is
 
-    reduce(method, x, size=None, *, keep, metric=None, cls_attn=None,
-           key_mass=None, attn=None, class_token=True, source=None, **options)
+    reduce(method, x, size=None, *, keep, metric=None, keys=None,
+           cls_attn=None, key_mass=None, attn=None, graph=None,
+           class_token=True, source=None, layer=None, depth=None, **options)
 
 Inputs (plain arrays; reducers never run attention themselves):
-  metric    `[B, N, C]` similarity features, usually the keys averaged over
-            heads; defaults to `x`.
+  metric    `[B, N, C]` similarity features; defaults to the keys averaged
+            over heads (ToMe's metric), else `x`.
+  keys      `[B, N, H, hd]` per-head attention keys (DART concatenates the
+            heads).
   cls_attn  `[B, N]` head-averaged attention of the [CLS] query to each key
             (`[B, H, N]` per-head statistics are averaged over heads).
   key_mass  `[B, N]` head-averaged attention each key receives (summed over
             queries); `[B, H, N]` is averaged over heads too.
-  attn      `[B, N, N]` (or `[B, H, N, N]`) attention probabilities.
+  attn      `[B, H, N, N]` (or `[B, N, N]`) attention probabilities.
+  graph     GTP-ViT's token graph, carried from block to block.
   source    `[B, N, N0]` source map to carry along (start from
             `init_source(x)`); None disables source tracing.
+  layer, depth  the block's index and the number of blocks (PiToMe's margin
+            and merge kind, Zero-TPrune's iterations follow them).
 
-Methods (`REDUCERS[name].needs` lists what each one reads):
+Methods (`needs(name, options)` lists what each one reads):
   tome         ToMe bipartite soft matching (metric). r = N - keep is capped
                at half of the non-class tokens with a warning, so the output
                may keep more than `keep` tokens.
-  pitome       PiToMe energy-restricted merging (metric); same cap.
-  topk         Top-K / EViT attentive-token pruning (cls_attn).
-  evit         EViT with inattentive-token fusion (cls_attn).
+  pitome       PiToMe energy-ordered merging (metric; layer, depth); same cap.
+  topk         Top-K attentive-token pruning (cls_attn).
+  evit         EViT: Top-K plus the fused inattentive token (cls_attn).
   divprune     DivPrune max-min diversity (metric).
-  dart         DART duplication-aware pruning (metric as keys, x).
+  dart         DART duplication-aware pruning (keys).
   atc          Agglomerative Token Clustering (metric); option linkage.
-  zero_tprune  Zero-TPrune, PageRank importance + similarity (attn, metric).
-  gtp          GTP-ViT graph propagation (key_mass, else cls_attn; metric).
-Extra keyword options go to the method (e.g. `linkage="single"` for atc,
-`impl=` for tome's matching kernel, `margin=` for pitome).
+  zero_tprune  Zero-TPrune I' -> S -> I (attn, metric; layer, depth).
+  gtp          GTP-ViT graph propagation (key_mass, or attn for
+               selection="mixed_attn_max"; graph).
+Extra keyword options go to the method (e.g. `linkage="single"` for atc);
+an unknown one raises, naming the valid ones. `REDUCERS[name].prop_attn`
+says whether the official code uses proportional attention.
 
-In a ViT block the reducer runs between attention and MLP, as in ToMe, with
-proportional attention (bias log(size)) so merged tokens keep their weight:
+In a ViT block the reducer runs between attention and MLP, as in ToMe:
 
     kept = tokens_per_layer(spec, depth, num_tokens)       # static ints
     ...
-    y, stats = attention(q, k, v, bias=jnp.log(size[..., 0]),
-                         return_stats=True)
+    y, stats = attention(q, k, v, bias=jnp.log(size[..., 0]) if prop_attn
+                         else None, return_stats=True)
     x = x + proj(y)
-    x, size, source = reduce(method, x, size, keep=kept[layer],
-                             metric=k.mean(axis=2), cls_attn=stats.cls_probs,
-                             key_mass=stats.key_mass, source=source)
+    x, size, source, graph = reduce(method, x, size, keep=kept[layer],
+                                    keys=k, cls_attn=stats.cls_probs,
+                                    key_mass=stats.key_mass, graph=graph,
+                                    source=source, layer=layer, depth=depth)
     x = x + mlp(x)
 
-Only zero_tprune reads the full attention matrix, which a fused attention
-kernel does not materialize.
+Only zero_tprune (and gtp's mixed_attn_max) read the full attention matrix,
+which a fused attention kernel does not materialize.
 """
 from __future__ import annotations
 
