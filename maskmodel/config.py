@@ -113,7 +113,7 @@ def base_config():
   return c
 
 
-def token_reduction(method="none", schedule=0, options=None, prop_attn=True):
+def token_reduction(method="none", schedule=0, options=None, prop_attn=None):
   """`model.token_reduction`: token merging / pruning inside the encoder.
 
   method: "none" or a name in `maskmodel.tokens.REDUCERS` (tome, pitome,
@@ -122,7 +122,9 @@ def token_reduction(method="none", schedule=0, options=None, prop_attn=True):
     (int), "decreasing:R", (r, inflect), ("rate", rho, layers), or a list of
     the tokens kept after each block ([CLS] included).
   options: dict of the method's options (e.g. {"linkage": "single"} for atc).
-  prop_attn: ToMe's proportional attention (log(size) added to the logits).
+  prop_attn: ToMe's proportional attention (log(size) added to the logits);
+    None follows the method's official code (`REDUCERS[m].prop_attn`: on for
+    tome and atc, off for the others).
   Schedule and options accept any type, so `--config.model.token_reduction.
   schedule=decreasing:8` and `=[40,30,20,10]` both work.
   """
@@ -131,7 +133,7 @@ def token_reduction(method="none", schedule=0, options=None, prop_attn=True):
   c.schedule = ml_collections.FieldReference(schedule, field_type=object)
   c.options = ml_collections.FieldReference(dict(options or {}),
                                             field_type=object)
-  c.prop_attn = prop_attn
+  c.prop_attn = ml_collections.FieldReference(prop_attn, field_type=object)
   return c
 
 

@@ -131,6 +131,8 @@ def test_every_method_runs_in_the_vit_under_jit(method):
   np.testing.assert_array_equal(size[:, 0, 0], 1.0)
   if tokens.REDUCERS[method].conserves_size:
     np.testing.assert_allclose(size.sum(axis=(1, 2)), N0, rtol=1e-5)
+  elif method == "gtp":   # kept scales grow by alpha * the propagated ones
+    assert (size.sum(axis=(1, 2)) > k).all() and (size.sum(axis=(1, 2)) < N0).all()
   else:
     np.testing.assert_allclose(size.sum(axis=(1, 2)), k, rtol=1e-5)
   # Every input token is held by at most one output token.

@@ -80,10 +80,13 @@ def token_reduction(model_config, num_input_tokens):
     raise ConfigError(f"{key}.options has {unknown}, which {t.method!r} does "
                       f"not take; it accepts {list(info.options) or 'none'}.")
   bipartite = t.method in BIPARTITE
+  # EViT's fused token comes on top of the kept tokens.
+  fused = t.method == "evit" or (t.method == "topk" and options.get("fuse"))
   try:
     keep = tokens.tokens_per_layer(_schedule_spec(t.schedule),
                                    model_config.depth, num_input_tokens,
-                                   class_token=True, bipartite=bipartite)
+                                   class_token=True, bipartite=bipartite,
+                                   extra_token=int(bool(fused)))
   except (TypeError, ValueError) as e:
     raise ConfigError(f"{key}.schedule={t.schedule!r} cannot be used with "
                       f"{model_config.depth} blocks and {num_input_tokens} "
@@ -99,13 +102,15 @@ def token_reduction(model_config, num_input_tokens):
     prev = k
   options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                          for k, v in options.items()))
+  prop_attn = t.get("prop_attn")   # None: the method's official default
   return TokenReduction(method=t.method, keep=tuple(keep),
                         num_tokens=num_input_tokens, options=options,
-                        prop_attn=bool(t.get("prop_attn", True)))
+                        prop_attn=bool(info.prop_attn if prop_attn is None
+                                       else prop_attn))
 
 
 def with_token_reduction(model_config, method, schedule=0, options=None,
-                         prop_attn=True):
+                         prop_attn=None):
   """A copy of `model_config` with another `token_reduction`.
 
   For eval-time reduction: the model it builds takes the same params as the

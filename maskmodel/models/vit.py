@@ -74,7 +74,7 @@ class TokenReduction:
 
   @property
   def needs(self):
-    return tokens.REDUCERS[self.method].needs
+    return tokens.needs(self.method, dict(self.options))
 
 
 def layer_norm(name=None):
@@ -99,8 +99,8 @@ class MultiHeadAttention(nn.Module):
   """Fused-qkv self-attention; `bias` is a per-key additive term [B, N].
 
   Returns `(out, k)`, or `(out, k, aux)` when `with_stats` (aux is the
-  kernel's `AttentionStats`) or `with_probs` (aux is the head-averaged
-  `[B, N, N]` probabilities, computed explicitly, without gradient).
+  kernel's `AttentionStats`) or `with_probs` (aux is the per-head
+  `[B, H, N, N]` probabilities, computed explicitly, without gradient).
   """
   num_heads: int
   attn_impl: str = "auto"
@@ -115,12 +115,13 @@ class MultiHeadAttention(nn.Module):
     q, k, v = jnp.split(qkv.reshape(b, n, 3 * self.num_heads, head_dim), 3, axis=2)
     aux = None
     if with_probs:
-      # Zero-TPrune reads the whole attention graph, which the fused kernels
-      # never materialize; only that method pays for this explicit softmax.
+      # Zero-TPrune (and GTP-ViT's MixedAttnMax) read the whole attention
+      # graph, which the fused kernels never materialize; only they pay for
+      # this explicit softmax.
       probs = attention_probs(q, k, bias=bias)
       out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype),
                                     jnp.swapaxes(v, 1, 2)), 1, 2)
-      aux = jax.lax.stop_gradient(probs).mean(axis=1)
+      aux = jax.lax.stop_gradient(probs)
     elif with_stats:
       out, aux = attention(q, k, v, bias=bias, impl=self.attn_impl,
                            return_stats=True)
@@ -147,9 +148,11 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
   reduction: Optional[TokenReduction] = None
   keep: Optional[int] = None
+  layer: Optional[int] = None
+  depth: Optional[int] = None
 
   @nn.compact
-  def __call__(self, x, bias=None, size=None, source=None):
+  def __call__(self, x, bias=None, size=None, source=None, graph=None):
     attn = MultiHeadAttention(self.num_heads, self.attn_impl, self.dtype,
                               name="attn")
     mlp = MlpBlock(self.mlp_dim, self.dtype, name="mlp")
@@ -168,15 +171,16 @@ class Block(nn.Module):
     x = x + y
     if reduces:
       stats = aux[0] if with_stats else None
-      x, size, source = tokens.reduce(
+      x, size, source, graph = tokens.reduce(
           plan.method, x, size, keep=self.keep,
-          metric=k.mean(axis=2),   # ToMe's metric: keys averaged over heads
+          keys=k,   # ToMe's metric is their mean over heads
           cls_attn=None if stats is None else stats.cls_probs,
           key_mass=None if stats is None else stats.key_mass,
-          attn=aux[0] if with_probs else None,
-          class_token=True, source=source, **dict(plan.options))
+          attn=aux[0] if with_probs else None, graph=graph,
+          class_token=True, source=source, layer=self.layer,
+          depth=self.depth, **dict(plan.options))
     x = x + mlp(layer_norm("norm2")(x))
-    return tokens.Reduced(x, size, source)
+    return tokens.Reduced(x, size, source, graph)
 
 
 class Transformer(nn.Module):
@@ -211,14 +215,19 @@ class Transformer(nn.Module):
           f"blocks and got {x.shape[1]} tokens. Build the plan for this input "
           "(maskmodel.models.build.token_reduction).")
     size = tokens.init_size(x)
+    init_graph = tokens.REDUCERS[plan.method].init_graph
+    # GTP-ViT builds its token graph once, from the embedded input.
+    graph = init_graph(x, class_token=True, **dict(plan.options)) \
+        if init_graph is not None else None
     for i in range(self.depth):
       # Proportional attention only once some block has merged tokens (all
       # sizes are 1 before that, and log(1) = 0).
       merged = x.shape[1] < plan.num_tokens
       bias = jnp.log(size[..., 0]) if plan.prop_attn and merged else None
-      x, size, source = Block(self.num_heads, self.mlp_dim, self.attn_impl,
-                              self.dtype, reduction=plan, keep=plan.keep[i],
-                              name=f"block_{i}")(x, bias, size, source)
+      x, size, source, graph = Block(
+          self.num_heads, self.mlp_dim, self.attn_impl, self.dtype,
+          reduction=plan, keep=plan.keep[i], layer=i, depth=self.depth,
+          name=f"block_{i}")(x, bias, size, source, graph)
     return tokens.Reduced(layer_norm("norm")(x), size, source)
 
 
@@ -305,7 +314,7 @@ class ViT(nn.Module):
       pooled = x[:, 0] if self.pool == "cls" else x[:, 1:].mean(axis=1)
     else:
       track = return_source or restore_tokens
-      x, size, source = encoder(x, tokens.init_source(x) if track else None)
+      x, size, source, _ = encoder(x, tokens.init_source(x) if track else None)
       if self.pool == "cls":
         pooled = x[:, 0]
       else:

@@ -24,6 +24,7 @@ class Reduced(NamedTuple):
   x: jax.Array                      # [B, K, D] reduced tokens
   size: jax.Array                   # [B, K, 1] float32 token sizes
   source: Optional[jax.Array] = None  # [B, K, N0] source map, if tracked
+  graph: Optional[jax.Array] = None   # [B, K-1, K-1] GTP-ViT's token graph
 
 
 def init_size(x):

@@ -1,21 +1,30 @@
 """GTP-ViT: "Efficient Vision Transformers via Graph-based Token Propagation"
-(Xu et al., WACV 2024).
+(Xu et al., WACV 2024), as in the official code (Ackesnal/GTP-ViT,
+`models_v3.py`: `select`, `propagate` and the graph built in
+`GraphPropagationTransformer.forward_features`).
 
-Tokens are ranked by importance (an attention statistic such as the
-attention mass each token receives); the least important are removed, and
-instead of being discarded their features are propagated over a sparse graph
-to their neighbours among the kept tokens (graph-based token propagation).
-Here the graph is semantic: each removed token links to its
-`num_neighbors` most similar kept tokens (cosine on the metric), with edge
-weights proportional to the (non-negative) similarity and summing to one per
-removed token. Propagation is size-aware, as in the official code's token
-scales: a kept token becomes the size-weighted mean of itself and the mass
-it receives, so sizes still sum to the input count and proportional
-attention stays consistent.
+The graph is built once, from the patch embeddings after the position
+embedding (`gtp_graph`): the 8-neighbourhood on the patch grid ("spatial"),
+a binary k-nearest-neighbour cosine graph ("semantic"), or their union
+("mixed", the README's best), symmetrically normalized, W = D^-1/2 A D^-1/2.
+At each reducing layer the tokens are ranked by an attention statistic, the
+last ones are removed, and their features propagate to the kept tokens:
+    x_kept <- x_kept + alpha * W[kept, removed] x_removed,   alpha = 0.1,
+(and likewise the token scales, kept here as sizes). The graph is then
+sub-indexed to the kept tokens and carried to the next layer, unnormalized.
+Kept tokens come in rank order after the class token, as in the official
+code. Rankings: "img_attn_mean" (the attention each token receives, summed
+over queries and averaged over heads; the official "IMGAttnMean") and
+"mixed_attn_max" (max over heads of the attention diagonal times max over
+heads of the received attention; "MixedAttnMax").
 
-The source map assigns each removed token to its strongest neighbour.
+Not included: the official optional attention sparsification. The source
+map gives each removed token to the kept token it sends the most weight to
+(none when its neighbours were all removed).
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -24,39 +33,83 @@ from maskmodel.tokens.common import (Reduced, check_keep, cosine_similarity,
                                      gather_tokens, init_size, static_int)
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+GRAPHS = ("mixed", "spatial", "semantic")
+SELECTIONS = ("img_attn_mean", "mixed_attn_max")
 
 
-def propagation_graph(metric_removed, metric_kept, num_neighbors):
-  """Sparse weights `[B, R, K]`: each removed token's top neighbours.
+def spatial_graph(n):
+  """`[n, n]` 0/1 8-neighbourhood of a square grid of n patches (no self)."""
+  side = math.isqrt(n)
+  if side * side != n:
+    raise ValueError(f"gtp: the spatial graph needs a square grid of patches, "
+                     f"got {n}; use graph='semantic'.")
+  r, c = jnp.divmod(jnp.arange(n), side)
+  near = ((jnp.abs(r[:, None] - r[None]) <= 1)
+          & (jnp.abs(c[:, None] - c[None]) <= 1))
+  return near.astype(jnp.float32) - jnp.eye(n, dtype=jnp.float32)
 
-  Row r holds non-negative weights on the `num_neighbors` kept tokens most
-  similar to removed token r, summing to one (uniform if none is similar).
+
+def gtp_graph(x, *, graph="mixed", num_neighbors=8, class_token=True):
+  """GTP-ViT's normalized token graph `[B, n, n]` over the non-class tokens.
+
+  Args:
+    x: `[B, N, D]` patch embeddings after the position embedding.
+    graph: "mixed" (spatial OR semantic), "spatial" or "semantic".
+    num_neighbors: k of the semantic k-nearest-neighbour graph (8 in the
+      official code).
+    class_token: token 0 is [CLS] and has no node.
   """
-  sim = jax.lax.stop_gradient(cosine_similarity(metric_removed, metric_kept))
-  k = sim.shape[-1]
-  m = max(1, min(static_int(num_neighbors, "num_neighbors"), k))
-  top_sim, top_idx = jax.lax.top_k(sim, m)                       # [B, R, m]
-  w = jnp.maximum(top_sim, 0.0)
-  total = w.sum(axis=-1, keepdims=True)
-  w = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.0), 1.0 / m)
-  onehot = jax.nn.one_hot(top_idx, k, dtype=jnp.float32)             # [B,R,m,K]
-  return jnp.einsum("brm,brmk->brk", w, onehot, precision=_HIGHEST)
+  if graph not in GRAPHS:
+    raise ValueError(f"gtp graph={graph!r} is unknown; use one of {GRAPHS}.")
+  x = jax.lax.stop_gradient(x[:, int(bool(class_token)):])
+  b, n = x.shape[:2]
+  eye = jnp.eye(n, dtype=jnp.float32)
+  adj = jnp.zeros((b, n, n), jnp.float32)
+  if graph in ("semantic", "mixed"):
+    k = max(1, min(static_int(num_neighbors, "num_neighbors") + 1, n))
+    sim = cosine_similarity(x)
+    threshold = jax.lax.top_k(sim, k)[0][..., -1:]
+    adj = (sim >= threshold).astype(jnp.float32) - eye
+  if graph in ("spatial", "mixed"):
+    adj = jnp.maximum(adj, spatial_graph(n)[None])
+  degree = adj.sum(axis=-1)
+  inv_sqrt = jnp.where(degree > 0, jax.lax.rsqrt(jnp.maximum(degree, 1e-12)),
+                       0.0)
+  return inv_sqrt[:, :, None] * adj * inv_sqrt[:, None, :]
 
 
-def gtp(x, size, metric, importance, *, keep, num_neighbors=4,
-        class_token=True, source=None):
-  """Keeps the `keep` most important tokens, propagating the removed ones.
+def attention_rank(attn, selection):
+  """`[B, N]` token ranking from attention probabilities `[B, H, N, N]`."""
+  if selection not in SELECTIONS:
+    raise ValueError(f"gtp selection={selection!r} is unknown; use one of "
+                     f"{SELECTIONS}.")
+  attn = attn.astype(jnp.float32)
+  if attn.ndim == 3:
+    attn = attn[:, None]
+  received = attn.sum(axis=2)                                  # [B, H, N]
+  if selection == "img_attn_mean":
+    return received.mean(axis=1)
+  diag = jnp.diagonal(attn, axis1=-2, axis2=-1)                # [B, H, N]
+  return diag.max(axis=1) * received.max(axis=1)
+
+
+def gtp(x, size, importance, graph, *, keep, alpha=0.1, class_token=True,
+        source=None):
+  """Removes tokens by rank and propagates them over `graph` (GTP-ViT).
 
   Args:
     x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
-    metric: `[B, N, C]` features for the graph (e.g. head-averaged keys).
-    importance: `[B, N]` token importance (e.g. attention mass received).
+    importance: `[B, N]` ranking (`attention_rank`; the class token's entry
+      is ignored).
+    graph: `[B, n, n]` normalized graph over the current non-class tokens
+      (`gtp_graph` once at the input, then what the previous layer returned).
     keep: static number of output tokens, class token included.
-    num_neighbors: kept neighbours each removed token propagates to.
+    alpha: propagation magnitude (0.1 in the official code).
     class_token: token 0 is always kept, first, and receives nothing.
 
   Returns:
-    `Reduced`: class token, then the kept tokens in their original order.
+    `(Reduced, graph)`: class token then the kept tokens in rank order, and
+    the graph sub-indexed to them.
   """
   n_total = x.shape[1]
   keep = check_keep(keep, n_total, class_token, "gtp")
@@ -65,30 +118,28 @@ def gtp(x, size, metric, importance, *, keep, num_neighbors=4,
   p = int(bool(class_token))
   k = keep - p
   importance = jax.lax.stop_gradient(importance.astype(jnp.float32))[:, p:]
-  order = jnp.argsort(-importance, axis=-1, stable=True) + p
-  kept = jnp.sort(order[:, :k], axis=-1)
-  removed = order[:, k:]
+  order = jnp.argsort(-importance, axis=-1, stable=True)
+  kept, removed = order[:, :k], order[:, k:]                   # node indices
+  rows = gather_tokens(jax.lax.stop_gradient(graph), kept)     # [B, k, n]
+  w = jnp.take_along_axis(rows, removed[:, None, :], axis=2)   # [B, k, R]
+  new_graph = jnp.take_along_axis(rows, kept[:, None, :], axis=2)
   size = size.astype(jnp.float32)
-  x_kept, s_kept = gather_tokens(x, kept), gather_tokens(size, kept)
-  x_rem, s_rem = gather_tokens(x, removed), gather_tokens(size, removed)
-  w = propagation_graph(gather_tokens(metric, removed),
-                        gather_tokens(metric, kept), num_neighbors)   # [B,R,K]
-  new_size = s_kept + jnp.einsum("brk,bro->bko", w, s_rem, precision=_HIGHEST)
-  total = (x_kept.astype(jnp.float32) * s_kept
-           + jnp.einsum("brk,brd->bkd", w, x_rem.astype(jnp.float32) * s_rem,
-                        precision=_HIGHEST))
-  new_x = (total / new_size).astype(x.dtype)
+  x_kept, x_rem = gather_tokens(x, kept + p), gather_tokens(x, removed + p)
+  new_x = (x_kept.astype(jnp.float32) + alpha * jnp.einsum(
+      "bkr,brd->bkd", w, x_rem.astype(jnp.float32), precision=_HIGHEST))
+  new_size = gather_tokens(size, kept + p) + alpha * jnp.einsum(
+      "bkr,bro->bko", w, gather_tokens(size, removed + p), precision=_HIGHEST)
+  new_x = new_x.astype(x.dtype)
   new_source = None
   if source is not None:
-    nearest = jax.nn.one_hot(jnp.argmax(w, axis=-1), k, dtype=jnp.float32)
-    new_source = gather_tokens(source, kept) + jnp.einsum(
-        "brk,brm->bkm", nearest, gather_tokens(source, removed),
+    to = jax.nn.one_hot(jnp.argmax(w, axis=1), k, dtype=jnp.float32)  # [B,R,k]
+    to = to * (w.max(axis=1) > 0)[..., None]
+    new_source = gather_tokens(source, kept + p) + jnp.einsum(
+        "brk,brm->bkm", to, gather_tokens(source, removed + p),
         precision=_HIGHEST)
   if class_token:
-    cls = jnp.zeros((x.shape[0], 1), jnp.int32)
-    new_x = jnp.concatenate([gather_tokens(x, cls), new_x], axis=1)
-    new_size = jnp.concatenate([gather_tokens(size, cls), new_size], axis=1)
+    new_x = jnp.concatenate([x[:, :1], new_x], axis=1)
+    new_size = jnp.concatenate([size[:, :1], new_size], axis=1)
     if source is not None:
-      new_source = jnp.concatenate([gather_tokens(source, cls), new_source],
-                                   axis=1)
-  return Reduced(new_x, new_size, new_source)
+      new_source = jnp.concatenate([source[:, :1], new_source], axis=1)
+  return Reduced(new_x, new_size, new_source), new_graph

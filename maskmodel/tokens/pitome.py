@@ -1,22 +1,31 @@
 """PiToMe: "Accelerating Transformers with Spectrum-Preserving Token Merging"
-(Tran et al., NeurIPS 2024).
+(Tran et al., NeurIPS 2024), as in the official code (hchautran/PiToMe,
+`algo/pitome/merge.py`, `pitome_vision`, and the `deit`/`mae` patches).
 
-Each token gets an energy score (Eq. 4): its mean, over all tokens, of the
-margin-thresholded cosine similarity
-    f_m(x) = x                      if x >= m
-           = alpha (exp(x - m) - 1) otherwise,
-so tokens inside large clusters of similar tokens score high. Only the 2r
-highest-energy tokens may merge: taken in energy order they are split
-alternately into A and B, and every A token merges into its most similar B
-token (size-weighted mean). The other tokens are protected.
+Each non-class token gets an energy score, the mean over all tokens (itself
+included) of ELU(sim_ij - m) with slope alpha = 1, where sim is the cosine
+similarity of the metric (head-averaged keys) and m a margin that falls with
+depth, m = 0.75 - 0.75 l / L. Tokens are ordered by decreasing energy; then
+one of two merge kinds runs:
+  "pitome"  only the 2r highest-energy tokens may merge: split alternately
+            into A and B, each A token merges into its most similar B token;
+            the rest are protected. Output: [CLS], protected (by energy),
+            B (by energy).
+  "bsm"     all tokens, split alternately by energy rank into A and B, then
+            ToMe's bipartite matching: the r A tokens with the strongest best
+            match merge into it. Output: [CLS], unmerged A (by decreasing
+            match score), B (by energy).
+The DeiT patch uses "bsm" in the first ceil(L/2) blocks and "pitome" after
+(variant "deit", the default); the MAE patch does the opposite ("mae").
+Merged tokens are size-weighted means with summed sizes. The official vision
+blocks use no proportional attention (PiToMe's registered default).
 
-Output order follows the official code: class token, protected tokens (by
-decreasing energy), then the B tokens (by decreasing energy). The official
-vision code shifts the upper branch to x - m (an ELU of x - m); this module
-uses Eq. 4 as printed.
+The paper prints Eq. 4 with the upper branch x (not x - m); `energy="paper"`
+selects that form.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import jax
@@ -26,35 +35,73 @@ from maskmodel.tokens.common import (Reduced, cosine_similarity,
                                      gather_tokens, init_size,
                                      merge_by_assignment, static_int)
 
+VARIANTS = ("deit", "mae", "pitome", "bsm")
+ENERGIES = ("elu", "paper")
 
-def energy_score(sim, margin=0.5, alpha=1.0):
-  """PiToMe's energy (Eq. 4): mean margin-thresholded similarity per token.
 
-  `sim [B, N, N]` cosine similarities -> `[B, N]` float32.
+def default_margin(layer, depth):
+  """The official per-layer margin, m = 0.75 - 0.75 l / L."""
+  return 0.75 - 0.75 * layer / depth
+
+
+def merge_kind(variant, layer, depth):
+  """"pitome" or "bsm" for block `layer` of `depth` under `variant`."""
+  if variant in ("pitome", "bsm"):
+    return variant
+  first_half = layer < math.ceil(depth * 0.5)
+  bsm_first = variant == "deit"
+  return "bsm" if first_half == bsm_first else "pitome"
+
+
+def energy_score(sim, margin=0.5, alpha=1.0, energy="elu"):
+  """PiToMe's energy: mean over j of ELU(sim_ij - m) per token.
+
+  `sim [B, N, N]` cosine similarities -> `[B, N]` float32. energy="paper"
+  keeps sim_ij (not sim_ij - m) above the margin, as Eq. 4 is printed.
   """
-  f = jnp.where(sim >= margin, sim,
-                alpha * (jnp.exp(jnp.minimum(sim - margin, 0.0)) - 1.0))
-  return f.mean(axis=-1)
+  if energy not in ENERGIES:
+    raise ValueError(f"pitome energy={energy!r} is unknown; use one of "
+                     f"{ENERGIES}.")
+  shifted = sim - margin
+  below = alpha * (jnp.exp(jnp.minimum(shifted, 0.0)) - 1.0)
+  above = shifted if energy == "elu" else sim
+  return jnp.where(shifted > 0, above, below).mean(axis=-1)
 
 
-def pitome(x, size, metric, *, r, margin=0.5, alpha=1.0, class_token=False,
+def pitome(x, size, metric, *, r, margin=None, alpha=1.0, variant="deit",
+           energy="elu", layer=None, depth=None, class_token=False,
            source=None):
-  """Removes r tokens by PiToMe's energy-restricted bipartite merging.
+  """Removes r tokens by PiToMe's energy-ordered merging.
 
   Args:
     x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
     metric: `[B, N, C]` similarity features (head-averaged keys in the
-      paper). Used without gradient.
+      official code). Used without gradient.
     r: static number of tokens to remove; capped (with a warning) at half of
       the non-class tokens.
-    margin, alpha: the margin m and ELU slope alpha of Eq. 4 (the official
-      code passes a per-layer margin).
+    margin: m; None gives the official 0.75 - 0.75 layer / depth.
+    alpha: ELU slope (1 in the official code).
+    variant: "deit" (default), "mae", "pitome" or "bsm" (module docstring).
+    energy: "elu" (official code) or "paper" (Eq. 4 as printed).
+    layer, depth: this block's index and the number of blocks; needed by
+      margin=None and by the "deit"/"mae" variants.
     class_token: token 0 never merges and stays first.
 
   Returns:
     `Reduced` with N - r tokens.
   """
   r = static_int(r, "r")
+  if variant not in VARIANTS:
+    raise ValueError(f"pitome variant={variant!r} is unknown; use one of "
+                     f"{VARIANTS}.")
+  needs_layer = margin is None or variant in ("deit", "mae")
+  if needs_layer and (layer is None or depth is None):
+    raise ValueError("pitome: margin=None and variant 'deit'/'mae' follow "
+                     "the block index; pass layer= and depth=, or a margin "
+                     "and variant='pitome' or 'bsm'.")
+  if margin is None:
+    margin = default_margin(layer, depth)
+  kind = merge_kind(variant, layer, depth) if needs_layer else variant
   b, n_total = x.shape[:2]
   p = int(bool(class_token))
   n = n_total - p
@@ -66,21 +113,35 @@ def pitome(x, size, metric, *, r, margin=0.5, alpha=1.0, class_token=False,
     return Reduced(x, init_size(x) if size is None else size, source)
 
   sim = cosine_similarity(jax.lax.stop_gradient(metric[:, p:]))   # [B, n, n]
-  order = jnp.argsort(-energy_score(sim, margin, alpha), axis=-1, stable=True)
-  a_idx, b_idx = order[:, :2 * r:2], order[:, 1:2 * r:2]          # [B, r]
-  ab = jnp.take_along_axis(gather_tokens(sim, a_idx), b_idx[:, None, :],
-                           axis=2)                                 # [B, r, r]
-  dst = jnp.argmax(ab, axis=-1)
-
-  num_protected = n - 2 * r
-  slot_b = p + num_protected + jnp.arange(r)
+  order = jnp.argsort(-energy_score(sim, margin, alpha, energy), axis=-1,
+                      stable=True)
   put = jax.vmap(lambda lab, i, v: lab.at[i].set(v))
   label = jnp.zeros((b, n), jnp.int32)
-  slot_protected = p + jnp.arange(num_protected)
-  label = put(label, order[:, 2 * r:],
-              jnp.broadcast_to(slot_protected, (b, num_protected)))
-  label = put(label, b_idx, jnp.broadcast_to(slot_b, (b, r)))
-  label = put(label, a_idx, slot_b[dst])
+  if kind == "pitome":
+    a_idx, b_idx = order[:, :2 * r:2], order[:, 1:2 * r:2]          # [B, r]
+    ab = jnp.take_along_axis(gather_tokens(sim, a_idx), b_idx[:, None, :],
+                             axis=2)                                # [B, r, r]
+    dst = jnp.argmax(ab, axis=-1)
+    num_protected = n - 2 * r
+    slot_b = p + num_protected + jnp.arange(r)
+    label = put(label, order[:, 2 * r:], jnp.broadcast_to(
+        p + jnp.arange(num_protected), (b, num_protected)))
+    label = put(label, b_idx, jnp.broadcast_to(slot_b, (b, r)))
+    label = put(label, a_idx, slot_b[dst])
+  else:
+    a_idx, b_idx = order[:, ::2], order[:, 1::2]
+    na, nb = a_idx.shape[1], b_idx.shape[1]
+    ab = jnp.take_along_axis(gather_tokens(sim, a_idx), b_idx[:, None, :],
+                             axis=2)                                # [B,na,nb]
+    node_max, node_idx = ab.max(axis=-1), jnp.argmax(ab, axis=-1)
+    edge = jnp.argsort(-node_max, axis=-1, stable=True)
+    unm, src = edge[:, r:], edge[:, :r]
+    slot_b = p + (na - r) + jnp.arange(nb)
+    label = put(label, gather_tokens(a_idx, unm), jnp.broadcast_to(
+        p + jnp.arange(na - r), (b, na - r)))
+    label = put(label, b_idx, jnp.broadcast_to(slot_b, (b, nb)))
+    label = put(label, gather_tokens(a_idx, src),
+                slot_b[gather_tokens(node_idx, src)])
   if class_token:
     label = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), label], axis=1)
   return merge_by_assignment(x, size, source, label, n_total - r)

@@ -11,8 +11,11 @@ Specs accepted by `tokens_per_layer`:
     from `r * (1 - inflect)` to `r * (1 + inflect)`; `("decreasing", r)` or
     `"decreasing:r"` is ToMe's decreasing schedule, inflect = -0.5
     (Bolya et al. 2023, merging-schedule experiments).
-  * `("rate", rho, layers)`: keep a fraction rho of the non-class tokens in
-    each of the given layers (EViT-style, e.g. rho=0.7 in layers (3, 6, 9)).
+  * `("rate", rho, layers)`: keep `ceil(rho * (N - 1))` of the N - 1
+    non-class tokens in each of the given layers, as EViT does; `("rate",
+    rho)` uses EViT's layers (3, 6, 9). With `extra_token=1` (EViT's fused
+    token) one token is added on top at each of those layers, and the
+    previous fused token counts among the N - 1, as in the official code.
   * a list of ints, or `("keep", ints)`: the tokens kept after each layer,
     given explicitly.
 """
@@ -24,6 +27,7 @@ from typing import Sequence
 from maskmodel.tokens.common import static_int
 
 KINDS = ("constant", "decreasing", "rate", "keep")
+EVIT_LAYERS = (3, 6, 9)   # youweiliang/evit: drop_loc of the DeiT models
 
 
 def constant_r(r, depth):
@@ -67,8 +71,9 @@ def _parse(spec):
       return ("r", lambda depth: constant_r(spec[1], depth))
     if kind == "decreasing" and len(spec) == 2:
       return ("r", lambda depth: decreasing_r(spec[1], depth))
-    if kind == "rate" and len(spec) == 3:
-      return ("rate", float(spec[1]), tuple(spec[2]))
+    if kind == "rate" and len(spec) in (2, 3):
+      layers = tuple(spec[2]) if len(spec) == 3 else EVIT_LAYERS
+      return ("rate", float(spec[1]), layers)
     if kind == "keep" and len(spec) == 2:
       return ("list", [static_int(k, "tokens kept") for k in spec[1]])
     raise ValueError(f"schedule {spec!r} is unknown; kinds are {KINDS}.")
@@ -82,7 +87,7 @@ def _parse(spec):
 
 
 def tokens_per_layer(spec, depth, num_tokens, *, class_token=True,
-                     bipartite=True):
+                     bipartite=True, extra_token=0):
   """Static list of tokens left after each of `depth` layers.
 
   Args:
@@ -92,6 +97,8 @@ def tokens_per_layer(spec, depth, num_tokens, *, class_token=True,
     class_token: whether one token is protected and never removed.
     bipartite: cap each layer's reduction at half of the non-class tokens, as
       ToMe's bipartite matching must (r-based specs only).
+    extra_token: tokens a reducing layer adds on top of the rate's count
+      (1 for EViT's fused token; rate specs only).
 
   Returns:
     `depth` ints, non-increasing, each >= 1 + class_token. Layer l runs its
@@ -122,7 +129,8 @@ def tokens_per_layer(spec, depth, num_tokens, *, class_token=True,
     kept, n = [], num_tokens
     for layer in range(depth):
       if layer in layers:
-        n = max(floor, protected + math.ceil(rho * (n - protected)))
+        n = min(n, max(floor, protected + math.ceil(rho * (n - protected))
+                       + static_int(extra_token, "extra_token")))
       kept.append(n)
     return kept
   rs = parsed[1](depth)

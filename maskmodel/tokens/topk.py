@@ -1,13 +1,20 @@
 """Top-k attention pruning: EViT, "Not All Patches are What You Need:
 Expediting Vision Transformers via Token Reorganizations" (Liang et al.,
-ICLR 2022).
+ICLR 2022), as in the official code (youweiliang/evit, `evit.py`).
 
-Attentive token identification: the [CLS] token's attention to each patch
-token, averaged over heads, ranks the tokens; the top k are kept and the
-class token is always kept. Inattentive token fusion: optionally the
-remaining tokens are fused into one token, their average weighted by that
-same [CLS] attention, appended last. Without fusion this is
-the plain Top-K baseline that "Which Tokens to Use?" found a strong one.
+Attentive token identification (Sec. 3.2): the [CLS] token's attention to
+each other token, averaged over heads, ranks the tokens; the top k are kept,
+in order of decreasing attention as `torch.topk` returns them, after the
+class token. Inattentive token fusion (Sec. 3.3): the other tokens are fused
+into one token x_fused = sum_i a_i x_i with the raw [CLS] attention a_i (not
+renormalized), appended last. Without fusion this is the plain Top-K
+baseline that "Which Tokens to Use?" found a strong one.
+
+EViT's tokens carry no size and its attention has no proportional bias; the
+size of the fused token here is the sum of the fused sizes (bookkeeping for
+pooling and source maps only; EViT's registered default is prop_attn off).
+In a schedule, EViT keeps `ceil(rate * (N - 1))` tokens besides [CLS] and
+adds the fused token on top (`tokens_per_layer(..., extra_token=1)`).
 """
 from __future__ import annotations
 
@@ -17,9 +24,11 @@ import jax.numpy as jnp
 from maskmodel.tokens.common import (Reduced, check_keep, gather_tokens,
                                      init_size, keep_tokens, with_class_token)
 
+ORDERS = ("attention", "index")
+
 
 def topk_prune(x, size, scores, *, keep, class_token=True, fuse=False,
-               source=None):
+               normalize_fused=False, order="attention", source=None):
   """Keeps the `keep` tokens with the highest `scores` (EViT).
 
   Args:
@@ -31,13 +40,21 @@ def topk_prune(x, size, scores, *, keep, class_token=True, fuse=False,
     class_token: token 0 is always kept, first.
     fuse: fuse the pruned tokens into one extra last token (EViT); its size
       and source are the sums of the fused tokens'.
+    normalize_fused: divide the fusion weights by their sum (a weighted
+      mean). Off in the official code, where the fused token is the raw
+      attention-weighted sum; an option for per-layer use, where the raw sum
+      shrinks the fused token's scale.
+    order: "attention" (official: kept tokens by decreasing score) or
+      "index" (their original order).
 
   Returns:
-    `Reduced`: class token, then the kept tokens in their original order,
-    then the fused token when `fuse`.
+    `Reduced`: class token, then the kept tokens, then the fused token when
+    `fuse`.
   """
   n_total = x.shape[1]
   keep = check_keep(keep, n_total, class_token, "topk")
+  if order not in ORDERS:
+    raise ValueError(f"topk order={order!r} is unknown; use one of {ORDERS}.")
   p = int(bool(class_token))
   num_top = keep - p - int(bool(fuse))
   if fuse and keep == n_total:
@@ -46,14 +63,17 @@ def topk_prune(x, size, scores, *, keep, class_token=True, fuse=False,
   if size is None:
     size = init_size(x)
   scores = jax.lax.stop_gradient(scores.astype(jnp.float32))[:, p:]
-  order = jnp.argsort(-scores, axis=-1, stable=True)
-  kept = with_class_token(jnp.sort(order[:, :num_top], axis=-1), class_token)
-  out = keep_tokens(x, size, source, kept)
+  ranked = jnp.argsort(-scores, axis=-1, stable=True)
+  top = ranked[:, :num_top]
+  if order == "index":
+    top = jnp.sort(top, axis=-1)
+  out = keep_tokens(x, size, source, with_class_token(top, class_token))
   if not fuse:
     return out
-  rest = order[:, num_top:] + p
-  w = gather_tokens(scores, order[:, num_top:])[..., None]       # [B, R, 1]
-  w = w / jnp.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+  rest = ranked[:, num_top:] + p
+  w = gather_tokens(scores, ranked[:, num_top:])[..., None]      # [B, R, 1]
+  if normalize_fused:
+    w = w / jnp.maximum(w.sum(axis=1, keepdims=True), 1e-12)
   fused = (w * gather_tokens(x, rest).astype(jnp.float32)).sum(axis=1,
                                                                  keepdims=True)
   fused_size = gather_tokens(size, rest).sum(axis=1, keepdims=True)
