@@ -1,6 +1,7 @@
 """Data: sources (embedded, sklearn, Fashion-MNIST IDX, TFDS, synthetic) and grain
 pipelines."""
 from maskmodel.data.pipeline import (ImageSpec, eval_batches, eval_preprocess,
-                                     image_spec, train_augment,
+                                     image_spec, normalize, random_resized_crop,
+                                     train_augment,
                                      train_dataset, train_iterator)
 from maskmodel.data.sources import DataError, get_source

@@ -61,7 +61,7 @@ def random_resized_crop(image, size, rng, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)
   return _resize(image, size)  # fall back to the whole image
 
 
-def _normalize(image, spec: ImageSpec):
+def normalize(image, spec: ImageSpec):
   x = image.astype(np.float32) / 255.0
   return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
 
@@ -79,7 +79,7 @@ def eval_preprocess(record, spec: ImageSpec):
   image = record["image"]
   if image.shape[:2] != (spec.size, spec.size) or spec.eval_crop != 1.0:
     image = center_crop(image, spec.size, spec.eval_crop)
-  return {"image": _normalize(image, spec), "label": record["label"]}
+  return {"image": normalize(image, spec), "label": record["label"]}
 
 
 def train_augment(record, rng, spec: ImageSpec, crop_scale, flip):
@@ -90,7 +90,7 @@ def train_augment(record, rng, spec: ImageSpec, crop_scale, flip):
     image = _resize(image, spec.size)
   if flip and rng.uniform() < 0.5:
     image = image[:, ::-1]
-  return {"image": _normalize(image, spec), "label": record["label"]}
+  return {"image": normalize(image, spec), "label": record["label"]}
 
 
 def _process_shard(ds):

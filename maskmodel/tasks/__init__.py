@@ -4,13 +4,15 @@ loop knows nothing else about it."""
 from maskmodel.config import ConfigError
 from maskmodel.tasks.base import Task, TaskBase
 from maskmodel.tasks.classify import ClassifyTask
+from maskmodel.tasks.cropmae import CropMAETask
 from maskmodel.tasks.hpm import HPMTask
 from maskmodel.tasks.mae import MAETask
 from maskmodel.tasks.maskfeat import MaskFeatTask
 from maskmodel.tasks.simmim import SimMIMTask
 
 TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
-         "maskfeat": MaskFeatTask, "classify": ClassifyTask}
+         "maskfeat": MaskFeatTask, "cropmae": CropMAETask,
+         "classify": ClassifyTask}
 
 
 def get_task(config):
