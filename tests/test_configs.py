@@ -92,8 +92,8 @@ def _stated_values(doc, config, path):
   claim(r"layer-wise lr decay ([\d.]+)", lambda m: c.optimizer.layer_decay)
   claim(r"(embedded MNIST) sample", lambda m: c.data.name, lambda s: "mnist5k")
   claim(r"real (Fashion-MNIST)", lambda m: c.data.name, lambda s: "fashion_mnist")
-  claim(r"normalized with mean ([\d.]+)", lambda m: c.data.mean[0])
-  claim(r"normalized with mean [\d.]+, std ([\d.]+)", lambda m: c.data.std[0])
+  claim(r"normalized\s+with\s+mean\s+([\d.]+)", lambda m: c.data.mean[0])
+  claim(r"normalized\s+with\s+mean\s+[\d.]+,\s+std\s+([\d.]+)", lambda m: c.data.std[0])
   claim(r"([\d,]+) steps at batch", lambda m: c.total_steps,
         lambda s: int(s.replace(",", "")))
   claim(r"steps at batch (\d+)", lambda m: c.batch_size, int)

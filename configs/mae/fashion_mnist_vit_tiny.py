@@ -1,17 +1,35 @@
-"""MAE pretraining of a tiny ViT on Fashion-MNIST (60,000 train / 10,000 test).
+"""MAE pretraining of a tiny ViT on the real Fashion-MNIST (60,000 train /
+10,000 test images, 28x28, 10 classes).
 
-Reproduces: nothing from a paper; it is the small real-data benchmark the
-masked-modeling zoo compares on, since MNIST digits are too easy to separate
-methods. Linear probe and k-NN of the pretrained encoder, next to the same
-encoder at random init and raw pixels.
-Expected: TBD
-Hardware / time: TBD
+Reproduces: nothing from a paper; it is the small real-data benchmark for
+the masked-modeling methods, since MNIST digits are too easy to separate
+them. ViT width 96, depth 4, patch 4, 2x64 decoder, mask ratio 0.75,
+norm-pix loss; 1,500 steps at batch 128 (3.2 epochs), images normalized
+with mean 0.2860, std 0.3530 (the training set's), crop (0.5, 1) and flip.
+The report compares k-NN (k = 20, T = 0.07) and the linear probe on all
+60,000 / 10,000 images with the same encoder at random init and with raw
+pixels.
+Expected (seed 0, measured by the command below):
+
+  | encoder                   | k-NN   | linear probe |
+  | MAE-pretrained            | 0.7978 | 0.7832       |
+  | same encoder, random init | 0.7117 | 0.7425       |
+  | raw pixels, no encoder    | 0.8569 | 0.8471       |
+
+Raw pixels beat the MAE encoder on both evals at this budget; pretraining
+beats only its random init. Reconstruction MSE on hidden pixels: 0.1567.
+Hardware / time: 2 CPU cores, measured while shared with other jobs (load
+average about 7; the run got 57% of one core on average): 21 min 40 s wall,
+793 s of it training, 12.4 min of CPU time (535 s user + 211 s system), so
+under 10 minutes on two idle cores. Peak memory 11 GB (the k-NN similarity
+matrix of 10,000 x 60,000, for the encoder and for pixels).
 
   python -m maskmodel.main --config configs/mae/fashion_mnist_vit_tiny.py --workdir /tmp/mae_fashion
 
-Data: `data.name = "fashion_mnist"` reads the IDX files of Debian's
-`dataset-fashion-mnist` (`make data`) from /usr/share/datasets/fashion-mnist,
-or from `--config.data.data_dir=DIR`.
+(the figures above: this command prefixed by `nice -n 5 /usr/bin/time -v`).
+Data: `data.name = "fashion_mnist"` reads the IDX files of
+Debian's `dataset-fashion-mnist` (`make data`) from
+/usr/share/datasets/fashion-mnist, or from `--config.data.data_dir=DIR`.
 Variants: `:smoke` runs a few steps with a smaller model, for tests.
 """
 import ml_collections
@@ -52,7 +70,8 @@ def get_config(arg=None):
 
   c.evals.names = ("knn", "linear_probe", "reconstruction")
   c.evals.compare_random_init = True
-  c.evals.knn.every = 0
+  c.evals.compare_pixels = True
+  c.evals.knn.every = 0  # at the end only: one k-NN round over 70,000 images takes minutes
   c.evals.linear_probe.steps = 500
 
   if arg == "smoke":
