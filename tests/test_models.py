@@ -150,3 +150,21 @@ def test_mae_reconstruct_returns_images_and_the_eval_needs_no_patches(tmp_path):
   want = float((per_patch * m.mask).sum() / m.mask.sum())
   assert got == pytest.approx(want, rel=1e-4)
   assert (tmp_path / "reconstructions.png").exists()
+
+
+def test_models_tasks_and_data_never_import_the_loop():
+  """Imports run one way: the loop imports tasks; tasks, models, masking,
+  tokens and data import none of the loop, its evaluators or its report."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT  # pylint: disable=g-import-not-at-top
+  code = ("import sys\n"
+          "import maskmodel.tasks, maskmodel.models, maskmodel.masking, "
+          "maskmodel.tokens, maskmodel.data\n"
+          "print(' '.join(sorted(m for m in sys.modules if m.startswith('maskmodel'))))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, check=True).stdout.split()
+  assert "maskmodel.models.registry" in out and "maskmodel.tasks.mae" in out
+  loop = [m for m in out if m.split(".")[1:2] and m.split(".")[1] in
+          ("train", "main", "evaluators", "report", "experiments")]
+  assert not loop, loop
