@@ -97,6 +97,7 @@ if __name__ == "__main__":
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import functools
+import importlib.util
 import pathlib
 import platform
 import resource
@@ -127,8 +128,15 @@ def vit_b16_mae_config(batch_size: int):
   """The ViT-B/16 MAE pretraining config of `configs/mae/imagenet_vit_b16.py`
   (He et al. 2021, Appendix A.1) at `batch_size`, in float32. One epoch
   without warmup: the lr schedule does not change the step's cost."""
-  c = mm.mae_imagenet_config(width=768, depth=12, num_heads=12, patch_size=16,
-                             epochs=1, batch_size=batch_size, warmup_epochs=0)
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs/mae/imagenet_vit_b16.py"
+  spec = importlib.util.spec_from_file_location("imagenet_vit_b16", path)
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  c = recipe.get_config("1")
+  c.total_steps = recipe.IMAGENET_TRAIN_IMAGES // batch_size
+  c.optimizer.lr = c.optimizer.lr * batch_size / c.batch_size
+  c.batch_size = batch_size
+  c.optimizer.warmup_steps = 0
   c.model.dtype = "float32"
   c.data.name = "synthetic"
   return c

@@ -79,6 +79,7 @@ def base_config():
   c.data.eval_crop = 1.0  # evals: shorter side to image_size / eval_crop, center crop
 
   c.model = ml_collections.ConfigDict()
+  c.model.name = "vit"  # a builder of maskmodel.models (get_model)
   c.model.patch_size = 4
   c.model.width = 128
   c.model.depth = 4
@@ -134,55 +135,4 @@ def token_reduction(method="none", schedule=0, options=None, prop_attn=None):
   c.options = ml_collections.FieldReference(dict(options or {}),
                                             field_type=object)
   c.prop_attn = ml_collections.FieldReference(prop_attn, field_type=object)
-  return c
-
-
-def mae_task(mask_ratio=0.75, norm_pix_loss=True, decoder_width=512,
-             decoder_depth=8, decoder_heads=16):
-  return ml_collections.ConfigDict(dict(
-      name="mae", mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
-      decoder=dict(width=decoder_width, depth=decoder_depth,
-                   num_heads=decoder_heads)))
-
-
-IMAGENET_TRAIN_IMAGES = 1_281_167
-
-
-def mae_imagenet_config(*, width, depth, num_heads, patch_size, epochs,
-                        batch_size=4096, base_lr=1.5e-4, warmup_epochs=40):
-  """MAE's ImageNet-1k pretraining recipe (He et al. 2021, Appendix A.1).
-
-  AdamW (0.9, 0.95), weight decay 0.05, lr = base_lr * batch / 256, cosine
-  decay after `warmup_epochs` of linear warmup, random-resized-crop (0.2, 1)
-  plus flip, mask ratio 0.75, normalized-pixel loss, decoder 8 x 512.
-  """
-  c = base_config()
-  steps_per_epoch = IMAGENET_TRAIN_IMAGES // batch_size
-  c.total_steps = epochs * steps_per_epoch
-  c.batch_size = batch_size
-  c.log_every = 100
-  c.checkpoint_every = 2000
-  c.data.name = "tfds:imagenet2012"
-  c.data.test_split = "validation"
-  c.data.image_size = 224
-  c.data.channels = 3
-  c.data.num_classes = 1000
-  c.data.mean = (0.485, 0.456, 0.406)
-  c.data.std = (0.229, 0.224, 0.225)
-  c.data.crop_scale = (0.2, 1.0)
-  c.data.flip = True
-  c.data.eval_crop = 0.875  # resize 256, center crop 224, as MAE's evals
-  c.model.patch_size = patch_size
-  c.model.width = width
-  c.model.depth = depth
-  c.model.num_heads = num_heads
-  c.model.dtype = "bfloat16"
-  c.task = mae_task(mask_ratio=0.75, norm_pix_loss=True, decoder_width=512,
-                    decoder_depth=8, decoder_heads=16)
-  c.optimizer.lr = base_lr * batch_size / 256
-  c.optimizer.warmup_steps = warmup_epochs * steps_per_epoch
-  c.optimizer.b2 = 0.95
-  c.optimizer.weight_decay = 0.05
-  c.optimizer.grad_clip = 0.0
-  c.evals.names = ()  # fine-tuning and linear probing are separate runs
   return c

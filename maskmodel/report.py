@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from maskmodel.evaluators.plots import loss_curve
+from maskmodel.models import get_model
 
 
 # Column titles of the baselines, in the order the table shows them.
@@ -38,8 +39,7 @@ def write(workdir, config, final: dict, baselines: dict, *, train_seconds: float
   lines = [
       f"# {config.task.name} on {config.data.name}",
       "",
-      f"- model: ViT width {config.model.width}, depth {config.model.depth}, "
-      f"patch {config.model.patch_size}, image {config.data.image_size}",
+      f"- model: {get_model(config.model.name).describe(config)}",
       f"- steps: {config.total_steps} at batch {config.batch_size} "
       f"({steps_run} run in this process, {train_seconds:.0f} s of training)",
       "",

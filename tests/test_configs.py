@@ -91,6 +91,13 @@ def _stated_values(doc, config, path):
   claim(r"\d+x(\d+) decoder", lambda m: c.task.decoder.width, int)
   claim(r"layer-wise lr decay ([\d.]+)", lambda m: c.optimizer.layer_decay)
   claim(r"(embedded MNIST) sample", lambda m: c.data.name, lambda s: "mnist5k")
+  claim(r"real (Fashion-MNIST)", lambda m: c.data.name, lambda s: "fashion_mnist")
+  claim(r"normalized\s+with\s+mean\s+([\d.]+)", lambda m: c.data.mean[0])
+  claim(r"normalized\s+with\s+mean\s+[\d.]+,\s+std\s+([\d.]+)", lambda m: c.data.std[0])
+  claim(r"([\d,]+) steps at batch", lambda m: c.total_steps,
+        lambda s: int(s.replace(",", "")))
+  claim(r"steps at batch (\d+)", lambda m: c.batch_size, int)
+  claim(r"mask ratio (0\.\d+)", lambda m: c.task.mask_ratio)
   claim(r"leave `task.init_from` (empty)", lambda m: c.task.init_from, lambda s: "")
   # "The argument is the number of epochs (default 800 ...)".
   m = re.search(r"number of epochs \(default (\d+)", doc)
@@ -124,3 +131,80 @@ def test_docstring_states_the_config(path):
     assert m, f"{path} points to README section {section!r}, which does not exist"
     assert re.search(r"^\|.*\d\.\d+", m.group(1), re.MULTILINE), \
         f"README section {section!r} has no table of numbers"
+
+
+# What a config file may call in the library: the schema defaults and the
+# token-reduction sub-schema. A recipe (batch, lr, schedule, task dict) is
+# written in the file itself (big_vision style).
+SCHEMA_FUNCTIONS = {"base_config", "token_reduction"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=IDS)
+def test_config_file_writes_its_recipe(path):
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  aliases = {a.asname or a.name for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.module == "maskmodel"
+             for a in node.names if a.name == "config"}
+  calls = {node.func.attr for node in ast.walk(tree)
+           if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+           and isinstance(node.func.value, ast.Name) and node.func.value.id in aliases}
+  assert calls <= SCHEMA_FUNCTIONS, (
+      f"{path} calls {sorted(calls - SCHEMA_FUNCTIONS)} of maskmodel.config; "
+      "write the recipe in the config file")
+
+
+def test_library_config_holds_no_recipe():
+  public = {n for n in dir(config_lib) if not n.startswith("_")
+            and callable(getattr(config_lib, n))}
+  assert public - {"ConfigError", "validate"} == SCHEMA_FUNCTIONS, public
+
+
+FASHION = os.path.join(ROOT, "configs", "mae", "fashion_mnist_vit_tiny.py")
+
+
+def test_fashion_mnist_config_is_mae_with_honest_baselines():
+  c = load_config(FASHION)
+  assert c.data.name == "fashion_mnist" and c.data.data_dir is None
+  assert (c.data.image_size, c.data.channels, c.data.num_classes) == (28, 1, 10)
+  assert (c.data.mean, c.data.std) == ((0.2860,), (0.3530,))
+  assert c.model.name == "vit" and c.task.name == "mae"
+  assert {"knn", "linear_probe"} <= set(c.evals.names)
+  assert c.evals.compare_random_init and c.evals.compare_pixels
+  smoke = load_config(FASHION + ":smoke")
+  assert smoke.data.name == "fashion_mnist" and smoke.total_steps <= 20
+  config_lib.validate(smoke, num_devices=1)
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Debian's dataset-fashion-mnist is not installed (make data)")
+def test_fashion_mnist_normalization_is_the_training_set_statistics():
+  from maskmodel import data  # pylint: disable=g-import-not-at-top
+  c = load_config(FASHION)
+  x = data.get_source("fashion_mnist", "train").images / 255.0
+  assert (round(float(x.mean()), 4), round(float(x.std()), 4)) == (c.data.mean[0], c.data.std[0])
+
+
+def test_fashion_mnist_smoke_runs_on_idx_files(tmp_path):
+  """`:smoke` through the CLI on tiny IDX files in `data.data_dir`, so the
+  suite needs no installed dataset; the report has the baseline columns."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from conftest import run_cli  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  folder = tmp_path / "fashion"
+  folder.mkdir()
+  for prefix, n in (("train", 64), ("t10k", 32)):
+    for kind, array in (("images-idx3", rng.integers(0, 256, (n, 28, 28))),
+                        ("labels-idx1", np.arange(n) % 10)):
+      raw = (bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+             + array.astype(np.uint8).tobytes())
+      (folder / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(raw))
+  wd = tmp_path / "run"
+  proc = run_cli("--config", FASHION + ":smoke", "--workdir", str(wd),
+                 f"--config.data.data_dir={folder}", "--config.evals.batch_size=32")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "data=fashion_mnist" in proc.stdout
+  report = (wd / "report.md").read_text()
+  assert "# mae on fashion_mnist" in report
+  assert "| metric | trained | random init | raw pixels |" in report

@@ -34,11 +34,26 @@ def _vit_params(width, depth, patch_in, extra):
   return depth * block + 2 * width + (patch_in + 1) * width + extra * width
 
 
+@pytest.mark.parametrize("epochs", [None, 100, 1600])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_imagenet_schedule_follows_the_epochs(name, epochs):
+  """lr = blr * batch / 256, and steps and warmup in epochs of the 1,281,167
+  training images (the default is 800 epochs)."""
+  c = _config(name, epochs or "")
+  steps_per_epoch = 1_281_167 // c.batch_size
+  assert c.total_steps == (epochs or 800) * steps_per_epoch
+  assert c.optimizer.lr == pytest.approx(1.5e-4 * c.batch_size / 256)
+  assert c.optimizer.warmup_steps == 40 * steps_per_epoch
+  config_lib.validate(c, 1)
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_imagenet_config_is_the_paper_recipe(name):
   c = _config(name, 1600)
   config_lib.validate(c, 1)
   steps_per_epoch = 1_281_167 // 4096
+  assert c.model.name == "vit" and c.model.dtype == "bfloat16"
+  assert c.optimizer.grad_clip == 0.0 and c.evals.names == ()
   assert c.data.name == "tfds:imagenet2012" and c.data.test_split == "validation"
   assert (c.data.image_size, c.data.channels, c.data.num_classes) == (224, 3, 1000)
   assert tuple(c.data.crop_scale) == (0.2, 1.0) and c.data.flip

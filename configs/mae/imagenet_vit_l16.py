@@ -15,10 +15,54 @@ downloaded by this code).
 The argument is the number of epochs (default 800; the paper's best is 1600).
 Not run here: these machines have no ImageNet and no accelerator.
 """
+
+import ml_collections
+
 from maskmodel import config as mm
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
 def get_config(arg=None):
   epochs = int(arg) if arg else 800
-  return mm.mae_imagenet_config(width=1024, depth=24, num_heads=16, patch_size=16,
-                                epochs=epochs)
+  batch_size = 4096
+  base_lr = 1.5e-4  # lr = base_lr * batch / 256 (MAE Appendix A.1)
+  warmup_epochs = 40
+  steps_per_epoch = IMAGENET_TRAIN_IMAGES // batch_size
+
+  c = mm.base_config()
+  c.total_steps = epochs * steps_per_epoch
+  c.batch_size = batch_size
+  c.log_every = 100
+  c.checkpoint_every = 2000
+
+  c.data.name = "tfds:imagenet2012"
+  c.data.test_split = "validation"
+  c.data.image_size = 224
+  c.data.channels = 3
+  c.data.num_classes = 1000
+  c.data.mean = (0.485, 0.456, 0.406)
+  c.data.std = (0.229, 0.224, 0.225)
+  c.data.crop_scale = (0.2, 1.0)  # RandomResizedCrop(224, scale=(0.2, 1.0))
+  c.data.flip = True
+  c.data.eval_crop = 0.875  # resize 256, center crop 224, as MAE's evals
+
+  c.model.name = "vit"
+  c.model.patch_size = 16
+  c.model.width = 1024
+  c.model.depth = 24
+  c.model.num_heads = 16
+  c.model.dtype = "bfloat16"
+
+  c.task = ml_collections.ConfigDict(dict(
+      name="mae", mask_ratio=0.75, norm_pix_loss=True,
+      decoder=dict(width=512, depth=8, num_heads=16)))
+
+  c.optimizer.lr = base_lr * batch_size / 256
+  c.optimizer.warmup_steps = warmup_epochs * steps_per_epoch
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.weight_decay = 0.05
+  c.optimizer.grad_clip = 0.0  # MAE pretraining clips no gradients
+  c.evals.names = ()  # fine-tuning and linear probing are separate runs
+  return c

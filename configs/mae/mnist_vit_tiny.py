@@ -11,13 +11,16 @@ Hardware / time: 2 CPU cores, under 10 minutes including evals.
 
 Variants: `:smoke` runs a few steps with a smaller model, for tests.
 """
+import ml_collections
+
 from maskmodel import config as mm
 
 
 def get_config(arg=None):
   c = mm.base_config()
-  c.task = mm.mae_task(mask_ratio=0.75, norm_pix_loss=True, decoder_width=64,
-                       decoder_depth=2, decoder_heads=4)
+  c.task = ml_collections.ConfigDict(dict(
+      name="mae", mask_ratio=0.75, norm_pix_loss=True,
+      decoder=dict(width=64, depth=2, num_heads=4)))
   c.model.width = 96
   c.model.num_heads = 3
   c.total_steps = 1500

@@ -21,7 +21,6 @@ from maskmodel.evaluators import features as features_lib
 from maskmodel.evaluators.knn import knn_accuracy
 from maskmodel.evaluators.linear_probe import linear_probe
 from maskmodel.evaluators.plots import image_grid
-from maskmodel.models.patches import unpatchify
 
 
 @dataclasses.dataclass
@@ -109,18 +108,15 @@ def reconstruction(ctx, params, task_state, cache):
   del cache
   n = ctx.config.evals.reconstruction.num_images
   images = np.stack([ctx.example(ctx.test_source[i])["image"] for i in range(n)])
-  out = _task_reconstruction(ctx.task, params, task_state, images,
-                             jax.random.PRNGKey(ctx.config.seed))
-  p, c = ctx.config.model.patch_size, ctx.config.data.channels
-  grid = (images.shape[1] // p, images.shape[2] // p)
-  to_img = lambda x: np.asarray(unpatchify(x, p, grid, c))
+  out = {k: np.asarray(v) for k, v in _task_reconstruction(
+      ctx.task, params, task_state, images, jax.random.PRNGKey(ctx.config.seed)).items()}
   path = os.path.join(ctx.workdir, "reconstructions.png")
-  image_grid({"original": to_img(out["original"]), "masked": to_img(out["masked"]),
-              "reconstructed": to_img(out["reconstruction"])}, path,
+  image_grid({"original": out["original"], "masked": out["masked"],
+              "reconstructed": out["reconstruction"]}, path,
              ctx.config.data.mean, ctx.config.data.std)
-  masked = out["mask"][..., None]
-  err = float(((out["reconstruction"] - out["original"]) ** 2 * masked).sum()
-              / (masked.sum() * out["original"].shape[-1]))
+  hidden = out["mask"]  # [B, H, W, 1]: the mean over hidden pixels, channels
+  err = float(((out["reconstruction"] - out["original"]) ** 2 * hidden).sum()
+              / (hidden.sum() * out["original"].shape[-1]))
   return {"reconstruction_mse_pixels": err}
 
 

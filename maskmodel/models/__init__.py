@@ -1,1 +1,4 @@
-"""Flax linen models."""
+"""Flax linen models, built by `config.model.name` through a registry
+(`registry.py`): `get_model(config.model.name).build(config.model, ...)`."""
+from maskmodel.models.registry import MODELS, ModelFamily, get_model, register
+from maskmodel.models import build as _vit  # registers "vit"

@@ -1,4 +1,5 @@
-"""Builds models from `config.model` and checks the geometry they need."""
+"""The ViT family (`model.name = "vit"`): builds it from `config.model`,
+checks the geometry it needs, and registers it."""
 from __future__ import annotations
 
 import copy
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 from maskmodel import config as config_lib
 from maskmodel import tokens
 from maskmodel.config import ConfigError
+from maskmodel.models import registry
 from maskmodel.models.vit import TokenReduction, ViT
 
 # Bipartite matching can remove at most half of the non-class tokens a layer
@@ -158,3 +160,18 @@ def vit_layer_ids(params, depth: int):
         return int(n.split("_")[1]) + 1
     return depth + 1
   return jax.tree_util.tree_map_with_path(layer, params)
+
+
+def describe(config) -> str:
+  """The ViT of `config`, in one line of `report.md`."""
+  m = config.model
+  return (f"ViT width {m.width}, depth {m.depth}, patch {m.patch_size}, "
+          f"image {config.data.image_size}")
+
+
+def layer_ids(params, model_config):
+  return vit_layer_ids(params, model_config.depth), model_config.depth + 1
+
+
+registry.register("vit", build=vit, num_tokens=num_tokens, describe=describe,
+                  layer_ids=layer_ids)

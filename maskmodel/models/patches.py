@@ -24,6 +24,25 @@ def unpatchify(patches, patch_size: int, grid: tuple[int, int], channels: int):
   return x.reshape(b, gh * p, gw * p, channels)
 
 
+def reconstruction_images(images, pred, mask, patch_size: int):
+  """What a reconstruction evaluator shows, as images [B, H, W, C]: the
+  input, the input with hidden patches blanked, and the prediction pasted
+  into the hidden patches; plus `mask` [B, H, W, 1], 1 on hidden pixels.
+
+  pred: [B, N, p*p*C] pixels; mask: [B, N], 1 = hidden.
+  """
+  b, h, w, c = images.shape
+  p = patch_size
+  grid = (h // p, w // p)
+  target = patchify(images, p)
+  m = mask[..., None].astype(target.dtype)
+  hidden = jnp.broadcast_to(m, target.shape[:-1] + (p * p,))
+  return {"original": images,
+          "masked": unpatchify(target * (1 - m), p, grid, c),
+          "reconstruction": unpatchify(pred * m + target * (1 - m), p, grid, c),
+          "mask": unpatchify(hidden, p, grid, 1)}
+
+
 def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
   omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.0)
   omega = 1.0 / 10000**omega

@@ -37,7 +37,10 @@ and may override the defaults of `TaskBase`:
   `evals.NAME.every` steps if the config sets it, else at the end).
 
 Evaluation hooks (`features`, `logits`, `reconstruct`, `encoder_params`) are
-read by `maskmodel.evaluators` where a task has them.
+read by `maskmodel.evaluators` where a task has them. `reconstruct(params,
+state, images, rng)` returns images like its input ("original", "masked",
+"reconstruction") and "mask" [B, H, W, 1], 1 where the input was hidden, so
+the evaluator needs no knowledge of the model's patches.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Supervised image classification with a ViT: fine-tuning or from scratch.
+"""Supervised image classification with the encoder `model.name` names:
+fine-tuning or from scratch.
 
 With `task.init_from` set to an MAE workdir, the encoder starts from its last
 checkpoint (MAE Sec. 4, "fine-tuning"); the head starts at zero. That load
@@ -16,7 +17,8 @@ import optax
 
 from maskmodel import checkpoint
 from maskmodel import optim
-from maskmodel.models import build
+from maskmodel.config import ConfigError
+from maskmodel.models import get_model
 from maskmodel.tasks.base import TaskBase
 
 
@@ -31,10 +33,10 @@ class ClassifyTask(TaskBase):
 
   def __init__(self, config):
     super().__init__(config)
-    build.grid(config)
+    self.family = get_model(config.model.name)
     self.num_classes = config.data.num_classes
-    self.model = build.vit(config.model, num_classes=self.num_classes,
-                           num_tokens=build.num_tokens(config))
+    self.model = self.family.build(config.model, num_classes=self.num_classes,
+                                   num_tokens=self.family.num_tokens(config))
 
   def init(self, rng, batch):
     return self.model.init(rng, batch["image"])["params"], {}
@@ -46,12 +48,15 @@ class ClassifyTask(TaskBase):
     return params, state
 
   def param_labels(self, params):
-    """Layer-wise lr decay over the ViT's depth, when configured."""
-    o, depth = self.config.optimizer, self.config.model.depth
+    """Layer-wise lr decay over the model's depth, when configured."""
+    o = self.config.optimizer
     if o.layer_decay >= 1.0:
       return None
-    return optim.layer_decay_scales(build.vit_layer_ids(params, depth),
-                                    o.layer_decay, depth + 1)
+    if self.family.layer_ids is None:
+      raise ConfigError(f"model.name={self.family.name!r} has no layer depths "
+                        "for optimizer.layer_decay; set it to 1.0.")
+    ids, num_layers = self.family.layer_ids(params, self.config.model)
+    return optim.layer_decay_scales(ids, o.layer_decay, num_layers)
 
   def logits(self, params, state, images):
     del state

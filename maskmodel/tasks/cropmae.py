@@ -23,6 +23,7 @@ import jax
 
 from maskmodel import data, masking
 from maskmodel.config import ConfigError
+from maskmodel import models
 from maskmodel.models import build
 from maskmodel.models.cross_decoder import CrossDecoder
 from maskmodel.models.patches import patchify
@@ -55,7 +56,8 @@ class CropMAETask(TaskBase):
       raise ConfigError(f"task.views={t.views!r} is unknown; use one of {VIEWS}.")
     self.grid = build.grid(config)
     self.keep = masking.num_kept(self.grid[0] * self.grid[1], t.mask_ratio)
-    self.encoder = build.vit(build.with_token_reduction(m, "none"))
+    self.encoder = models.get_model(m.name).build(
+        build.with_token_reduction(m, "none"))
     dec = t.decoder
     self.model = SiameseMAE(
         encoder=self.encoder,

@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from maskmodel import masking
+from maskmodel import models
 from maskmodel.models import build
 from maskmodel.models.mae import MAEDecoder, MaskedAutoencoder
-from maskmodel.models.patches import patchify
+from maskmodel.models.patches import patchify, reconstruction_images
 from maskmodel.tasks.base import TaskBase
 
 
@@ -50,9 +51,10 @@ class MAETask(TaskBase):
     self.norm_pix_loss = t.norm_pix_loss
     # The same params serve both: the pretraining encoder (visible tokens,
     # reduced along model.token_reduction) and the full-image feature encoder.
-    self.encoder = build.vit(build.with_token_reduction(m, "none"),
-                             num_classes=0)
-    pretrain_encoder = build.vit(m, num_classes=0, num_tokens=self.keep + 1)
+    family = models.get_model(m.name)
+    self.encoder = family.build(build.with_token_reduction(m, "none"),
+                                num_classes=0)
+    pretrain_encoder = family.build(m, num_classes=0, num_tokens=self.keep + 1)
     dec = t.decoder
     self.model = MaskedAutoencoder(
         encoder=pretrain_encoder,
@@ -94,18 +96,19 @@ class MAETask(TaskBase):
     return params["encoder"]
 
   def reconstruct(self, params, state, images, rng):
-    """Returns patches of the input, the masked input and the reconstruction.
+    """Images [B, H, W, C]: the input, the masked input and the
+    reconstruction (the prediction at hidden patches, the input elsewhere),
+    and `mask` [B, H, W, 1], 1 on hidden pixels.
 
     With a normalized-pixel target the prediction is mapped back to pixels
     with each patch's own mean and std, as in the MAE visualization demo.
     """
     del state
     pred, mask = self.predict(params, images, rng)
-    target = patchify(images, self.config.model.patch_size)
+    p = self.config.model.patch_size
     if self.norm_pix_loss:
+      target = patchify(images, p)
       mean = target.mean(-1, keepdims=True)
       std = jnp.sqrt(target.var(-1, keepdims=True) + 1e-6)
       pred = pred * std + mean
-    m = mask.mask[..., None]
-    return {"original": target, "masked": target * (1 - m),
-            "reconstruction": pred * m + target * (1 - m), "mask": mask.mask}
+    return reconstruction_images(images, pred, mask.mask, p)

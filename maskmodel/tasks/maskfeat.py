@@ -27,6 +27,7 @@ import numpy as np
 
 from maskmodel import masking
 from maskmodel.config import ConfigError
+from maskmodel import models
 from maskmodel.models import build
 from maskmodel.tasks.base import TaskBase
 from maskmodel.tasks.mae import masked_mse
@@ -86,7 +87,8 @@ class MaskFeatTask(TaskBase):
     n = self.grid[0] * self.grid[1]
     self.num_hidden = masking.num_hidden_blocks(n, t.mask_ratio)
     out_dim = config.data.channels * NBINS * (m.patch_size // t.hog_cell)**2
-    self.encoder = build.vit(build.with_token_reduction(m, "none"))
+    self.encoder = models.get_model(m.name).build(
+        build.with_token_reduction(m, "none"))
     self.model = MaskTokenModel(encoder=self.encoder, out_dim=out_dim)
 
   def mask_policy(self, rng, batch_size):

@@ -23,8 +23,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from maskmodel import masking
+from maskmodel import models
 from maskmodel.models import build
-from maskmodel.models.patches import patchify
+from maskmodel.models.patches import patchify, reconstruction_images
 from maskmodel.models.vit import ViT, dense_init
 from maskmodel.tasks.base import TaskBase
 
@@ -67,7 +68,8 @@ class SimMIMTask(TaskBase):
     self.cell = t.mask_patch_size // m.patch_size
     self.keep = masking.num_kept_coarse(self.grid, self.cell, t.mask_ratio)
     self.channels = config.data.channels
-    self.encoder = build.vit(build.with_token_reduction(m, "none"))
+    self.encoder = models.get_model(m.name).build(
+        build.with_token_reduction(m, "none"))
     self.model = MaskTokenModel(encoder=self.encoder,
                                 out_dim=m.patch_size**2 * self.channels)
 
@@ -100,7 +102,4 @@ class SimMIMTask(TaskBase):
     del state
     mask = self.mask_policy(rng, images.shape[0]).mask
     pred = self.model.apply({"params": params}, images, mask)
-    target = patchify(images, self.config.model.patch_size)
-    m = mask[..., None]
-    return {"original": target, "masked": target * (1 - m),
-            "reconstruction": pred * m + target * (1 - m), "mask": mask}
+    return reconstruction_images(images, pred, mask, self.config.model.patch_size)
