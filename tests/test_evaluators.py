@@ -158,3 +158,14 @@ def test_pixel_baseline_scores_the_pixels_of_each_split(tmp_path):
   # Only the feature evaluators have a pixel baseline.
   assert got == {"knn_accuracy": 0.75, "linear_probe_accuracy": 0.75}
   assert evaluators.run_on_pixels(ctx, ["accuracy"]) == {}
+
+
+def test_knn_in_chunks_equals_knn_at_once():
+  rng = np.random.default_rng(0)
+  train_x, test_x = rng.normal(size=(300, 8)), rng.normal(size=(101, 8))
+  train_y, test_y = rng.integers(0, 4, 300), rng.integers(0, 4, 101)
+  whole = knn_accuracy(train_x, train_y, test_x, test_y, num_classes=4, chunk=1000)
+  assert 0 < whole < 1
+  for chunk in (1, 7, 100):
+    assert knn_accuracy(train_x, train_y, test_x, test_y, num_classes=4,
+                        chunk=chunk) == whole
