@@ -1,11 +1,17 @@
 """ColorMAE (Hinojosa et al. 2024): the noise fields' spectra and the masks
 they give."""
+import os
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ROOT, assert_resumes_bit_exactly, load_config
+from maskmodel import train
 from maskmodel.config import ConfigError
 from maskmodel.masking.color import color_noise_mask, noise_fields
+from maskmodel.tasks import get_task
 
 
 def _radial_power(fields):
@@ -62,3 +68,26 @@ def test_masks_keep_the_highest_noise_of_a_window():
   assert len({tuple(v) for v in chunk0}) > 1  # different fields
   with pytest.raises(ConfigError, match="larger than"):
     color_noise_mask(jax.random.PRNGKey(0), 2, (20, 20), fields=fields, keep=4)
+
+
+SMOKE = os.path.join(ROOT, "configs", "colormae", "mnist_vit_tiny.py") + ":smoke"
+
+
+def test_task_masks_with_its_frozen_fields_and_resumes_bit_exactly(tmp_path):
+  config = load_config(SMOKE)
+  task = get_task(config)
+  images = jnp.zeros((20, 28, 28, 1))
+  params, state = task.init(jax.random.PRNGKey(0), {"image": images})
+  fields = state["frozen"]["noise_fields"]
+  assert fields.shape == (16, 16, 16)
+  want = color_noise_mask(jax.random.PRNGKey(3), 20, (7, 7), fields=fields, keep=12)
+  _, got = task.predict(params, images, jax.random.PRNGKey(3), state)
+  np.testing.assert_array_equal(got.mask, want.mask)
+  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert 0.1 < result["final"]["knn_accuracy"] <= 1.0
+  # The fields are checkpointed once, beside the steps.
+  assert os.path.isdir(tmp_path / "run" / "checkpoints" / "frozen")
+  assert_resumes_bit_exactly(SMOKE, tmp_path / "w")
+  config.task.color = "pink"
+  with pytest.raises(ConfigError, match="task.color='pink'"):
+    get_task(config)

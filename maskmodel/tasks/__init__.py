@@ -4,6 +4,7 @@ loop knows nothing else about it."""
 from maskmodel.config import ConfigError
 from maskmodel.tasks.base import Task, TaskBase
 from maskmodel.tasks.classify import ClassifyTask
+from maskmodel.tasks.colormae import ColorMAETask
 from maskmodel.tasks.cropmae import CropMAETask
 from maskmodel.tasks.hpm import HPMTask
 from maskmodel.tasks.mae import MAETask
@@ -12,6 +13,7 @@ from maskmodel.tasks.simmim import SimMIMTask
 
 TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "maskfeat": MaskFeatTask, "cropmae": CropMAETask,
+         "colormae": ColorMAETask,
          "classify": ClassifyTask}
 
 

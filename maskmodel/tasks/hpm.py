@@ -134,8 +134,8 @@ class HPMTask(MAETask):
                            state["teacher"], params)
     return dict(state, teacher=teacher)
 
-  def predict(self, params, images, rng):
-    mask = self.mask_policy(rng, images.shape[0])
+  def predict(self, params, images, rng, state=None):
+    mask = self.mask_policy(rng, images.shape[0], state)
     pred, _ = self.model.apply({"params": params}, images, mask.ids_keep,
                                mask.ids_restore)
     return pred, mask

@@ -63,7 +63,10 @@ class MAETask(TaskBase):
                            num_heads=dec.num_heads, attn_impl=m.attn_impl,
                            dtype=build.dtype(m)))
 
-  def mask_policy(self, rng, batch_size):
+  def mask_policy(self, rng, batch_size, state=None):
+    """MAE's random mask; subclasses may read their task state (ColorMAE's
+    noise fields)."""
+    del state
     return masking.random_mask(rng, batch_size, self.grid, keep=self.keep)
 
   def init(self, rng, batch):
@@ -72,8 +75,8 @@ class MAETask(TaskBase):
     params = self.model.init(rng, images, mask.ids_keep, mask.ids_restore)
     return params["params"], {}
 
-  def predict(self, params, images, rng):
-    mask = self.mask_policy(rng, images.shape[0])
+  def predict(self, params, images, rng, state=None):
+    mask = self.mask_policy(rng, images.shape[0], state)
     pred = self.model.apply({"params": params}, images, mask.ids_keep,
                             mask.ids_restore)
     return pred, mask
@@ -84,7 +87,7 @@ class MAETask(TaskBase):
 
   def loss(self, params, state, batch, rng, step):
     del step
-    pred, mask = self.predict(params, batch["image"], rng)
+    pred, mask = self.predict(params, batch["image"], rng, state)
     loss = masked_mse(pred, self.target(batch["image"]), mask.mask)
     return loss, ({"loss": loss}, state)
 
@@ -103,8 +106,7 @@ class MAETask(TaskBase):
     With a normalized-pixel target the prediction is mapped back to pixels
     with each patch's own mean and std, as in the MAE visualization demo.
     """
-    del state
-    pred, mask = self.predict(params, images, rng)
+    pred, mask = self.predict(params, images, rng, state)
     p = self.config.model.patch_size
     if self.norm_pix_loss:
       target = patchify(images, p)
