@@ -43,6 +43,16 @@ def validate(config, num_devices: int):
            f"optimizer.warmup_steps={o.warmup_steps} must be in [0, total_steps).")
   _require(0 < o.layer_decay <= 1.0,
            f"optimizer.layer_decay={o.layer_decay} must be in (0, 1]; 1 disables it.")
+  schedules = ("cosine", "multistep")
+  _require(o.schedule in schedules,
+           f"optimizer.schedule={o.schedule!r} is unknown; use one of "
+           f"{schedules}.")
+  if o.schedule == "multistep":
+    m = [int(x) for x in o.milestones]
+    _require(m == sorted(m) and all(o.warmup_steps < x < config.total_steps for x in m),
+             f"optimizer.milestones={tuple(o.milestones)} must be increasing "
+             f"steps after the warmup ({o.warmup_steps}) and before "
+             f"total_steps ({config.total_steps}).")
   impl = config.model.get("attn_impl", "auto")
   _require(impl in dispatch.IMPLS,
            f"model.attn_impl={impl!r} is unknown; use one of {dispatch.IMPLS}.")
@@ -99,6 +109,9 @@ def base_config():
   c.optimizer.weight_decay = 0.05
   c.optimizer.grad_clip = 1.0
   c.optimizer.layer_decay = 1.0
+  c.optimizer.schedule = "cosine"  # or "multistep": lr * gamma at each milestone
+  c.optimizer.milestones = ml_collections.FieldReference((), field_type=tuple)
+  c.optimizer.gamma = 0.1
 
   c.evals = ml_collections.ConfigDict()
   c.evals.names = ("knn",)

@@ -9,7 +9,15 @@ import optax
 
 
 def lr_schedule(config):
+  """Linear warmup from 0 to `optimizer.lr`, then `optimizer.schedule`:
+  "cosine" down to `min_lr` at the last step, or "multistep", the rate
+  times `gamma` at each step of `milestones` (SimMIM's schedule)."""
   o = config.optimizer
+  if o.schedule == "multistep":
+    warmup = optax.linear_schedule(0.0, o.lr, o.warmup_steps)
+    steps = optax.piecewise_constant_schedule(
+        o.lr, {int(m) - o.warmup_steps: o.gamma for m in o.milestones})
+    return optax.join_schedules([warmup, steps], [o.warmup_steps])
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps,
       decay_steps=config.total_steps, end_value=o.min_lr)

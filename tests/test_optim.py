@@ -1,9 +1,13 @@
-"""The optimizer: warmup + cosine, weight-decay mask, layer-wise lr decay."""
+"""The optimizer: warmup + cosine or multistep, weight-decay mask, layer-wise
+lr decay."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from conftest import load_config
+from conftest import ROOT, load_config
 from maskmodel import optim
 from maskmodel.models import build
 from maskmodel.tasks import get_task
@@ -83,3 +87,21 @@ def test_weight_decay_only_on_matrices():
   mask = optim.decay_mask(params)
   assert mask == {"dense": {"kernel": True, "bias": False}, "norm": {"scale": False},
                   "cls_token": False}
+
+
+def test_multistep_schedule_warms_up_then_drops_at_each_milestone():
+  from maskmodel import config as config_lib  # pylint: disable=g-import-not-at-top
+  from maskmodel.optim import lr_schedule  # pylint: disable=g-import-not-at-top
+  c = load_config(os.path.join(ROOT, "configs", "simmim", "mnist_vit_tiny.py"))
+  c.total_steps, c.optimizer.warmup_steps, c.optimizer.lr = 100, 10, 1.0
+  c.optimizer.schedule, c.optimizer.milestones = "multistep", (70, 90)
+  config_lib.validate(c, 1)
+  s = lr_schedule(c)
+  got = [float(s(i)) for i in (0, 5, 10, 69, 70, 89, 90, 99)]
+  np.testing.assert_allclose(got, [0, 0.5, 1, 1, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+  c.optimizer.milestones = (5,)
+  with pytest.raises(config_lib.ConfigError, match="milestones"):
+    config_lib.validate(c, 1)
+  c.optimizer.schedule = "step"
+  with pytest.raises(config_lib.ConfigError, match="optimizer.schedule='step'"):
+    config_lib.validate(c, 1)
