@@ -46,8 +46,14 @@ def test_config_builds(path):
   params, _ = jax.eval_shape(lambda b: task.init(jax.random.PRNGKey(0), b), batch)
   n = sum(x.size for x in jax.tree.leaves(params))
   assert n > 0
-  if "vit_b16" in path:  # ViT-B encoder (86M) + MAE decoder (26M incl. embed/pred)
+  # ViT-B encoder (86M) + MAE decoder (26M incl. embed/pred); HPM adds a
+  # second decoder stack; SimMIM and MaskFeat only a linear head.
+  if "mae/imagenet_vit_b16" in path:
     assert 105e6 < n < 120e6, n
+  elif "hpm/imagenet_vit_b16" in path:
+    assert 130e6 < n < 145e6, n
+  elif "simmim/imagenet_vit_b16" in path or "maskfeat/imagenet_vit_b16" in path:
+    assert 85e6 < n < 87e6, n
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=IDS)

@@ -101,3 +101,45 @@ def test_imagenet_config_trains_on_imagenet_shaped_tfds(tmp_path):
   losses = [float(x) for x in re.findall(r"step \d/3  loss (\S+)", proc.stdout)]
   assert len(losses) == 3 and np.isfinite(losses).all(), proc.stdout
   assert os.path.isdir(tmp_path / "run" / "checkpoints" / "3")
+
+
+# Each zoo method's ImageNet recipe, from its official code (the config
+# docstrings name the files): (config, default epochs, batch, lr, warmup
+# epochs, b2, weight decay, clip, crop scale).
+ZOO = {
+    "simmim/imagenet_vit_b16.py": (800, 2048, 1e-4 * 2048 / 512, 10, 0.999, 0.05, 5.0, (0.67, 1.0)),
+    "maskfeat/imagenet_vit_b16.py": (300, 2048, 2e-4 * 2048 / 256, 30, 0.999, 0.05, 0.02, (0.5, 1.0)),
+    "hpm/imagenet_vit_b16.py": (800, 256, 1.5e-4, 40, 0.95, 0.05, 0.0, (0.2, 1.0)),
+    "colormae/imagenet_vit_b16.py": (300, 4096, 1.5e-4 * 4096 / 256, 40, 0.95, 0.05, 0.0, (0.2, 1.0)),
+    "cropmae/imagenet_vit_s16.py": (400, 2048, 8e-4, 20, 0.95, 0.05, 0.0, None),
+}
+
+
+@pytest.mark.parametrize("path", sorted(ZOO))
+def test_zoo_imagenet_recipes(path):
+  epochs, batch, lr, warmup, b2, wd, clip, crop = ZOO[path]
+  c = load_config(os.path.join(ROOT, "configs", path))
+  config_lib.validate(c, 1)
+  steps = 1_281_167 // batch
+  assert (c.batch_size, c.total_steps) == (batch, epochs * steps)
+  assert c.optimizer.lr == pytest.approx(lr)
+  assert c.optimizer.warmup_steps == warmup * steps
+  assert (c.optimizer.b2, c.optimizer.weight_decay, c.optimizer.grad_clip) == (b2, wd, clip)
+  assert (tuple(c.data.crop_scale) if c.data.crop_scale else None) == crop
+  assert (c.data.image_size, c.data.num_classes, c.model.dtype) == (224, 1000, "bfloat16")
+  get_task(c)  # the task accepts the recipe (mask counts, HOG cells, views)
+
+
+def test_zoo_recipe_details():
+  simmim = load_config(os.path.join(ROOT, "configs", "simmim", "imagenet_vit_b16.py"))
+  steps = 1_281_167 // 2048
+  assert simmim.optimizer.schedule == "multistep"
+  assert tuple(simmim.optimizer.milestones) == (700 * steps,)
+  assert (simmim.task.mask_ratio, simmim.task.mask_patch_size) == (0.6, 32)
+  maskfeat = load_config(os.path.join(ROOT, "configs", "maskfeat", "imagenet_vit_b16.py"))
+  task = get_task(maskfeat)
+  assert (task.num_hidden, task.num_hidden // 5) == (78, 15)  # round(0.4 * 196)
+  hpm = load_config(os.path.join(ROOT, "configs", "hpm", "imagenet_vit_b16.py"))
+  assert hpm.task.steps_per_epoch == 1_281_167 // 256 and not hpm.task.norm_pix_loss
+  cropmae = get_task(load_config(os.path.join(ROOT, "configs", "cropmae", "imagenet_vit_s16.py")))
+  assert cropmae.keep == 2  # int(196 * 0.015)
