@@ -28,8 +28,11 @@ def test_masked_mse_ignores_visible_patches():
 def test_normalized_pixel_target():
   x = np.random.RandomState(1).rand(3, 4, 48).astype(np.float32) * 5 + 2
   t = np.asarray(normalized_pixel_target(x))
-  np.testing.assert_allclose(t.mean(-1), 0, atol=1e-5)
-  np.testing.assert_allclose(t.std(-1), 1, atol=1e-3)
+  # facebookresearch/mae `models_mae.py` `forward_loss`: torch's var is the
+  # unbiased one.
+  want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, ddof=1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(t, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(t.std(-1, ddof=1), 1, atol=1e-3)
 
 
 def test_mae_task_loss_and_grads(smoke_config):

@@ -128,7 +128,7 @@ def test_mae_reconstruct_returns_images_and_the_eval_needs_no_patches(tmp_path):
   # At hidden pixels: the prediction, mapped back with each patch's stats.
   pred, _ = task.predict(params, images, rng)
   target = patchify(images, 4)
-  mean, std = target.mean(-1, keepdims=True), jnp.sqrt(target.var(-1, keepdims=True) + 1e-6)
+  mean, std = target.mean(-1, keepdims=True), jnp.sqrt(target.var(-1, keepdims=True, ddof=1) + 1e-6)
   want = np.asarray(pred * std + mean)[np.asarray(mask.mask) == 1]
   got = np.asarray(patchify(jnp.asarray(out["reconstruction"]), 4))[np.asarray(mask.mask) == 1]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -145,7 +145,7 @@ def test_mae_reconstruct_returns_images_and_the_eval_needs_no_patches(tmp_path):
   x = np.stack([evaluators.eval_preprocess(r, spec)["image"] for r in test_src])
   pred, m = task.predict(params, jnp.asarray(x), jax.random.PRNGKey(config.seed))
   t = patchify(jnp.asarray(x), 4)
-  mean, std = t.mean(-1, keepdims=True), jnp.sqrt(t.var(-1, keepdims=True) + 1e-6)
+  mean, std = t.mean(-1, keepdims=True), jnp.sqrt(t.var(-1, keepdims=True, ddof=1) + 1e-6)
   per_patch = (((pred * std + mean) - t) ** 2).mean(-1)
   want = float((per_patch * m.mask).sum() / m.mask.sum())
   assert got == pytest.approx(want, rel=1e-4)

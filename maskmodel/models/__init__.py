@@ -2,3 +2,4 @@
 (`registry.py`): `get_model(config.model.name).build(config.model, ...)`."""
 from maskmodel.models.registry import MODELS, ModelFamily, get_model, register
 from maskmodel.models import build as _vit  # registers "vit"
+from maskmodel.models import convnet as _convnet  # registers "convnet"

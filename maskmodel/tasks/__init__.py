@@ -10,10 +10,11 @@ from maskmodel.tasks.hpm import HPMTask
 from maskmodel.tasks.mae import MAETask
 from maskmodel.tasks.maskfeat import MaskFeatTask
 from maskmodel.tasks.simmim import SimMIMTask
+from maskmodel.tasks.spark import SparKTask
 
 TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "maskfeat": MaskFeatTask, "cropmae": CropMAETask,
-         "colormae": ColorMAETask,
+         "colormae": ColorMAETask, "spark": SparKTask,
          "classify": ClassifyTask}
 
 

@@ -26,11 +26,17 @@ from maskmodel.models.patches import patchify, reconstruction_images
 from maskmodel.tasks.base import TaskBase
 
 
+def patch_stats(patches, eps=1e-6):
+  """Each patch's mean and sqrt(var + eps), the variance unbiased as torch's
+  `Tensor.var`, which MAE's `forward_loss` calls."""
+  mean = patches.mean(axis=-1, keepdims=True)
+  return mean, jnp.sqrt(patches.var(axis=-1, keepdims=True, ddof=1) + eps)
+
+
 def normalized_pixel_target(patches, eps=1e-6):
   """Per-patch (x - mean) / sqrt(var + eps), MAE's `norm_pix_loss` target."""
-  mean = patches.mean(axis=-1, keepdims=True)
-  var = patches.var(axis=-1, keepdims=True)
-  return (patches - mean) / jnp.sqrt(var + eps)
+  mean, std = patch_stats(patches, eps)
+  return (patches - mean) / std
 
 
 def masked_mse(pred, target, mask):
@@ -109,8 +115,6 @@ class MAETask(TaskBase):
     pred, mask = self.predict(params, images, rng, state)
     p = self.config.model.patch_size
     if self.norm_pix_loss:
-      target = patchify(images, p)
-      mean = target.mean(-1, keepdims=True)
-      std = jnp.sqrt(target.var(-1, keepdims=True) + 1e-6)
+      mean, std = patch_stats(patchify(images, p))
       pred = pred * std + mean
     return reconstruction_images(images, pred, mask.mask, p)
