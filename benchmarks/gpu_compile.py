@@ -11,7 +11,10 @@ and spill bytes per thread, and ptxas' warnings.
 
 Cases: the attention gradient with the ToMe bias and the statistics
 (kernels forward, dK/dV, dQ, key mass) at N = 1,024, and token matching
-(ToMe's metric, C = the head dim) at 512 x 512 rows.
+(ToMe's metric, C = the head dim) at 512 x 512 rows; with `--masked`, the
+attention gradient with a key mask and the causal mask as well. Each arch's
+kernels are traced under `dispatch.compiling_for_gpu(arch)`, so they have
+that arch's configuration. `--markdown JSON` prints the README's table.
 
   PYTHONPATH=.venv/cuda-aot JAX_PLATFORMS=cpu \
       python benchmarks/gpu_compile.py --out gpu_compile.json
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import hashlib
+import json
 import os
 import pathlib
 import sys
@@ -53,27 +57,36 @@ HEAD_DIMS = (32, 64, 80, 96, 128)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def attention_grad(q, k, v, bias):
+def attention_grad(q, k, v, bias, kv_mask=None, causal=False):
   """Forward, statistics and the gradients of q, k, v and the bias."""
   def loss(q, k, v, bias):
-    out, stats = attention(q, k, v, bias=bias, impl="pallas",
-                           return_stats=True)
+    out, stats = attention(q, k, v, bias=bias, kv_mask=kv_mask,
+                           causal=causal, impl="pallas", return_stats=True)
     return (out.astype(jnp.float32).sum() + stats.cls_probs.sum()
             + stats.key_mass.sum())
   return jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias)
+
+
+def masked_attention_grad(q, k, v, bias, kv_mask):
+  """The same with a key mask and the causal mask (more live values)."""
+  return attention_grad(q, k, v, bias, kv_mask, causal=True)
 
 
 def matching(a, b):
   return token_matching(a, b, class_token=True, impl="pallas")
 
 
-def case_kernels(dtype, dim, arch, n=1024, heads=2):
+def case_kernels(dtype, dim, arch, masked=False, n=1024, heads=2):
   """Every Triton kernel of the attention gradient and of matching, as
-  configured for `arch`."""
+  configured for `arch`; `masked`: the attention gradient with a key mask
+  and the causal mask instead, and no matching."""
   q = jax.ShapeDtypeStruct((1, n, heads, dim), dtype)
   bias = jax.ShapeDtypeStruct((1, n), jnp.float32)
   a = jax.ShapeDtypeStruct((1, n // 2, dim), dtype)
   with dispatch.compiling_for_gpu(arch):
+    if masked:
+      return aot.triton_kernels(masked_attention_grad, q, q, q, bias,
+                                jax.ShapeDtypeStruct((1, n), jnp.bool_))
     return (aot.triton_kernels(attention_grad, q, q, q, bias)
             + aot.triton_kernels(matching, a, a))
 
@@ -87,7 +100,8 @@ def _configuration(arch, dtype, dim):
 
 
 def reports(dtypes=tuple(DTYPES), head_dims=HEAD_DIMS,
-            archs=tuple(aot.GPU_ARCHS), kernels=None, workers=2):
+            archs=tuple(aot.GPU_ARCHS), kernels=None, masked=False,
+            workers=2):
   """Rows of {kernel, dtype, head_dim, arch, smem, registers, spills, ...};
   `kernels`: names to keep (default all). Kernels with the same Triton IR
   and launch parameters are compiled once per arch."""
@@ -98,7 +112,7 @@ def reports(dtypes=tuple(DTYPES), head_dims=HEAD_DIMS,
         for arch in archs:
           config = (dtype, dim, _configuration(arch, DTYPES[dtype], dim))
           if config not in lowered:
-            lowered[config] = case_kernels(DTYPES[dtype], dim, arch)
+            lowered[config] = case_kernels(DTYPES[dtype], dim, arch, masked)
           for kernel in lowered[config]:
             if kernels and kernel.name not in kernels:
               continue
@@ -128,6 +142,34 @@ def old_f32_d128(arch):
           for k in aot.triton_kernels(grad, q, q, q, bias)]
 
 
+def markdown(rows):
+  """A table with a row per kernel, dtype and head dim (head dims that
+  compile alike share a row) and a column per arch: registers / spill
+  stores (bytes per thread) / shared memory (bytes); "(s)": ptxas reports
+  serialized wgmma."""
+  archs = list(dict.fromkeys(r["arch"] for r in rows))
+  cells = {}
+  for r in rows:
+    cell = f'{r["registers"]} / {r["spill_stores"]} / {r["smem"]:,}'
+    if any("wgmma" in w for w in r["warnings"]):
+      cell += " (s)"
+    cells.setdefault((r["name"], r["dtype"], r["head_dim"]), {})[
+        r["arch"]] = (r["num_warps"], cell)
+  merged = {}
+  for (name, dtype, dim), by_arch in cells.items():
+    key = (name, dtype, tuple(by_arch.get(a) for a in archs))
+    merged.setdefault(key, []).append(dim)
+  lines = ["| kernel | dtype | D | warps | " + " | ".join(archs) + " |",
+           "|---" * (4 + len(archs)) + "|"]
+  for (name, dtype, by_arch), dims in merged.items():
+    warps = sorted({w for w, _ in filter(None, by_arch)})
+    lines.append(
+        f"| {name.replace('flash_attention_', '')} | {dtype} | "
+        f"{', '.join(map(str, dims))} | {'/'.join(map(str, warps))} | "
+        + " | ".join(c[1] if c else "" for c in by_arch) + " |")
+  return "\n".join(lines)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--dtypes", default=",".join(DTYPES))
@@ -136,7 +178,14 @@ def main(argv=None):
   p.add_argument("--kernels", default="",
                  help="comma-separated kernel names to keep (default all)")
   p.add_argument("--out", default=None, help="also write the JSON here")
+  p.add_argument("--masked", action="store_true",
+                 help="attention with a key mask and the causal mask")
+  p.add_argument("--markdown", default=None, metavar="JSON",
+                 help="print the table of a JSON this script wrote, and exit")
   args = p.parse_args(argv)
+  if args.markdown:
+    print(markdown(json.loads(pathlib.Path(args.markdown).read_text())["rows"]))
+    return None
   if not aot.cuda_compiler_available():
     sys.exit("the CUDA plugin's Triton compiler is not registered: install "
              "jax-cuda13-plugin and jax-cuda13-pjrt (`make install` puts "
@@ -146,9 +195,10 @@ def main(argv=None):
   rows = reports(args.dtypes.split(","),
                  [int(d) for d in args.head_dims.split(",")],
                  args.archs.split(","),
-                 kernels=set(filter(None, args.kernels.split(","))))
-  doc = dict(jax=jax.__version__, seconds=round(time.perf_counter() - start, 1),
-             rows=rows)
+                 kernels=set(filter(None, args.kernels.split(","))),
+                 masked=args.masked)
+  doc = dict(jax=jax.__version__, masked=args.masked,
+             seconds=round(time.perf_counter() - start, 1), rows=rows)
   common.emit_json(doc, args.out)
   return doc
 

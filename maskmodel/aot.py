@@ -119,7 +119,9 @@ def triton_kernels(fn, *args) -> list[TritonKernel]:
   compiles them when it compiles the program for a GPU.
   """
   from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
-  module = jax.jit(fn).trace(*args).lower(
+  # A fresh callable: JAX reuses a function's cached trace, which would keep
+  # the kernels of an earlier `dispatch.compiling_for_gpu` block.
+  module = jax.jit(lambda *a: fn(*a)).trace(*args).lower(
       lowering_platforms=("cuda",)).compiler_ir("stablehlo")
   found = []
 

@@ -117,7 +117,10 @@ def compiling_for_gpu(arch: str | None):
   """Within this block the Triton kernels are configured for `arch` (one of
   `TRITON_ARCHS`, or None for the configuration that compiles on every
   one), whatever GPU this process has: for compiling a GPU program ahead of
-  time, from any host (`benchmarks/gpu_compile.py`)."""
+  time, from any host (`benchmarks/gpu_compile.py`). Trace a function in
+  the block that `jax.jit` has not traced before (`maskmodel.aot.
+  triton_kernels` does): a cached trace keeps the kernels it was traced
+  with."""
   if arch is not None and arch not in TRITON_ARCHS:
     raise ValueError(f"unknown GPU arch {arch!r}; use one of {TRITON_ARCHS} "
                      "or None.")
@@ -147,12 +150,11 @@ def triton_target() -> str | None:
 
 @functools.cache
 def _local_gpu_arch() -> str | None:
-  try:
-    devices = jax.local_devices(backend="cuda")
-  except RuntimeError:  # No CUDA backend in this process.
-    return None
-  capability = getattr(devices[0], "compute_capability", None) if devices else None
-  if not capability:
+  # The default backend's devices: naming a backend that this host lacks
+  # would make JAX try to start it (libtpu logs errors when it does).
+  device = jax.local_devices()[0]
+  capability = getattr(device, "compute_capability", None)
+  if device.platform != "gpu" or not capability:
     return None
   arch = "sm_" + str(capability).replace(".", "")
   arch = "sm_90a" if arch == "sm_90" else arch
