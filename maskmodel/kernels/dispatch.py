@@ -150,8 +150,8 @@ def triton_target() -> str | None:
 
 @functools.cache
 def _local_gpu_arch() -> str | None:
-  # The default backend's devices: naming a backend that this host lacks
-  # would make JAX try to start it (libtpu logs errors when it does).
+  # Only the default backend's devices: asking for a backend by name would
+  # start it on hosts where it is installed but not wanted.
   device = jax.local_devices()[0]
   capability = getattr(device, "compute_capability", None)
   if device.platform != "gpu" or not capability:
