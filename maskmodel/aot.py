@@ -8,11 +8,28 @@ compilers, VMEM allocator included, on a CPU host:
   device = aot.tpu_device("v5e")
   compiled = aot.compile_for(device, fn, jax.ShapeDtypeStruct(...), ...)
   compiled.memory_analysis()
+
+For GPUs, the Pallas Triton kernels of a program lowered for `cuda` compile
+to PTX with the Triton compiler of XLA's CUDA plugin, and to cubin with the
+CUDA toolkit's `ptxas`, whose report gives registers, spills and shared
+memory per arch (sm_80, sm_86, sm_89, sm_90a):
+
+  for kernel in aot.triton_kernels(fn, *shape_dtype_structs):
+    aot.gpu_kernel_report(kernel, "sm_89")
+
+This needs the plugin registered (`cuda_compiler_available`), which on a
+host without CUDA takes `JAX_PLATFORMS=cpu` (`cuda_compile_env`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib.util
 import os
+import re
+import subprocess
+import sys
+import tempfile
 
 import jax
 from jax.experimental import topologies
@@ -54,3 +71,171 @@ def compile_for(device, fn, *args):
           for a in args]
   return jax.jit(fn).trace(*args).lower(
       lowering_platforms=(device.platform,)).compile()
+
+
+# ----------------------------------------------------------------------------
+# GPUs: Pallas' Triton kernels to PTX and cubin, without a GPU.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuArch:
+  """A CUDA compute capability, as Triton and ptxas name it.
+
+  `smem_per_block` is the most shared memory one block may use (the opt-in
+  limit, `cudaDevAttrMaxSharedMemoryPerBlockOptin`), from the compute
+  capability table of NVIDIA's CUDA C++ programming guide.
+  """
+  capability: str  # Triton's arch name, "major.minor".
+  ptxas_name: str  # ptxas --gpu-name.
+  smem_per_block: int
+  cards: str
+
+
+GPU_ARCHS = {
+    "sm_80": GpuArch("8.0", "sm_80", 163 * 1024, "A100, A30"),
+    "sm_86": GpuArch("8.6", "sm_86", 99 * 1024, "A10, A40, RTX 30"),
+    "sm_89": GpuArch("8.9", "sm_89", 99 * 1024, "L4, L40S, RTX 40"),
+    # Triton targets the arch-specific sm_90a (wgmma) on Hopper.
+    "sm_90a": GpuArch("9.0", "sm_90a", 227 * 1024, "H100, H200"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonKernel:
+  """One `pallas_call` of a program lowered for `cuda`: its Triton IR."""
+  name: str
+  ir: bytes  # Triton MLIR bytecode, as the lowering hands it to XLA.
+  num_warps: int
+  num_stages: int
+
+
+def triton_kernels(fn, *args) -> list[TritonKernel]:
+  """The Triton kernels in `jax.jit(fn)` lowered for `cuda`, from any host.
+
+  `args` are ShapeDtypeStructs. With this jaxlib the Pallas Triton lowering
+  emits one `__gpu$xla.gpu.triton` custom call per kernel, whose backend
+  config carries the kernel's Triton IR, `num_warps` and `num_stages`; XLA
+  compiles them when it compiles the program for a GPU.
+  """
+  from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
+  # A fresh callable: JAX reuses a function's cached trace, which would keep
+  # the kernels of an earlier `dispatch.compiling_for_gpu` block.
+  module = jax.jit(lambda *a: fn(*a)).trace(*args).lower(
+      lowering_platforms=("cuda",)).compiler_ir("stablehlo")
+  found = []
+
+  def walk(op):
+    for region in op.regions:
+      for block in region:
+        for inner in block:
+          if inner.name == "stablehlo.custom_call" and "triton" in ir.StringAttr(
+              inner.attributes["call_target_name"]).value:
+            config = ir.DictAttr(inner.attributes["mhlo.backend_config"])
+            found.append(TritonKernel(
+                name=ir.StringAttr(config["name"]).value,
+                ir=ir.StringAttr(config["ir"]).value_bytes,
+                num_warps=ir.IntegerAttr(config["num_warps"]).value,
+                num_stages=ir.IntegerAttr(config["num_stages"]).value))
+          walk(inner)
+
+  walk(module.operation)
+  return found
+
+
+def cuda_plugin_dir() -> str | None:
+  """Where the CUDA PJRT plugin is installed apart from the environment, or
+  None: `$MASKMODEL_CUDA_PLUGIN_DIR`, else `<venv>/cuda-aot` (where `make
+  install` puts it).
+
+  It is kept off `sys.path` on purpose: once installed, every JAX process on
+  a host without a GPU would load it, and unless `JAX_PLATFORMS=cpu` is set
+  print a traceback ("Unable to load cuDNN") at its first `jax.devices()`.
+  Only the deviceless GPU checks put it on their path (`cuda_compile_env`).
+  """
+  path = os.environ.get("MASKMODEL_CUDA_PLUGIN_DIR") or os.path.join(
+      sys.prefix, "cuda-aot")
+  return path if os.path.isdir(os.path.join(path, "jax_plugins")) else None
+
+
+def cuda_compile_env() -> dict[str, str] | None:
+  """The environment for a child process that compiles Triton kernels to
+  PTX without a GPU (`benchmarks/gpu_compile.py`), or None where the CUDA
+  plugin is not installed. `JAX_PLATFORMS=cpu` lets the plugin register
+  its Triton compiler without the CUDA libraries a GPU run needs."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  plugin = cuda_plugin_dir()
+  if plugin is None:
+    try:
+      installed = importlib.util.find_spec("jax_plugins.xla_cuda13")
+    except ModuleNotFoundError:  # No jax_plugins package at all.
+      installed = None
+    if installed is None:
+      return None
+  else:
+    env["PYTHONPATH"] = os.pathsep.join(
+        [plugin] + [p for p in [env.get("PYTHONPATH")] if p])
+  return env
+
+
+def cuda_compiler_available() -> bool:
+  """Whether Triton IR can be compiled to PTX here: the CUDA PJRT plugin
+  (`jax-cuda13-plugin`, `jax-cuda13-pjrt`) registered its Triton compiler.
+  Off a GPU host the plugin registers only when the CUDA version check is
+  skipped, e.g. with `JAX_PLATFORMS=cpu` (see `run_with_cuda_plugin`)."""
+  from jax._src.lib import triton  # pylint: disable=g-import-not-at-top
+  jax.devices()  # Plugins register when the backends initialize.
+  return triton.has_compilation_handler("CUDA")
+
+
+def triton_to_ptx(kernel: TritonKernel, arch: str) -> tuple[str, int]:
+  """(PTX, shared memory in bytes that a launch requests) for `arch` (a key
+  of GPU_ARCHS), from Triton's compiler as XLA's CUDA plugin ships it."""
+  from jax._src.lib import triton  # pylint: disable=g-import-not-at-top
+  result = triton.compile("CUDA", kernel.ir, GPU_ARCHS[arch].capability,
+                          num_warps=kernel.num_warps, num_ctas=1,
+                          num_stages=kernel.num_stages)
+  return result.asm, int(result.smem_bytes)
+
+
+_PTXAS_PROPERTIES = re.compile(
+    r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill "
+    r"loads")
+_PTXAS_REGISTERS = re.compile(r"Used (\d+) registers")
+
+
+def ptxas_report(ptx: str, arch: str, ptxas: str = "ptxas") -> dict:
+  """Runs `ptxas -v --gpu-name=<arch>` on `ptx`; returns its resource report:
+  registers per thread, stack frame and spill bytes per thread, and the
+  warnings, including performance ones (wgmma serialization on sm_90a)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    src = os.path.join(tmp, "kernel.ptx")
+    with open(src, "w") as f:
+      f.write(ptx)
+    run = subprocess.run(
+        [ptxas, "-v", f"--gpu-name={GPU_ARCHS[arch].ptxas_name}", src, "-o",
+         os.path.join(tmp, "kernel.cubin")],
+        capture_output=True, text=True, check=False)
+  text = run.stdout + run.stderr
+  if run.returncode:
+    raise RuntimeError(f"ptxas failed for {arch}: {text[-2000:]}")
+  stack, stores, loads = map(int, _PTXAS_PROPERTIES.search(text).groups())
+  # ptxas reports wgmma serialization (C7511, sm_90a) as "info".
+  warnings = sorted({line.split(":", 1)[1].strip()
+                     for line in text.splitlines()
+                     if line.startswith("ptxas warning")
+                     or "Performance Loss" in line})
+  return dict(registers=int(_PTXAS_REGISTERS.search(text).group(1)),
+              stack_frame=stack, spill_stores=stores, spill_loads=loads,
+              warnings=warnings)
+
+
+def gpu_kernel_report(kernel: TritonKernel, arch: str) -> dict:
+  """Compiles one kernel for `arch` to PTX and cubin; its resource report,
+  with the shared memory it asks for against the arch's limit."""
+  ptx, smem = triton_to_ptx(kernel, arch)
+  report = dict(name=kernel.name, arch=arch, num_warps=kernel.num_warps,
+                num_stages=kernel.num_stages, smem=smem,
+                smem_limit=GPU_ARCHS[arch].smem_per_block)
+  report.update(ptxas_report(ptx, arch))
+  return report

@@ -301,6 +301,26 @@ def _lowered(fn, platform, *args):
   return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
+def test_triton_configuration_follows_the_target_arch():
+  """Tiles and warps are chosen when the program is traced, for the arch
+  that `compiling_for_gpu` names (else this process's GPU; none here)."""
+  assert dispatch.triton_target() is None
+  q = jnp.zeros((1, 256, 2, 64), jnp.bfloat16)
+  warps = {}
+  for arch in (None, "sm_86", "sm_90a"):
+    with dispatch.compiling_for_gpu(arch):
+      assert dispatch.triton_target() == arch
+      # A fresh function: a cached trace would keep the earlier kernels.
+      text = _lowered(lambda q: attention(q, q, q, impl="pallas"), "cuda", q)
+    warps[arch] = text.count("num_warps = 8")
+  assert dispatch.triton_target() is None
+  # bf16 at D = 64: 8 warps off sm_90a, which keeps the 4 the H100 timed.
+  assert warps[None] == warps["sm_86"] == 1 and warps["sm_90a"] == 0
+  with pytest.raises(ValueError, match="unknown GPU arch 'sm_75'"):
+    with dispatch.compiling_for_gpu("sm_75"):
+      pass
+
+
 @pytest.mark.parametrize("validated", [(), ("cuda", "tpu")])
 def test_auto_runs_the_kernel_only_where_validated(monkeypatch, validated):
   """`auto` picks per lowering platform: the kernel where it is validated,
@@ -317,11 +337,14 @@ def test_auto_runs_the_kernel_only_where_validated(monkeypatch, validated):
       text = _lowered(fn, platform, *args)
       kernel = call is not None and platform in validated
       assert (call is not None and call in text) == kernel, (platform, fn)
-  # f32 with a head dim above 64 stays on XLA (shared memory of sm_86/89).
-  wide = jnp.zeros((1, 16, 2, 80))
-  for dtype, kernel in ((jnp.float32, False), (jnp.bfloat16, True)):
-    text = _lowered(lambda q: attention(q, q, q), "cuda", wide.astype(dtype))
-    assert ("__gpu$xla.gpu.triton" in text) == (kernel and "cuda" in validated)
+  # Head dims up to 128 take the kernel (checked by ptxas for every arch,
+  # tests/test_gpu_compile.py); wider ones stay on XLA.
+  for dim, kernel in ((80, True), (128, True), (160, False)):
+    for dtype in (jnp.float32, jnp.bfloat16):
+      text = _lowered(lambda q: attention(q, q, q), "cuda",
+                      jnp.zeros((1, 16, 2, dim), dtype))
+      assert ("__gpu$xla.gpu.triton" in text) == (
+          kernel and "cuda" in validated), (dim, dtype)
   with jax.default_matmul_precision("highest"):  # No TF32 on a GPU.
     np.testing.assert_allclose(
         attention(q, k, v, bias=bias, kv_mask=mask),

@@ -140,12 +140,11 @@ def _xla_branches(causal, return_stats):
 def _auto_kernel(q) -> bool:
   """Whether `auto` may pick the kernel for these inputs.
 
-  Not for f32 with a head dim above 64: compiled for GPUs with about 100 KiB
-  of shared memory per SM (sm_86, sm_89: A10, L4, RTX 30/40), ptxas reports
-  that those kernels ask for 131,584 bytes. The H100 that validated the
-  kernel has 228 KiB.
+  f32 and bf16 with a head dim up to 128: the configurations that ptxas
+  has checked for sm_80, sm_86, sm_89 and sm_90a (shared memory within each
+  arch's limit, spills within the bounds of `tests/test_gpu_compile.py`).
   """
-  return q.dtype != jnp.float32 or q.shape[-1] <= 64
+  return q.dtype in (jnp.float32, jnp.bfloat16) and q.shape[-1] <= 128
 
 
 def attention(q, k, v, *, bias=None, kv_mask=None, causal=False, impl="auto",
@@ -161,8 +160,8 @@ def attention(q, k, v, *, bias=None, kv_mask=None, causal=False, impl="auto",
       `jax.nn.dot_product_attention`, whose default is XLA), `pallas` (FlashAttention kernel compiled for
       GPU/TPU), `interpret` (same kernel, Pallas interpreter; runs on CPU),
       `auto` (`pallas` on the platforms in
-      `dispatch.VALIDATED_PLATFORMS["attention"]`, except f32 with a head
-      dim above 64; `xla` elsewhere).
+      `dispatch.VALIDATED_PLATFORMS["attention"]`, for f32 and bf16 with a
+      head dim up to 128; `xla` elsewhere).
     return_stats: also return `AttentionStats`; the statistics carry no
       gradient. The kernels compute them without an `[Nq, Nk]` buffer.
 

@@ -27,7 +27,9 @@ forward pass with, per backend (see its docstring).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import jax
 from jax.sharding import PartitionSpec as P
@@ -100,6 +102,63 @@ def inference_compiler_options(rows: int, platform: str | None = None
   if platform == "cpu" and rows >= CPU_XLA_DOTS_MIN_ROWS:
     return dict(CPU_XLA_DOTS)
   return {}
+
+
+# The GPU archs whose Triton configuration is chosen separately (their
+# shared memory per block differs: 163 KiB on sm_80, 99 KiB on sm_86 and
+# sm_89, 227 KiB on sm_90a); any other GPU gets the configuration that
+# compiles on all of them.
+TRITON_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90a")
+_triton_target = threading.local()
+
+
+@contextlib.contextmanager
+def compiling_for_gpu(arch: str | None):
+  """Within this block the Triton kernels are configured for `arch` (one of
+  `TRITON_ARCHS`, or None for the configuration that compiles on every
+  one), whatever GPU this process has: for compiling a GPU program ahead of
+  time, from any host (`benchmarks/gpu_compile.py`). Trace a function in
+  the block that `jax.jit` has not traced before (`maskmodel.aot.
+  triton_kernels` does): a cached trace keeps the kernels it was traced
+  with."""
+  if arch is not None and arch not in TRITON_ARCHS:
+    raise ValueError(f"unknown GPU arch {arch!r}; use one of {TRITON_ARCHS} "
+                     "or None.")
+  previous = getattr(_triton_target, "arch", False)
+  _triton_target.arch = arch
+  try:
+    yield
+  finally:
+    _triton_target.arch = previous
+
+
+def triton_target() -> str | None:
+  """The GPU arch that the Triton kernels are configured for while tracing.
+
+  The one `compiling_for_gpu` names; else that of this process's first GPU
+  (a CUDA compute capability of `TRITON_ARCHS`); else None: a configuration
+  that compiles on every arch of `TRITON_ARCHS`. The kernels are lowered
+  before XLA compiles them for a device, so a program traced on one host
+  and run on a GPU of another class should be traced under
+  `compiling_for_gpu`.
+  """
+  arch = getattr(_triton_target, "arch", False)
+  if arch is not False:
+    return arch
+  return _local_gpu_arch()
+
+
+@functools.cache
+def _local_gpu_arch() -> str | None:
+  # Only the default backend's devices: asking for a backend by name would
+  # start it on hosts where it is installed but not wanted.
+  device = jax.local_devices()[0]
+  capability = getattr(device, "compute_capability", None)
+  if device.platform != "gpu" or not capability:
+    return None
+  arch = "sm_" + str(capability).replace(".", "")
+  arch = "sm_90a" if arch == "sm_90" else arch
+  return arch if arch in TRITON_ARCHS else None
 
 
 def check_impl(impl: str, op: str = "kernel") -> str:

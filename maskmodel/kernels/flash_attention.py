@@ -42,6 +42,8 @@ from jax import lax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from maskmodel.kernels.dispatch import triton_target
+
 # The reference fills hidden logits with this, not -inf; keep it identical.
 BIG_NEG = float(jnp.finfo(jnp.float32).min)
 _NT = (((1,), (1,)), ((), ()))  # contract the last dims: a @ b.T
@@ -56,14 +58,76 @@ class BlockSizes:
   block_k_bwd: int
 
 
-# Starting points, not tuned yet; the H100 figures in the README ran with
-# these.
+# Mosaic's tiles. Triton's come from `triton_tuning`; its entry here is the
+# configuration that the H100 device check ran with (sm_90a keeps it in bf16).
 DEFAULT_BLOCK_SIZES = {
     "triton": BlockSizes(block_q=128, block_k=64, block_q_bwd=64,
                          block_k_bwd=64),
     "mosaic": BlockSizes(block_q=128, block_k=128, block_q_bwd=128,
                          block_k_bwd=128),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonTuning:
+  """Tiles and Triton launch parameters for one GPU arch, dtype, head dim."""
+  blocks: BlockSizes
+  num_warps: int  # Forward.
+  num_warps_bwd: int  # dK/dV, dQ and key mass.
+  num_stages: int
+
+
+def _tuning(fwd_q, fwd_k, bwd_q, bwd_k, warps, warps_bwd):
+  return TritonTuning(BlockSizes(fwd_q, fwd_k, bwd_q, bwd_k), warps,
+                      warps_bwd, num_stages=2)
+
+
+# (dtype, padded head dim) -> Triton configuration. Chosen from ptxas'
+# reports for sm_80, sm_86, sm_89 and sm_90a (`python
+# benchmarks/gpu_compile.py`; the figures before and after are in
+# `maskmodel/kernels/README.md`), not from timings:
+# - shared memory: Triton stages K/V (forward, dQ) or Q/dO (dK/dV) tiles,
+#   num_stages deep. With the earlier 128 x 64 / 64 x 64 tiles, f32 at
+#   D = 128 asked for 131,584 bytes, over the 101,376 of sm_86 and sm_89;
+#   32-wide tiles need at most 98,432.
+# - registers: the dK/dV kernel holds K, V, dK and dV tiles in registers.
+#   In f32, 64-key tiles spilled 1-12 KB per thread (sm_80: 9.7 KB at
+#   D = 64, in 32 registers: ptxas gave up allocating); 32-key tiles do not
+#   spill, or by at most 32 bytes. bf16 at D >= 64 spilled or hit 255
+#   registers with 4 warps; 8 warps halve the per-thread tiles.
+# The same configuration fits every arch, and is the one used when the arch
+# is unknown at trace time. sm_90a keeps, in bf16, the configuration that the
+# H100 device check timed (`triton_tuning`).
+_TRITON_TUNING = {
+    ("float32", 16): _tuning(128, 64, 32, 64, 8, 4),
+    ("float32", 32): _tuning(128, 64, 32, 64, 8, 4),
+    ("float32", 64): _tuning(128, 32, 32, 32, 4, 4),
+    ("float32", 128): _tuning(128, 32, 32, 32, 8, 8),
+    ("bfloat16", 16): _tuning(128, 64, 64, 64, 4, 4),
+    ("bfloat16", 32): _tuning(128, 64, 64, 64, 4, 4),
+    ("bfloat16", 64): _tuning(128, 64, 64, 64, 8, 8),
+    ("bfloat16", 128): _tuning(128, 64, 32, 64, 8, 8),
+}
+
+
+def triton_tuning(arch: str | None, dtype, dim: int) -> TritonTuning:
+  """The Triton configuration for `arch` ("sm_80", "sm_86", "sm_89",
+  "sm_90a"; None: one that compiles on all of them), `dtype` and the padded
+  head dim (a power of two >= 16).
+
+  The kernels are lowered before the GPU they run on is known, so the arch
+  comes from `dispatch.triton_target()`: the GPU of this process, or the one
+  `dispatch.compiling_for_gpu` names. f16 uses the bf16 entries; head dims
+  above 128 get 16 x 32 tiles and 4 warps, unchecked.
+  """
+  name = "float32" if jnp.dtype(dtype) == jnp.float32 else "bfloat16"
+  if arch == "sm_90a" and name == "bfloat16" and dim <= 128:
+    # The configuration the H100 timings in the README ran with; it neither
+    # spills nor exceeds sm_90a's shared memory, so it stays until a
+    # device check times another.
+    warps = 4 if dim <= 64 else 8
+    return _tuning(128, 64, 64, 64, warps, warps)
+  return _TRITON_TUNING.get((name, dim), _tuning(16, 32, 16, 32, 4, 4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +143,7 @@ class _Config:
   nk_pad: int
   scale: float
   blocks: BlockSizes
+  triton: TritonTuning | None = None  # Warps and stages (backend "triton").
 
 
 def _round_up(x: int, m: int) -> int:
@@ -321,14 +386,16 @@ def _key_spec(block: int, num_blocks: int, tiled: bool):
 _MAX_VMEM_BYTES = 128 * 2**20
 
 
-def _compiler_params(cfg: _Config, head_dim: int, vmem_bytes: int):
+def _compiler_params(cfg: _Config, backward: bool, vmem_bytes: int):
   """Backend compiler parameters; `vmem_bytes` estimates Mosaic's residency."""
   if cfg.interpret:
     return None
   if cfg.backend == "triton":
     from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
-    return plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8,
-                                num_stages=2)
+    tuning = cfg.triton
+    return plgpu.CompilerParams(
+        num_warps=tuning.num_warps_bwd if backward else tuning.num_warps,
+        num_stages=tuning.num_stages)
   from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
   vmem_limit = None  # The default scoped limit suffices for short sequences.
   if vmem_bytes > 8 * 2**20:
@@ -356,14 +423,14 @@ def _resident_vmem_bytes(tokens: int, dim: int, itemsize: int,
 
 
 def _pallas(kernel, cfg, grid, in_specs, out_specs, out_shape, name,
-            head_dim, vmem_bytes):
+            backward, vmem_bytes):
   return pl.pallas_call(
       functools.partial(kernel, cfg=cfg),
       grid=grid,
       in_specs=in_specs,
       out_specs=out_specs,
       out_shape=out_shape,
-      compiler_params=_compiler_params(cfg, head_dim, vmem_bytes),
+      compiler_params=_compiler_params(cfg, backward, vmem_bytes),
       interpret=cfg.interpret,
       name=name,
   )
@@ -396,7 +463,7 @@ def _forward(q, k, v, key_bias, key_valid, cfg: _Config):
       out_specs=[_token_spec(cfg, bq, cfg.nq_pad, dim),
                  _row_spec(bq, cfg.nq_pad)],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), row],
-      name="flash_attention_forward", head_dim=dim,
+      name="flash_attention_forward", backward=False,
       vmem_bytes=_resident_vmem_bytes(cfg.nk_pad, dim, q.dtype.itemsize, 2, 0,
                                       2),
   )(q, k, v, _key_vector(key_bias, bk), _key_vector(key_valid, bk))
@@ -442,7 +509,7 @@ def _backward(q, k, v, key_bias, key_valid, out, lse, dout, cfg: _Config):
                  jax.ShapeDtypeStruct(v.shape, v.dtype),
                  jax.ShapeDtypeStruct((batch, heads, nkb, 1, bk),
                                       jnp.float32)],
-      name="flash_attention_dkdv", head_dim=dim,
+      name="flash_attention_dkdv", backward=True,
       vmem_bytes=_resident_vmem_bytes(cfg.nq_pad, dim, itemsize, 2, 2, 0),
   )(q, k, v, kbias, kvalid, dout, lse, delta)
 
@@ -459,7 +526,7 @@ def _backward(q, k, v, key_bias, key_valid, out, lse, dout, cfg: _Config):
                 _row_spec(bq, cfg.nq_pad)],
       out_specs=_token_spec(cfg, bq, cfg.nq_pad, dim),
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      name="flash_attention_dq", head_dim=dim,
+      name="flash_attention_dq", backward=True,
       vmem_bytes=_resident_vmem_bytes(cfg.nk_pad, dim, itemsize, 2, 0, 2),
   )(q, k, v, kbias, kvalid, dout, lse, delta)
 
@@ -483,7 +550,7 @@ def _key_mass(q, k, key_bias, key_valid, lse, cfg: _Config):
       out_specs=pl.BlockSpec((None, None, None, 1, bk),
                              lambda b, h, i: (b, h, i, 0, 0)),
       out_shape=jax.ShapeDtypeStruct((batch, heads, nkb, 1, bk), jnp.float32),
-      name="flash_attention_key_mass", head_dim=dim,
+      name="flash_attention_key_mass", backward=True,
       vmem_bytes=_resident_vmem_bytes(cfg.nq_pad, dim, q.dtype.itemsize, 1, 1,
                                       0),
   )(q, k, _key_vector(key_bias, bk), _key_vector(key_valid, bk), lse)
@@ -512,12 +579,9 @@ def _flash_bwd(cfg, residuals, cotangents):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("causal", "backend", "interpret", "block_sizes",
-                              "return_stats"))
 def flash_attention(q, k, v, bias=None, kv_mask=None, *, causal=False,
                     backend="triton", interpret=False, block_sizes=None,
-                    return_stats=False):
+                    return_stats=False, tuning=None):
   """Flash attention on `[B, N, H, D]` inputs; see `attention` for semantics.
 
   Args:
@@ -531,9 +595,35 @@ def flash_attention(q, k, v, bias=None, kv_mask=None, *, causal=False,
     return_stats: also return `(cls_probs, key_mass)`, both `[B, H, Nk]` f32
       and without gradient.
 
+    tuning: optional `TritonTuning` (tiles, warps, stages); by default
+      `triton_tuning` for the GPU arch that `dispatch.triton_target()` names.
+      `block_sizes` overrides its tiles.
+
   Returns:
     out `[B, Nq, H, D]`, or `(out, cls_probs, key_mass)`.
   """
+  if backend == "triton" and tuning is None:
+    tuning = triton_tuning(triton_target(), q.dtype, _triton_dim(q.shape[-1]))
+  if backend != "triton":
+    tuning = None
+  elif block_sizes is not None:
+    tuning = dataclasses.replace(tuning, blocks=block_sizes)
+  return _flash_attention(q, k, v, bias, kv_mask, causal=causal,
+                          backend=backend, interpret=interpret,
+                          block_sizes=block_sizes, return_stats=return_stats,
+                          tuning=tuning)
+
+
+def _triton_dim(dim: int) -> int:
+  """The head dim inside the Triton kernels: a power of two >= 16 (`dot`)."""
+  return max(16, pl.next_power_of_2(dim))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("causal", "backend", "interpret", "block_sizes",
+                              "return_stats", "tuning"))
+def _flash_attention(q, k, v, bias, kv_mask, *, causal, backend, interpret,
+                     block_sizes, return_stats, tuning):
   if backend not in DEFAULT_BLOCK_SIZES:
     raise ValueError(f"backend={backend!r}; use 'triton' or 'mosaic'.")
   batch, nq, heads, dim = q.shape
@@ -545,16 +635,20 @@ def flash_attention(q, k, v, bias=None, kv_mask=None, *, causal=False,
     if x is not None and x.shape != (batch, nk):
       raise ValueError(f"{name} has shape {x.shape}; expected {(batch, nk)}.")
 
-  blocks = _clamp_blocks(block_sizes or DEFAULT_BLOCK_SIZES[backend], backend,
-                         nq, nk)
+  if tuning is not None:
+    blocks = tuning.blocks
+  else:
+    blocks = block_sizes or DEFAULT_BLOCK_SIZES[backend]
+  blocks = _clamp_blocks(blocks, backend, nq, nk)
   nq_pad = _round_up(nq, math.lcm(blocks.block_q, blocks.block_q_bwd))
   nk_pad = _round_up(nk, math.lcm(blocks.block_k, blocks.block_k_bwd))
   cfg = _Config(backend=backend, interpret=interpret, causal=causal,
                 has_kv_mask=kv_mask is not None, nq=nq, nk=nk, nq_pad=nq_pad,
-                nk_pad=nk_pad, scale=dim ** -0.5, blocks=blocks)
+                nk_pad=nk_pad, scale=dim ** -0.5, blocks=blocks,
+                triton=tuning)
 
   # Zero-padding the head dim changes no logit and adds only zero columns.
-  dim_pad = dim if backend == "mosaic" else max(16, pl.next_power_of_2(dim))
+  dim_pad = dim if backend == "mosaic" else _triton_dim(dim)
 
   def to_kernel_layout(x, n_pad):
     x = jnp.pad(x, ((0, 0), (0, n_pad - x.shape[1]), (0, 0),

@@ -20,7 +20,7 @@ from jax import lax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from maskmodel.kernels.dispatch import by_platform
+from maskmodel.kernels.dispatch import by_platform, triton_target
 
 _NT = (((1,), (1,)), ((), ()))
 
@@ -94,11 +94,43 @@ def _round_up(x: int, m: int) -> int:
   return -(-x // m) * m
 
 
-@functools.partial(jax.jit, static_argnames=("backend", "interpret",
-                                             "blocks"))
+def triton_matching_tuning(arch: str | None, dtype,
+                           dim: int) -> tuple[MatchingBlocks, int]:
+  """(tiles, warps) of the Triton matching kernel for `arch` (see
+  `flash_attention.triton_tuning`), `dtype` and the padded metric dim.
+
+  f32 runs its dot at full precision (several TF32 passes), which with
+  64 x 64 tiles and 4 warps spilled 0.4-0.9 KB per thread at C = 64 on
+  every arch (ptxas; `maskmodel/kernels/README.md`); 32-row B tiles over 8
+  warps do not spill. The same holds on every arch checked.
+  """
+  del arch
+  if jnp.dtype(dtype) == jnp.float32:
+    # At C = 128, 32 x 32 tiles: 112 bytes of spills, against 200 for
+    # 64 x 32 and 5-7 KB for 64 x 64.
+    return MatchingBlocks(block_a=64 if dim <= 64 else 32, block_b=32), 8
+  return DEFAULT_MATCHING_BLOCKS["triton"], 4
+
+
 def token_matching_pallas(a, b, *, backend="triton", interpret=False,
-                          blocks=None):
-  """Pallas (max, argmax) of `a @ b^T` per A row; returns `[B, Na]` f32, i32."""
+                          blocks=None, num_warps=None):
+  """Pallas (max, argmax) of `a @ b^T` per A row; returns `[B, Na]` f32, i32.
+
+  On GPU, `blocks` and `num_warps` default to the configuration for the
+  arch that `dispatch.triton_target()` names.
+  """
+  if backend == "triton" and (blocks is None or num_warps is None):
+    tuned_blocks, tuned_warps = triton_matching_tuning(
+        triton_target(), a.dtype, max(16, pl.next_power_of_2(a.shape[-1])))
+    blocks = blocks or tuned_blocks
+    num_warps = num_warps or tuned_warps
+  return _token_matching_pallas(a, b, backend=backend, interpret=interpret,
+                                blocks=blocks, num_warps=num_warps)
+
+
+@functools.partial(jax.jit, static_argnames=("backend", "interpret",
+                                             "blocks", "num_warps"))
+def _token_matching_pallas(a, b, *, backend, interpret, blocks, num_warps):
   if backend not in DEFAULT_MATCHING_BLOCKS:
     raise ValueError(f"backend={backend!r}; use 'triton' or 'mosaic'.")
   batch, na, dim = a.shape
@@ -127,7 +159,7 @@ def token_matching_pallas(a, b, *, backend="triton", interpret=False,
   compiler_params = None
   if not interpret and backend == "triton":
     from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
-    compiler_params = plgpu.CompilerParams(num_warps=4, num_stages=2)
+    compiler_params = plgpu.CompilerParams(num_warps=num_warps, num_stages=2)
   elif not interpret:
     from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
     compiler_params = pltpu.CompilerParams(
