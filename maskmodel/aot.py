@@ -1,7 +1,8 @@
 """Ahead-of-time compilation for accelerators that this host does not have.
 
-With `libtpu` installed (the test extra pins the version `jax[tpu]` asks
-for), `jax.experimental.topologies.get_topology_desc` gives compile-only TPU
+With `libtpu` (the `aot` extra pins the version `jax[tpu]` asks for; `make
+install` puts it in `<venv>/libtpu-aot`, see `libtpu_dir`),
+`jax.experimental.topologies.get_topology_desc` gives compile-only TPU
 devices of any generation. Compiling on them runs the real XLA:TPU and Mosaic
 compilers, VMEM allocator included, on a CPU host:
 
@@ -46,12 +47,36 @@ TPU_TOPOLOGIES = {
 }
 
 
+def libtpu_dir() -> str | None:
+  """Where libtpu is installed apart from the environment, or None:
+  `$MASKMODEL_LIBTPU_DIR`, else `<venv>/libtpu-aot` (where `make install`
+  puts it).
+
+  It is kept off `sys.path` on purpose: installed in the environment, every
+  JAX process on a host without a TPU would initialize it and print libtpu's
+  warnings at its first `jax.devices()`. `tpu_device` adds it to the path
+  when it first needs it, after the process's own backends are up.
+  """
+  path = os.environ.get("MASKMODEL_LIBTPU_DIR") or os.path.join(
+      sys.prefix, "libtpu-aot")
+  return path if os.path.isdir(os.path.join(path, "libtpu")) else None
+
+
+def libtpu_available() -> bool:
+  """Whether compile-only TPU devices can be made in this process."""
+  return (importlib.util.find_spec("libtpu") is not None
+          or libtpu_dir() is not None)
+
+
 @functools.cache
 def tpu_device(generation: str):
   """A compile-only device of a TPU `generation` (a key of TPU_TOPOLOGIES)."""
   if generation not in TPU_TOPOLOGIES:
     raise ValueError(f"unknown TPU generation {generation!r}; use one of "
                      f"{sorted(TPU_TOPOLOGIES)}.")
+  if importlib.util.find_spec("libtpu") is None and libtpu_dir() is not None:
+    jax.devices()  # this process's own backends first, without libtpu
+    sys.path.append(libtpu_dir())
   # Off a TPU VM, libtpu would otherwise ask the metadata server for a
   # topology, which does not exist.
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")

@@ -1,6 +1,7 @@
 """The Pallas kernels compiled for every TPU generation, without a TPU.
 
-Needs `libtpu` (`pip install -e '.[aot]'`); skipped without it. The real
+Needs `libtpu` (`make install` puts it in `.venv/libtpu-aot`; or `pip
+install -e '.[aot]'`); skipped without it. The real
 XLA:TPU and Mosaic compilers run on compile-only devices (`maskmodel.aot`),
 VMEM allocator included, so a kernel that needs more VMEM than a chip has
 fails here as it would there. The longest sequences come from
@@ -13,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-pytest.importorskip("libtpu", reason="compile-only TPU checks need libtpu: "
-                    "pip install -e '.[aot]'")
-
 from maskmodel import aot  # pylint: disable=g-import-not-at-top
 from maskmodel.kernels import token_matching  # pylint: disable=g-import-not-at-top
+
+if not aot.libtpu_available():
+  pytest.skip("compile-only TPU checks need libtpu: make install puts it in "
+              ".venv/libtpu-aot", allow_module_level=True)
 
 # Longest N whose attention gradient (D = 64, bf16) compiles; 2N does not:
 # K and V (Q and dO in the backward) stay whole in VMEM.
