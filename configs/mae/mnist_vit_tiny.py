@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.optimizer.lr = 1.5e-3
   c.optimizer.warmup_steps = 100
   c.data.crop_scale = (0.5, 1.0)  # digits are centered; keep most of each one
-  c.evals.names = ("knn", "linear_probe", "reconstruction")
+  c.evals.names = ("knn", "linear_probe", "low_label", "reconstruction")
   c.evals.compare_random_init = True
   c.evals.knn.every = 500
 
@@ -45,4 +45,6 @@ def get_config(arg=None):
     c.task.decoder.num_heads = 2
     c.evals.knn.every = 10
     c.evals.linear_probe.steps = 50
+    c.evals.low_label.steps = 5
+    c.evals.low_label.batch_size = 16
   return c
