@@ -81,9 +81,8 @@ def _logits(features_fn, trainable, task_state, images):
 # Module level, with the network's params, lr and weight decay as arguments
 # and `features_fn` static (a bound method hashes by its object): every
 # fine-tune of every eval round, trained or random init, reuses one program.
-@functools.partial(jax.jit, static_argnames=("features_fn", "steps"))
-def _init(trainable, lr, weight_decay, *, features_fn, steps):
-  del features_fn
+@functools.partial(jax.jit, static_argnames="steps")
+def _init(trainable, lr, weight_decay, *, steps):
   return _optimizer(lr, weight_decay, steps).init(trainable)
 
 
@@ -129,7 +128,7 @@ def finetune(features_fn, params, task_state, train_source, indices, *,
        "head": {"w": jnp.zeros((feature_dim, num_classes)),
                 "b": jnp.zeros((num_classes,))}}, repl)
   kw = dict(features_fn=features_fn, steps=steps)
-  opt_state = _init(trainable, lr, weight_decay, **kw)
+  opt_state = _init(trainable, lr, weight_decay, steps=steps)
   for idx in batch_indices(len(indices), batch_size, steps, seed):
     batch = sharding.shard_replicated_batch(
         {"image": images[idx], "label": labels[idx]}, data)
