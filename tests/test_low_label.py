@@ -80,7 +80,7 @@ def _context(tmp_path, task, train_src, test_src, **low):
   config.data.mean, config.data.std = (0.5,), (0.5,)
   config.evals.batch_size = 8
   config.evals.low_label.update(dict(fractions=(0.1,), steps=60, lr=3e-2,
-                                     batch_size=8), **low)
+                                     head_lr=3e-2, batch_size=8), **low)
   return evaluators.Context(config, task, sharding.make_mesh(), train_src,
                             test_src, train.image_spec(config), str(tmp_path))
 
@@ -124,8 +124,12 @@ def test_finetune_trains_the_network_not_only_the_head(tmp_path):
         _ToyTask(8).features, blind, {}, train_src,
         low_label.labelled_subset([r["label"] for r in train_src], 0.1, 3),
         num_classes=3, spec=ctx.spec, mesh=ctx.mesh, steps=60, lr=3e-2,
-        batch_size=8)
+        head_lr=3e-2, batch_size=8)
+    # The network's own rate near zero: the head alone, on blind features.
+    ctx.config.evals.low_label.lr = 1e-9
+    head_only = evaluators.run(ctx, ["low_label"], blind, {})["low_label_10%"]
   assert got > 0.9
+  assert head_only < 0.6
   # The informative rows got weights.
   assert np.abs(np.asarray(trained["net"]["w"]).reshape(4, 4, 8)[:3]).max() > 0.1
 
@@ -143,6 +147,7 @@ def test_pixel_row_is_a_linear_classifier_on_the_same_subset(tmp_path):
 @pytest.mark.parametrize("key,value,match", [
     ("steps", 0, "evals.low_label.steps=0 must be > 0"),
     ("lr", -1.0, "evals.low_label.lr=-1.0 must be > 0"),
+    ("head_lr", 0.0, "evals.low_label.head_lr=0.0 must be > 0"),
     ("batch_size", 0, "evals.low_label.batch_size=0 must be a positive multiple"),
 ])
 def test_bad_settings_are_one_config_error(tmp_path, key, value, match):

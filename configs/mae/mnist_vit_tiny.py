@@ -20,6 +20,10 @@ def get_config(arg=None):
                        decoder_depth=2, decoder_heads=4)
   c.model.width = 96
   c.model.num_heads = 3
+  # Features are the mean of the patch tokens: MAE trains no [CLS] objective,
+  # and the mean beats [CLS] here (README "Main job", linear probe 0.912 vs
+  # 0.874 from the same pretraining).
+  c.model.pool = "gap"
   c.total_steps = 1500
   c.batch_size = 128
   c.log_every = 100

@@ -98,6 +98,7 @@ def low_label_finetune(ctx, params, task_state, cache):
   On raw pixels (no params) only the head trains: a linear classifier."""
   c = ctx.config.evals.low_label
   for key, ok, fix in (("steps", c.steps > 0, "> 0"), ("lr", c.lr > 0, "> 0"),
+                       ("head_lr", c.head_lr > 0, "> 0"),
                        ("batch_size", c.batch_size > 0 and
                         c.batch_size % ctx.mesh.size == 0,
                         f"a positive multiple of the {ctx.mesh.size} devices")):
@@ -115,7 +116,7 @@ def low_label_finetune(ctx, params, task_state, cache):
                                         num_classes, seed=c.seed)
     trained = low_label_lib.finetune(
         fn, params, task_state, ctx.train_source, idx, num_classes=num_classes,
-        spec=ctx.spec, mesh=ctx.mesh, steps=c.steps, lr=c.lr,
+        spec=ctx.spec, mesh=ctx.mesh, steps=c.steps, lr=c.lr, head_lr=c.head_lr,
         batch_size=c.batch_size, weight_decay=c.weight_decay, seed=c.seed)
     out[low_label_lib.metric_name(fraction)] = low_label_lib.test_accuracy(
         fn, trained, task_state, eval_batches(ctx.test_source, **kw), ctx.mesh)

@@ -68,9 +68,15 @@ def batch_indices(n: int, batch_size: int, steps: int, seed: int = 0):
   return order[:need].reshape(steps, batch_size)
 
 
-def _optimizer(lr, weight_decay, steps):
-  return optax.adamw(optax.cosine_decay_schedule(lr, steps),
-                     weight_decay=weight_decay)
+def _optimizer(lr, head_lr, weight_decay, steps):
+  """AdamW with cosine decay; the new head has its own (larger) rate, so it
+  catches up with a pretrained network without a rate that erases it."""
+  adamw = lambda r: optax.adamw(optax.cosine_decay_schedule(r, steps),
+                                weight_decay=weight_decay)
+  labels = lambda t: {"net": jax.tree.map(lambda _: "net", t["net"]),
+                      "head": jax.tree.map(lambda _: "head", t["head"])}
+  return optax.multi_transform({"net": adamw(lr), "head": adamw(head_lr)},
+                               labels)
 
 
 def _logits(features_fn, trainable, task_state, images):
@@ -82,19 +88,19 @@ def _logits(features_fn, trainable, task_state, images):
 # and `features_fn` static (a bound method hashes by its object): every
 # fine-tune of every eval round, trained or random init, reuses one program.
 @functools.partial(jax.jit, static_argnames="steps")
-def _init(trainable, lr, weight_decay, *, steps):
-  return _optimizer(lr, weight_decay, steps).init(trainable)
+def _init(trainable, lr, head_lr, weight_decay, *, steps):
+  return _optimizer(lr, head_lr, weight_decay, steps).init(trainable)
 
 
 @functools.partial(jax.jit, static_argnames=("features_fn", "steps"),
                    donate_argnums=(0, 1))
-def _step(trainable, opt_state, task_state, images, labels, lr, weight_decay, *,
-          features_fn, steps):
+def _step(trainable, opt_state, task_state, images, labels, lr, head_lr,
+          weight_decay, *, features_fn, steps):
   def loss_fn(p):
     logits = _logits(features_fn, p, task_state, images)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
   loss, grads = jax.value_and_grad(loss_fn)(trainable)
-  updates, opt_state = _optimizer(lr, weight_decay, steps).update(
+  updates, opt_state = _optimizer(lr, head_lr, weight_decay, steps).update(
       grads, opt_state, trainable)
   return optax.apply_updates(trainable, updates), opt_state, loss
 
@@ -111,11 +117,12 @@ def _images(source, indices, spec):
 
 
 def finetune(features_fn, params, task_state, train_source, indices, *,
-             num_classes, spec, mesh, steps, lr, batch_size,
+             num_classes, spec, mesh, steps, lr, head_lr, batch_size,
              weight_decay=1e-4, seed=0):
   """Fine-tunes `params` and a zero-initialized linear head on the examples
   `indices` of `train_source`, full images without augmentation, for
-  `steps` AdamW steps (cosine decay from `lr`). Returns the trained
+  `steps` AdamW steps (cosine decay from `lr`, and from `head_lr` for the
+  head). Returns the trained
   {"net", "head"}; `params` itself is left as it was."""
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   # The subset is decoded once and held on the host; each step gathers rows.
@@ -128,13 +135,13 @@ def finetune(features_fn, params, task_state, train_source, indices, *,
        "head": {"w": jnp.zeros((feature_dim, num_classes)),
                 "b": jnp.zeros((num_classes,))}}, repl)
   kw = dict(features_fn=features_fn, steps=steps)
-  opt_state = _init(trainable, lr, weight_decay, steps=steps)
+  opt_state = _init(trainable, lr, head_lr, weight_decay, steps=steps)
   for idx in batch_indices(len(indices), batch_size, steps, seed):
     batch = sharding.shard_replicated_batch(
         {"image": images[idx], "label": labels[idx]}, data)
     trainable, opt_state, _ = _step(trainable, opt_state, task_state,
                                     batch["image"], batch["label"], lr,
-                                    weight_decay, **kw)
+                                    head_lr, weight_decay, **kw)
   return trainable
 
 
