@@ -118,7 +118,7 @@ def low_label_finetune(ctx, params, task_state, cache):
         fn, params, task_state, ctx.train_source, idx, num_classes=num_classes,
         spec=ctx.spec, mesh=ctx.mesh, steps=c.steps, lr=c.lr, head_lr=c.head_lr,
         batch_size=c.batch_size, weight_decay=c.weight_decay, seed=c.seed)
-    out[low_label_lib.metric_name(fraction)] = low_label_lib.test_accuracy(
+    out[low_label_lib.metric_name(fraction)] = low_label_lib.split_accuracy(
         fn, trained, task_state, eval_batches(ctx.test_source, **kw), ctx.mesh)
   return out
 

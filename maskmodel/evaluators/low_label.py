@@ -84,14 +84,15 @@ def _logits(features_fn, trainable, task_state, images):
   return feats @ trainable["head"]["w"] + trainable["head"]["b"]
 
 
-# Module level, with the network's params, lr and weight decay as arguments
-# and `features_fn` static (a bound method hashes by its object): every
-# fine-tune of every eval round, trained or random init, reuses one program.
 @functools.partial(jax.jit, static_argnames="steps")
 def _init(trainable, lr, head_lr, weight_decay, *, steps):
   return _optimizer(lr, head_lr, weight_decay, steps).init(trainable)
 
 
+# Module level, with the network's params, the rates and weight decay as
+# arguments and `features_fn` static (a bound method hashes by its object):
+# every fine-tune of every eval round, trained or random init, reuses one
+# program.
 @functools.partial(jax.jit, static_argnames=("features_fn", "steps"),
                    donate_argnums=(0, 1))
 def _step(trainable, opt_state, task_state, images, labels, lr, head_lr,
@@ -122,8 +123,8 @@ def finetune(features_fn, params, task_state, train_source, indices, *,
   """Fine-tunes `params` and a zero-initialized linear head on the examples
   `indices` of `train_source`, full images without augmentation, for
   `steps` AdamW steps (cosine decay from `lr`, and from `head_lr` for the
-  head). Returns the trained
-  {"net", "head"}; `params` itself is left as it was."""
+  head). Returns the trained {"net", "head"}; `params` itself is left as it
+  was. The subset's images are held in host memory."""
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   # The subset is decoded once and held on the host; each step gathers rows.
   images, labels = _images(train_source, indices, spec)
@@ -145,7 +146,7 @@ def finetune(features_fn, params, task_state, train_source, indices, *,
   return trainable
 
 
-def test_accuracy(features_fn, trainable, task_state, batches, mesh):
+def split_accuracy(features_fn, trainable, task_state, batches, mesh):
   """Top-1 accuracy over `batches` of (batch, n_valid)."""
   data = sharding.batch_sharded(mesh)
   correct = total = 0
