@@ -122,6 +122,11 @@ def base_config():
   c.evals.compare_pixels = True
   c.evals.knn = dict(every=0, k=20)
   c.evals.linear_probe = dict(every=0, steps=500, lr=1e-2)
+  # Fine-tune network + linear head on 1% and 10% of the training labels
+  # (class-balanced, drawn with `seed`), the same steps from every start.
+  c.evals.low_label = dict(every=0, fractions=(0.01, 0.1), steps=100, lr=3e-4,
+                           head_lr=1e-2,
+                           batch_size=32, weight_decay=1e-4, seed=0)
   c.evals.accuracy = dict(every=0)
   c.evals.reconstruction = dict(every=0, num_images=8)
   return c

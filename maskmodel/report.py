@@ -12,6 +12,14 @@ BASELINES = {"random_init": "random init", "pixels": "raw pixels"}
 _EVAL_NAMES = {"knn_accuracy": "k-NN", "linear_probe_accuracy": "linear probe"}
 
 
+def eval_name(metric: str) -> str:
+  """The words a verdict uses for a metric: `low_label_1%` is the fine-tune
+  on 1% of the training labels."""
+  if metric.startswith("low_label_"):
+    return f"the {metric[len('low_label_'):]}-label fine-tune"
+  return _EVAL_NAMES.get(metric, metric)
+
+
 def pixels_verdicts(final: dict, pixels: dict) -> list[str]:
   """One sentence per metric with a raw-pixel value: who wins, with numbers.
 
@@ -21,7 +29,7 @@ def pixels_verdicts(final: dict, pixels: dict) -> list[str]:
   for k, p in pixels.items():
     if k not in final:
       continue
-    name, t = _EVAL_NAMES.get(k, k), final[k]
+    name, t = eval_name(k), final[k]
     if p > t:
       out.append(f"Raw pixels beat the trained encoder on {name} ({p:.4f} vs {t:.4f}).")
     elif t > p:
@@ -53,6 +61,11 @@ def write(workdir, config, final: dict, baselines: dict, *, train_seconds: float
     row = [f"{v:.4f}"] + [f"{baselines[b][k]:.4f}" if k in baselines[b] else "-"
                           for b in cols]
     lines.append(f"| {k} | " + " | ".join(row) + " |")
+  if any(k.startswith("low_label_") for k in final):
+    lines += ["", "low_label_N%: test accuracy after fine-tuning the network "
+              "and a new linear head on N% of the training labels "
+              "(class-balanced), the same steps from the trained and the "
+              "initial params; on raw pixels, the linear head alone."]
   verdicts = pixels_verdicts(final, baselines.get("pixels", {}))
   if verdicts:
     lines += [""] + verdicts

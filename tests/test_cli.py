@@ -1,5 +1,6 @@
 """The main job end to end through the CLI, at smoke size."""
 import json
+import re
 import shutil
 
 import jax
@@ -24,11 +25,14 @@ def test_main_job_writes_report(tmp_path):
   final = recs[-1]
   # The feature evals of the trained encoder, of its init and of raw pixels.
   for prefix in ("eval", "random_init", "pixels"):
-    for k in ("knn_accuracy", "linear_probe_accuracy"):
+    for k in ("knn_accuracy", "linear_probe_accuracy", "low_label_1%",
+              "low_label_10%"):
       assert 0.0 <= final[f"{prefix}/{k}"] <= 1.0
   report = (wd / "report.md").read_text()
   assert "| metric | trained | random init | raw pixels |" in report
   assert "| knn_accuracy |" in report and "| linear_probe_accuracy |" in report
+  assert re.search(r"\| low_label_1% \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", report)
+  assert re.search(r"\| low_label_10% \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", report)
   assert "raw pixels on k-NN" in report or "the trained encoder on k-NN" in report
   # 12 steps with checkpoint_every=10: steps 10 and 12 are kept.
   steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())

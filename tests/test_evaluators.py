@@ -76,7 +76,7 @@ def test_linear_probe_cannot_learn_xor():
 
 
 @pytest.mark.parametrize("config_path,names", [
-    (SMOKE, ("knn", "linear_probe", "reconstruction")),
+    (SMOKE, ("knn", "linear_probe", "low_label", "reconstruction")),
     ("configs/classify/mnist_vit_tiny.py:smoke", ("accuracy",)),
 ])
 def test_second_eval_round_compiles_nothing(tmp_path, config_path, names):
@@ -84,6 +84,7 @@ def test_second_eval_round_compiles_nothing(tmp_path, config_path, names):
   config.evals.batch_size = 16
   config.evals.linear_probe.steps = 5
   config.evals.reconstruction.num_images = 2
+  config.evals.low_label.update(fractions=(0.25,), steps=3)  # 1 per class of 40
   task = get_task(config)
   train_src, test_src = train.sources(config)
   train_src = [train_src[i] for i in range(40)]
@@ -153,10 +154,15 @@ def test_pixel_baseline_scores_the_pixels_of_each_split(tmp_path):
   train_src = _records([(_TOP, 0), (_BOTTOM, 1), (_LEFT, 2)])
   test_src = _records([(_TOP, 0), (_BOTTOM, 1), (_LEFT, 2), (_TOP, 1)])
   ctx = _pixel_context(tmp_path, train_src, test_src)
+  # All three training labels: the low-label linear head sees the same three.
+  ctx.config.evals.low_label.update(fractions=(1.0,), steps=50, lr=0.1,
+                                    batch_size=2)
   with jax.set_mesh(ctx.mesh):
-    got = evaluators.run_on_pixels(ctx, ["knn", "linear_probe", "reconstruction"])
+    got = evaluators.run_on_pixels(
+        ctx, ["knn", "linear_probe", "low_label", "reconstruction"])
   # Only the feature evaluators have a pixel baseline.
-  assert got == {"knn_accuracy": 0.75, "linear_probe_accuracy": 0.75}
+  assert got == {"knn_accuracy": 0.75, "linear_probe_accuracy": 0.75,
+                 "low_label_100%": 0.75}
   assert evaluators.run_on_pixels(ctx, ["accuracy"]) == {}
 
 

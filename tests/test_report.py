@@ -46,3 +46,19 @@ def test_report_without_baselines_has_no_verdict(tmp_path):
   text = _write(tmp_path, {"test_accuracy": 0.97}, {})
   assert "| metric | trained |\n|---|---|\n| test_accuracy | 0.9700 |" in text
   assert "raw pixels" not in text
+
+
+def test_report_has_the_low_label_rows_in_every_column(tmp_path):
+  final = {"knn_accuracy": 0.74, "low_label_1%": 0.61, "low_label_10%": 0.9}
+  text = _write(tmp_path, final, {
+      "random_init": {"knn_accuracy": 0.473, "low_label_1%": 0.4,
+                      "low_label_10%": 0.7},
+      "pixels": {"knn_accuracy": 0.947, "low_label_1%": 0.668,
+                 "low_label_10%": 0.853}})
+  assert "| low_label_1% | 0.6100 | 0.4000 | 0.6680 |" in text
+  assert "| low_label_10% | 0.9000 | 0.7000 | 0.8530 |" in text
+  assert ("Raw pixels beat the trained encoder on the 1%-label fine-tune "
+          "(0.6680 vs 0.6100).") in text
+  assert ("The trained encoder beats raw pixels on the 10%-label fine-tune "
+          "(0.9000 vs 0.8530).") in text
+  assert "on raw pixels, the linear head alone" in text

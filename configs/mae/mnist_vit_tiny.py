@@ -1,9 +1,10 @@
 """MAE pretraining of a tiny ViT on the embedded MNIST sample (the main job).
 
 Reproduces: nothing from a paper; it is the end-to-end check that MAE learns
-useful features on real digits. The report compares linear-probe and k-NN
-accuracy of the pretrained encoder with the same encoder at random init and
-with raw pixels (no encoder), and says which of encoder and pixels wins.
+useful features on real digits. The report compares linear-probe, k-NN and
+low-label fine-tuning (1% and 10% of the labels) accuracy of the pretrained
+encoder with the same encoder at random init and with raw pixels (no
+encoder), and says which of encoder and pixels wins.
 Expected: see README "Main job" (numbers measured by the command below).
 Hardware / time: 2 CPU cores, under 10 minutes including evals.
 
@@ -23,6 +24,10 @@ def get_config(arg=None):
       decoder=dict(width=64, depth=2, num_heads=4)))
   c.model.width = 96
   c.model.num_heads = 3
+  # Features are the mean of the patch tokens: MAE trains no [CLS] objective,
+  # and the mean beats [CLS] here (README "Main job", linear probe 0.912 vs
+  # 0.874 from the same pretraining).
+  c.model.pool = "gap"
   c.total_steps = 1500
   c.batch_size = 128
   c.log_every = 100
@@ -30,7 +35,7 @@ def get_config(arg=None):
   c.optimizer.lr = 1.5e-3
   c.optimizer.warmup_steps = 100
   c.data.crop_scale = (0.5, 1.0)  # digits are centered; keep most of each one
-  c.evals.names = ("knn", "linear_probe", "reconstruction")
+  c.evals.names = ("knn", "linear_probe", "low_label", "reconstruction")
   c.evals.compare_random_init = True
   c.evals.knn.every = 500
 
@@ -48,4 +53,6 @@ def get_config(arg=None):
     c.task.decoder.num_heads = 2
     c.evals.knn.every = 10
     c.evals.linear_probe.steps = 50
+    c.evals.low_label.steps = 5
+    c.evals.low_label.batch_size = 16
   return c

@@ -1,7 +1,9 @@
 """Evaluators by name. Each is `fn(ctx, params, task_state, cache) -> metrics`.
 
 `config.evals.NAME.every` sets how often one runs (0 = only at the end).
-Feature-based evaluators share one feature extraction per round via `cache`.
+Feature-based evaluators share one feature extraction per round via `cache`,
+and read the network from `cache["feature_fn"]` when it is there (the raw
+pixels of `run_on_pixels`), else from `task.features`.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from maskmodel.config import ConfigError
 from maskmodel.data import eval_batches
 from maskmodel.data.pipeline import eval_preprocess
 from maskmodel.evaluators import features as features_lib
+from maskmodel.evaluators import low_label as low_label_lib
 from maskmodel.evaluators.knn import knn_accuracy
 from maskmodel.evaluators.linear_probe import linear_probe
 from maskmodel.evaluators.plots import image_grid
@@ -43,10 +46,11 @@ class Context:
 
 # One jit per task method, taking params and state as arguments: a closure
 # over this round's params would be a new function, traced and compiled again
-# at every eval round. The task is static (hashed by identity).
+# at every eval round. The task, or its bound method, is static (hashed by
+# identity).
 @functools.partial(jax.jit, static_argnums=0)
-def _task_features(task, params, task_state, images):
-  return task.features(params, task_state, images)
+def _apply_features(features_fn, params, task_state, images):
+  return features_fn(params, task_state, images)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -67,10 +71,15 @@ def _extract(ctx, feature_fn):
           features_lib.extract(feature_fn, ctx.test_source, **kw))
 
 
+def _features_fn(ctx, cache):
+  """The network the feature evaluators score: the task's, or raw pixels."""
+  return cache["feature_fn"] if "feature_fn" in cache else ctx.task.features
+
+
 def _features(ctx, params, task_state, cache):
   if "features" not in cache:
-    cache["features"] = _extract(
-        ctx, functools.partial(_task_features, ctx.task, params, task_state))
+    cache["features"] = _extract(ctx, functools.partial(
+        _apply_features, _features_fn(ctx, cache), params, task_state))
   return cache["features"]
 
 
@@ -87,6 +96,38 @@ def probe(ctx, params, task_state, cache):
   r = linear_probe(xtr, ytr, xte, yte, num_classes=ctx.config.data.num_classes,
                    steps=c.steps, lr=c.lr)
   return {"linear_probe_accuracy": r["test_accuracy"]}
+
+
+def low_label_finetune(ctx, params, task_state, cache):
+  """Fine-tunes the network and a new linear head on each fraction of the
+  training labels (`evals.low_label.fractions`, class-balanced, seeded), the
+  same steps for every starting point; test accuracy on the full test split.
+  On raw pixels (no params) only the head trains: a linear classifier."""
+  c = ctx.config.evals.low_label
+  for key, ok, fix in (("steps", c.steps > 0, "> 0"), ("lr", c.lr > 0, "> 0"),
+                       ("head_lr", c.head_lr > 0, "> 0"),
+                       ("batch_size", c.batch_size > 0 and
+                        c.batch_size % ctx.mesh.size == 0,
+                        f"a positive multiple of the {ctx.mesh.size} devices")):
+    if not ok:
+      raise ConfigError(f"evals.low_label.{key}={c[key]} must be {fix}.")
+  num_classes = ctx.config.data.num_classes
+  if "train_labels" not in cache:
+    cache["train_labels"] = np.asarray(
+        [ctx.train_source[i]["label"] for i in range(len(ctx.train_source))])
+  fn = _features_fn(ctx, cache)
+  kw = dict(batch_size=ctx.config.evals.batch_size, spec=ctx.spec)
+  out = {}
+  for fraction in c.fractions:
+    idx = low_label_lib.labelled_subset(cache["train_labels"], fraction,
+                                        num_classes, seed=c.seed)
+    trained = low_label_lib.finetune(
+        fn, params, task_state, ctx.train_source, idx, num_classes=num_classes,
+        spec=ctx.spec, mesh=ctx.mesh, steps=c.steps, lr=c.lr, head_lr=c.head_lr,
+        batch_size=c.batch_size, weight_decay=c.weight_decay, seed=c.seed)
+    out[low_label_lib.metric_name(fraction)] = low_label_lib.split_accuracy(
+        fn, trained, task_state, eval_batches(ctx.test_source, **kw), ctx.mesh)
+  return out
 
 
 def accuracy(ctx, params, task_state, cache):
@@ -120,9 +161,11 @@ def reconstruction(ctx, params, task_state, cache):
   return {"reconstruction_mse_pixels": err}
 
 
-EVALUATORS = {"knn": knn, "linear_probe": probe, "accuracy": accuracy,
-              "reconstruction": reconstruction}
-FEATURE_EVALUATORS = ("knn", "linear_probe")
+EVALUATORS = {"knn": knn, "linear_probe": probe, "low_label": low_label_finetune,
+              "accuracy": accuracy, "reconstruction": reconstruction}
+# The evaluators that score a representation through `features`: the loop
+# reruns them on the initial params and on raw pixels (`run_on_pixels`).
+FEATURE_EVALUATORS = ("knn", "linear_probe", "low_label")
 
 
 def registry(task):
@@ -166,6 +209,6 @@ def run_on_pixels(ctx, names):
   names = [n for n in names if n in FEATURE_EVALUATORS]
   if not names:
     return {}
-  # With the cache filled, knn and linear_probe read pixels, not features.
-  cache = {"features": _extract(ctx, features_lib.pixels)}
-  return run(ctx, names, None, None, cache)
+  # The pixel "network" has no params: k-NN and the probe read pixels, and
+  # the low-label fine-tune trains only its linear head.
+  return run(ctx, names, {}, None, {"feature_fn": features_lib.pixel_features})

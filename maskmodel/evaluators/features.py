@@ -33,3 +33,10 @@ def pixels(images):
   input.
   """
   return images.reshape(images.shape[0], -1)
+
+
+def pixel_features(params, task_state, images):
+  """`pixels` in the shape of `Task.features`: the no-encoder baseline for
+  evaluators that take a network (it has no params and no state)."""
+  del params, task_state
+  return images.reshape(images.shape[0], -1)
