@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskmodel import config as mm_config, evaluators, sharding, train
+from maskmodel import config as mm_config, data, evaluators, sharding, train
 from maskmodel.config import ConfigError
 from maskmodel.evaluators import low_label
 
@@ -82,7 +82,7 @@ def _context(tmp_path, task, train_src, test_src, **low):
   config.evals.low_label.update(dict(fractions=(0.1,), steps=60, lr=3e-2,
                                      head_lr=3e-2, batch_size=8), **low)
   return evaluators.Context(config, task, sharding.make_mesh(), train_src,
-                            test_src, train.image_spec(config), str(tmp_path))
+                            test_src, data.image_spec(config.data), str(tmp_path))
 
 
 def _params(width=8):
@@ -123,7 +123,7 @@ def test_finetune_trains_the_network_not_only_the_head(tmp_path):
     trained = low_label.finetune(
         _ToyTask(8).features, blind, {}, train_src,
         low_label.labelled_subset([r["label"] for r in train_src], 0.1, 3),
-        num_classes=3, spec=ctx.spec, mesh=ctx.mesh, steps=60, lr=3e-2,
+        num_classes=3, preprocess=ctx.example, mesh=ctx.mesh, steps=60, lr=3e-2,
         head_lr=3e-2, batch_size=8)
     # The network's own rate near zero: the head alone, on blind features.
     ctx.config.evals.low_label.lr = 1e-9

@@ -116,17 +116,19 @@ def low_label_finetune(ctx, params, task_state, cache):
     cache["train_labels"] = np.asarray(
         [ctx.train_source[i]["label"] for i in range(len(ctx.train_source))])
   fn = _features_fn(ctx, cache)
-  kw = dict(batch_size=ctx.config.evals.batch_size, spec=ctx.spec)
   out = {}
   for fraction in c.fractions:
     idx = low_label_lib.labelled_subset(cache["train_labels"], fraction,
                                         num_classes, seed=c.seed)
     trained = low_label_lib.finetune(
         fn, params, task_state, ctx.train_source, idx, num_classes=num_classes,
-        spec=ctx.spec, mesh=ctx.mesh, steps=c.steps, lr=c.lr, head_lr=c.head_lr,
+        preprocess=ctx.example, mesh=ctx.mesh, steps=c.steps, lr=c.lr,
+        head_lr=c.head_lr,
         batch_size=c.batch_size, weight_decay=c.weight_decay, seed=c.seed)
     out[low_label_lib.metric_name(fraction)] = low_label_lib.split_accuracy(
-        fn, trained, task_state, eval_batches(ctx.test_source, **kw), ctx.mesh)
+        fn, trained, task_state,
+        eval_batches(ctx.test_source, batch_size=ctx.config.evals.batch_size,
+                     preprocess=ctx.example), ctx.mesh)
   return out
 
 

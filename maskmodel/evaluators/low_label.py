@@ -20,7 +20,6 @@ import optax
 
 from maskmodel import sharding
 from maskmodel.config import ConfigError
-from maskmodel.data.pipeline import eval_preprocess
 
 
 def metric_name(fraction: float) -> str:
@@ -111,14 +110,14 @@ def _predict(trainable, task_state, images, *, features_fn):
   return _logits(features_fn, trainable, task_state, images).argmax(-1)
 
 
-def _images(source, indices, spec):
-  recs = [eval_preprocess(source[int(i)], spec) for i in indices]
+def _images(source, indices, preprocess):
+  recs = [preprocess(source[int(i)]) for i in indices]
   return (np.stack([r["image"] for r in recs]),
           np.asarray([r["label"] for r in recs], np.int32))
 
 
 def finetune(features_fn, params, task_state, train_source, indices, *,
-             num_classes, spec, mesh, steps, lr, head_lr, batch_size,
+             num_classes, preprocess, mesh, steps, lr, head_lr, batch_size,
              weight_decay=1e-4, seed=0):
   """Fine-tunes `params` and a zero-initialized linear head on the examples
   `indices` of `train_source`, full images without augmentation, for
@@ -127,7 +126,7 @@ def finetune(features_fn, params, task_state, train_source, indices, *,
   was. The subset's images are held in host memory."""
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   # The subset is decoded once and held on the host; each step gathers rows.
-  images, labels = _images(train_source, indices, spec)
+  images, labels = _images(train_source, indices, preprocess)
   feature_dim = jax.eval_shape(features_fn, params, task_state,
                                images[:1]).shape[-1]
   # A copy: the step donates its params, and the caller's are still in use.
