@@ -50,9 +50,14 @@ def _reduce(method, inp, keep, size=None, source=None, **kw):
   return _reduce_jit(method, inp, keep, size, source, tuple(sorted(kw.items())))
 
 
-def _kept_index(source):
-  """Input index held by each output token of a pruning method."""
-  return np.asarray(source).argmax(-1)
+def _dense(out):
+  """The one-hot `[B, K, N0]` source map of a `Reduced`'s index map."""
+  return np.asarray(T.dense_source(out.source, out.x.shape[1]))
+
+
+def _kept_index(out):
+  """Input index held by each output token of a pruning method, `[B, K]`."""
+  return _dense(out).argmax(-1)
 
 
 # ----------------------------------------------------------------- ToMe ----
@@ -96,7 +101,9 @@ def _tome_step(metric, x, size, r, class_token=False):
   merge, unmerge = T.bipartite_soft_matching(metric, r,
                                              class_token=class_token)
   merged, new_size = T.merge_wavg(merge, x, size)
-  return merged, new_size, T.merge_source(merge, x), unmerge(merged)
+  source = T.merge_source(unmerge, T.init_source(x), merged.shape[1])
+  return (merged, new_size, T.dense_source(source, merged.shape[1]),
+          unmerge(merged))
 
 
 @pytest.mark.parametrize("class_token", [False, True])
@@ -201,9 +208,12 @@ def test_class_token_is_never_reduced(method):
   assert out.x.dtype == jnp.bfloat16 and out.size.dtype == jnp.float32
   np.testing.assert_array_equal(out.x[:, 0], x[:, 0])
   np.testing.assert_array_equal(out.size[:, 0, 0], 1.0)
+  assert out.source.dtype == jnp.int32 and out.source.shape == (2, 17)
+  np.testing.assert_array_equal(out.source[:, 0], 0)   # [CLS] holds itself
+  src = _dense(out)
   np.testing.assert_array_equal(
-      out.source[:, 0], np.broadcast_to(np.eye(x.shape[1])[0], (2, x.shape[1])))
-  assert float(jnp.abs(out.source[:, 1:, 0]).max()) == 0.0
+      src[:, 0], np.broadcast_to(np.eye(x.shape[1])[0], (2, x.shape[1])))
+  assert float(np.abs(src[:, 1:, 0]).max()) == 0.0
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -214,7 +224,9 @@ def test_sizes_and_sources_stay_consistent(method):
   out = _reduce(method, inp, keep=9, size=size,
                 source=T.init_source(inp["x"]))
   assert out.x.shape == (2, 9, 8) and out.size.shape == (2, 9, 1)
-  src = np.asarray(out.source)
+  assert out.source.shape == (2, 17)
+  assert ((-1 <= out.source) & (out.source < 9)).all()
+  src = _dense(out)
   assert set(np.unique(src)) <= {0.0, 1.0}
   assert (src.sum(1) <= 1).all()           # an input is held at most once
   held = np.einsum("bkj,bjo->bko", src, np.asarray(size))
@@ -234,7 +246,7 @@ def test_runs_under_jit_and_vmap(method):
   source = T.init_source(inp["x"])
   fn = jax.jit(lambda i, s: _call(method, i, keep=9, source=s))
   jitted = fn(inp, source)
-  assert jitted.x.shape == (2, 9, 8) and jitted.source.shape == (2, 9, 17)
+  assert jitted.x.shape == (2, 9, 8) and jitted.source.shape == (2, 17)
   other = _inputs(seed=6)
   stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), inp, other)
   mapped = jax.vmap(fn, in_axes=(0, None))(stacked, source)
@@ -359,16 +371,16 @@ def test_topk_keeps_exactly_the_top_k():
   out = _reduce("topk", inp, keep=10, source=src)
   for b in range(2):
     want = {0} | set((np.argsort(-scores[b, 1:])[:9] + 1).tolist())
-    assert set(_kept_index(out.source[b]).tolist()) == want
+    assert set(_kept_index(out)[b].tolist()) == want
   # EViT: keep - 2 attentive tokens plus one fused token of all the rest,
   # weighted by the raw [CLS] attention as in the official code.
   fused = _reduce("evit", inp, keep=10, source=src)
   for b in range(2):
     top = np.argsort(-scores[b, 1:])[:8] + 1
     rest = np.setdiff1d(np.arange(1, 25), top)
-    assert set(_kept_index(fused.source[b, :9]).tolist()) == {0} | set(
+    assert set(_kept_index(fused)[b, :9].tolist()) == {0} | set(
         top.tolist())
-    assert np.flatnonzero(fused.source[b, 9]).tolist() == rest.tolist()
+    assert np.flatnonzero(_dense(fused)[b, 9]).tolist() == rest.tolist()
     w = scores[b, rest]
     np.testing.assert_allclose(fused.x[b, 9], w @ np.asarray(inp["x"][b, rest]),
                                rtol=1e-5, atol=1e-6)
@@ -413,7 +425,7 @@ def test_pitome_matches_numpy_and_protects_low_energy_tokens(class_token):
   np.testing.assert_allclose(out.x, _pitome_numpy(x, x, r, 0.5, class_token),
                              rtol=1e-5, atol=1e-6)
   for b in range(2):
-    src, size = np.asarray(out.source[b]), np.asarray(out.size[b, :, 0])
+    src, size = _dense(out)[b], np.asarray(out.size[b, :, 0])
     # Merged tokens hold only inputs of the high-energy cluster (1..10) ...
     assert set(np.flatnonzero(src[size > 1].sum(0)).tolist()) <= set(
         range(1, 11))
@@ -474,7 +486,7 @@ def test_dart_keeps_pivots_and_drops_their_duplicates():
   for selection in ("per_pivot", "max"):
     out = T.dart(x, None, x, keep=9, num_pivots=2, selection=selection,
                  class_token=True, source=T.init_source(x))
-    kept = set(_kept_index(out.source[0]).tolist())
+    kept = set(_kept_index(out)[0].tolist())
     assert kept == {0, 1, 2} | set(range(7, 13)), (selection, kept)
 
 
@@ -554,7 +566,7 @@ def test_zero_tprune_importance_then_similarity():
                             similarity_fraction=0.0)
   for b in range(2):
     want = {0} | set((np.argsort(-importance[b, 1:])[:8] + 1).tolist())
-    assert set(_kept_index(only_importance.source[b]).tolist()) == want
+    assert set(_kept_index(only_importance)[b].tolist()) == want
   # S-stage: a less important token that duplicates an important one goes,
   # although a lower-importance distinct token would go in the I-stage.
   n = 9
@@ -567,10 +579,10 @@ def test_zero_tprune_importance_then_similarity():
   x = jnp.asarray(x)
   out = T.zero_tprune(x, None, x, jnp.asarray(attn), keep=8,
                       similarity_fraction=1.0, source=T.init_source(x))
-  assert set(_kept_index(out.source[0]).tolist()) == {0, 1, 2, 3, 4, 6, 7, 8}
+  assert set(_kept_index(out)[0].tolist()) == {0, 1, 2, 3, 4, 6, 7, 8}
   out = T.zero_tprune(x, None, x, jnp.asarray(attn), keep=8,
                       similarity_fraction=0.0, source=T.init_source(x))
-  assert set(_kept_index(out.source[0]).tolist()) == {0, 1, 2, 3, 4, 5, 6, 7}
+  assert set(_kept_index(out)[0].tolist()) == {0, 1, 2, 3, 4, 5, 6, 7}
 
 
 # ----------------------------------------------------------------- GTP -----
@@ -582,7 +594,7 @@ def test_gtp_propagates_removed_tokens_to_their_neighbours():
   for b in range(2):
     # The most important tokens, in rank order after [CLS] (official).
     want = [0] + (np.argsort(-importance[b, 1:])[:5] + 1).tolist()
-    held = np.asarray(out.source[b])[:, want]
+    held = _dense(out)[b][:, want]
     np.testing.assert_array_equal(held, np.eye(6))
   # A removed token adds alpha times its graph weight to its neighbours.
   x = jnp.asarray(np.eye(7, dtype=np.float32)[None])
@@ -709,6 +721,9 @@ def test_token_map_colours_groups_and_draws_borders(tmp_path):
   red = T.reduce("tome", x, keep=9, source=T.init_source(x))
   groups = V.patch_groups(red.source[0], (4, 4))
   assert (groups >= 1).all() and len(np.unique(groups)) == 8
+  # The one-hot map (ToMe's form) gives the same groups.
+  np.testing.assert_array_equal(
+      V.patch_groups(_dense(red)[0], (4, 4)), groups)
   V.save_token_maps(str(tmp_path / "maps.png"), [image], [red.source[0]], 2)
   assert (tmp_path / "maps.png").stat().st_size > 0
 

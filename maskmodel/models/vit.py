@@ -235,13 +235,13 @@ def restore(source, *arrays):
   """ToMe's `unmerge` from a source map: each input position gets the output
   token that holds it.
 
-  `source [B, K, N0]` (0/1, each column held by at most one token) maps the
-  K outputs to the N0 inputs; each array `[B, K, ...]` becomes `[B, N0, ...]`.
-  Positions no token holds (pruned) are zero. A gather, so it is exact in
-  any dtype and precision.
+  `source [B, N0]` is the index map (`maskmodel.tokens.common`): the output
+  token holding each of the N0 inputs, or -1 for inputs no token holds
+  (pruned), which get zeros. Each array `[B, K, ...]` becomes
+  `[B, N0, ...]`. A gather, so it is exact in any dtype and precision.
   """
-  holder = source.argmax(axis=1)                       # [B, N0]
-  held = source.max(axis=1) > 0
+  held = source >= 0
+  holder = jnp.maximum(source, 0)
   out = []
   for a in arrays:
     idx = holder.reshape(holder.shape + (1,) * (a.ndim - 2))
@@ -266,8 +266,10 @@ class ViT(nn.Module):
   tokens: `tokens` and `size` then have the plan's last count of tokens,
   `gap` pooling is the size-weighted mean over the non-class tokens (the
   mean over patches when merged tokens are equal), and
-  `return_source=True` adds `source` ([B, K', 1+K], which input tokens each
-  output token holds; ToMe's source tracing). `restore_tokens=True` copies
+  `return_source=True` adds `source` ([B, 1+K] int32: for each input token,
+  the index of the output token that holds it, -1 if pruned; ToMe's source
+  tracing as an O(N) index map, `tokens.dense_source` gives the one-hot
+  [B, K', 1+K] map). `restore_tokens=True` copies
   every output token back to each input position it holds (ToMe's
   `unmerge`), so `tokens` is [B, 1+K, D] again and `size` gives, per input
   position, the size of the token that holds it; positions held by no token

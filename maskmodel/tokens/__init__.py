@@ -21,7 +21,7 @@ Inputs (plain arrays; reducers never run attention themselves):
             queries); `[B, H, N]` is averaged over heads too.
   attn      `[B, H, N, N]` (or `[B, N, N]`) attention probabilities.
   graph     GTP-ViT's token graph, carried from block to block.
-  source    `[B, N, N0]` source map to carry along (start from
+  source    `[B, N0]` int32 index map to carry along (start from
             `init_source(x)`); None disables source tracing.
   layer, depth  the block's index and the number of blocks (PiToMe's margin
             and merge kind, Zero-TPrune's iterations follow them).
@@ -66,8 +66,9 @@ import functools
 from typing import Any, Callable, Optional, Tuple
 
 from maskmodel.tokens.atc import LINKAGES, agglomerative_labels, atc
-from maskmodel.tokens.common import (Reduced, check_keep, init_size,
-                                     init_source)
+from maskmodel.tokens.common import (PRUNED, Reduced, check_keep,
+                                     dense_source, init_size, init_source,
+                                     relabel)
 from maskmodel.tokens.dart import dart, dart_select
 from maskmodel.tokens.divprune import divprune, max_min_select
 from maskmodel.tokens.flops import block_flops, vit_flops, vit_flops_breakdown
@@ -328,7 +329,7 @@ __all__ = [
     "LINKAGES", "REDUCERS", "ReducerInfo", "Reduced", "STATS",
     "agglomerative_labels", "atc", "bipartite_soft_matching", "block_flops",
     "constant_r",
-    "dart", "dart_select", "decreasing_r", "divprune", "energy_score",
+    "PRUNED", "dart", "dense_source", "relabel", "dart_select", "decreasing_r", "divprune", "energy_score",
     "attention_rank", "get_reducer", "gtp", "gtp_graph", "inflected_r",
     "init_size", "init_source", "max_min_select", "merge_source",
     "merge_wavg", "needs", "pitome", "reduce", "register_reducer",

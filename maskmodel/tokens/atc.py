@@ -82,7 +82,7 @@ def atc(x, size, metric, *, keep, linkage="average", class_token=True,
   """Clusters the tokens into `keep` tokens (class token kept apart, first).
 
   Args:
-    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
+    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N0]` index map.
     metric: `[B, N, C]` clustering features (keys in the paper).
     keep: static number of output tokens, class token included.
     linkage: "average", "complete" or "single".

@@ -85,7 +85,7 @@ def dart(x, size, keys, *, keep, num_pivots=4, selection="per_pivot",
   """Keeps `keep` tokens by DART's duplication criterion.
 
   Args:
-    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
+    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N0]` index map.
     keys: `[B, N, H, hd]` attention keys (the heads are concatenated, as in
       the official code) or `[B, N, C]` already flat. Pivots are the tokens
       with the largest key L1 norm.

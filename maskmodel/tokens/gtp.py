@@ -29,8 +29,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from maskmodel.tokens.common import (Reduced, check_keep, cosine_similarity,
-                                     gather_tokens, init_size, static_int)
+from maskmodel.tokens.common import (PRUNED, Reduced, check_keep,
+                                     cosine_similarity, gather_tokens,
+                                     init_size, relabel, static_int)
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 GRAPHS = ("mixed", "spatial", "semantic")
@@ -98,7 +99,7 @@ def gtp(x, size, importance, graph, *, keep, alpha=0.1, class_token=True,
   """Removes tokens by rank and propagates them over `graph` (GTP-ViT).
 
   Args:
-    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
+    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N0]`.
     importance: `[B, N]` ranking (`attention_rank`; the class token's entry
       is ignored).
     graph: `[B, n, n]` normalized graph over the current non-class tokens
@@ -130,16 +131,17 @@ def gtp(x, size, importance, graph, *, keep, alpha=0.1, class_token=True,
   new_size = gather_tokens(size, kept + p) + alpha * jnp.einsum(
       "bkr,bro->bko", w, gather_tokens(size, removed + p), precision=_HIGHEST)
   new_x = new_x.astype(x.dtype)
-  new_source = None
-  if source is not None:
-    to = jax.nn.one_hot(jnp.argmax(w, axis=1), k, dtype=jnp.float32)  # [B,R,k]
-    to = to * (w.max(axis=1) > 0)[..., None]
-    new_source = gather_tokens(source, kept + p) + jnp.einsum(
-        "brk,brm->bkm", to, gather_tokens(source, removed + p),
-        precision=_HIGHEST)
   if class_token:
     new_x = jnp.concatenate([x[:, :1], new_x], axis=1)
     new_size = jnp.concatenate([size[:, :1], new_size], axis=1)
-    if source is not None:
-      new_source = jnp.concatenate([source[:, :1], new_source], axis=1)
+  new_source = None
+  if source is not None:
+    # Each removed token goes to the kept token it sends the most weight to.
+    to = jnp.where(w.max(axis=1) > 0, jnp.argmax(w, axis=1) + p, PRUNED)
+    label = jnp.zeros(x.shape[:2], jnp.int32)
+    put = jax.vmap(lambda lab, i, v: lab.at[i].set(v))
+    label = put(label, kept + p, jnp.broadcast_to(jnp.arange(k) + p,
+                                                  kept.shape))
+    label = put(label, removed + p, to)
+    new_source = relabel(source, label)
   return Reduced(new_x, new_size, new_source), new_graph

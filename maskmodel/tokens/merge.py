@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from maskmodel.kernels import token_matching
 from maskmodel.tokens.common import (Reduced, gather_tokens, init_size,
-                                     l2_normalize, static_int)
+                                     l2_normalize, relabel, static_int)
 
 MODES = ("sum", "mean", "amax")
 
@@ -54,7 +54,7 @@ def bipartite_soft_matching(metric, r, class_token=False, impl="auto"):
   Returns:
     merge(x, mode="mean"): `[B, N, D] -> [B, N - r, D]`; mode "sum" and
       "mean" follow `torch.scatter_reduce` (mean includes the B token itself),
-      "amax" takes the elementwise max (used for source maps).
+      "amax" takes the elementwise max (ToMe's one-hot source maps).
     unmerge(x): `[B, N - r, D] -> [B, N, D]`, copying every merged token back
       to all positions it came from.
   """
@@ -123,22 +123,23 @@ def merge_wavg(merge, x, size=None):
   return (total / size).astype(x.dtype), size
 
 
-def merge_source(merge, x, source=None):
-  """Source tracing: `source [B, N, N0]` one-hot map, merged with amax.
+def merge_source(unmerge, source, num_out):
+  """Source tracing through one matching, on the index map `source [B, N0]`.
 
-  `x` only gives the token count when `source` is None (identity map).
+  ToMe's `merge_source` merges a one-hot `[B, N, N0]` map with amax; the same
+  information is each current token's output slot, which `unmerge` of the
+  slot numbers `0..num_out-1` gives (`num_out` = tokens after the merge).
   """
-  if source is None:
-    b, n = x.shape[:2]
-    source = jnp.broadcast_to(jnp.eye(n, dtype=jnp.float32), (b, n, n))
-  return merge(source, mode="amax")
+  slots = jnp.broadcast_to(jnp.arange(num_out, dtype=jnp.int32),
+                           (source.shape[0], num_out))
+  return relabel(source, unmerge(slots))
 
 
 def tome(x, size, metric, *, r, class_token=False, source=None, impl="auto"):
   """One ToMe step: bipartite matching on `metric`, then merge x/size/source."""
-  merge, _ = bipartite_soft_matching(metric, r, class_token=class_token,
-                                     impl=impl)
-  if source is not None:
-    source = merge_source(merge, x, source)
+  merge, unmerge = bipartite_soft_matching(metric, r, class_token=class_token,
+                                           impl=impl)
   x, size = merge_wavg(merge, x, size)
+  if source is not None:
+    source = merge_source(unmerge, source, x.shape[1])
   return Reduced(x, size, source)

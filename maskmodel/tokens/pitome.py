@@ -74,7 +74,7 @@ def pitome(x, size, metric, *, r, margin=None, alpha=1.0, variant="deit",
   """Removes r tokens by PiToMe's energy-ordered merging.
 
   Args:
-    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
+    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N0]` index map.
     metric: `[B, N, C]` similarity features (head-averaged keys in the
       official code). Used without gradient.
     r: static number of tokens to remove; capped (with a warning) at half of

@@ -89,7 +89,7 @@ def zero_tprune(x, size, metric, attn, *, keep, num_iters=None,
   """Keeps `keep` tokens by Zero-TPrune (module docstring).
 
   Args:
-    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
+    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N0]` index map.
     metric: `[B, N, C]` features for the S-stage similarity (e.g. keys).
     attn: `[B, H, N, N]` (or head-averaged `[B, N, N]`) attention
       probabilities of the layer.
