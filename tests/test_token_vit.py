@@ -83,13 +83,14 @@ def test_none_is_the_plain_vit_bit_for_bit():
 
 
 def test_proportional_attention_is_the_same_with_every_impl():
-  outs = {impl: _apply(_vit("tome", KEEP, attn_impl=impl))
+  outs = {impl: _apply(_vit("tome", ("keep", KEEP), attn_impl=impl,
+                            prop_attn=True))
           for impl in ("xla", "interpret")}
   for key in ("tokens", "logits", "size"):
     np.testing.assert_allclose(outs["interpret"][key], outs["xla"][key],
                                rtol=1e-5, atol=1e-5)
   # The size bias is live: switching it off changes the output.
-  off = _apply(_vit("tome", KEEP, prop_attn=False, attn_impl="xla"))
+  off = _apply(_vit("tome", ("keep", KEEP), prop_attn=False, attn_impl="xla"))
   assert not np.allclose(off["logits"], outs["xla"]["logits"], atol=1e-6)
 
 
@@ -108,7 +109,7 @@ def _block_token_counts(model):
 
 
 @pytest.mark.parametrize("schedule,expected", [
-    (KEEP, KEEP),
+    (("keep", KEEP), KEEP),
     (3, tokens.tokens_per_layer(3, DEPTH, N0)),
     ("decreasing:4", tokens.tokens_per_layer("decreasing:4", DEPTH, N0)),
     (("rate", 0.5, (1,)), [N0, 9]),
@@ -121,7 +122,7 @@ def test_token_count_per_block_follows_the_schedule(schedule, expected):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_in_the_vit_under_jit(method):
-  model = _vit(method, KEEP, pool="gap")
+  model = _vit(method, ("keep", KEEP), pool="gap")
   out = _apply(model, return_source=True)
   b, k = 2, KEEP[-1]
   assert out["tokens"].shape == (b, k, 16)
@@ -171,14 +172,18 @@ def test_sizes_sum_to_the_patch_count_plus_one_and_restore_to_sources():
 def test_bad_token_reduction_configs_raise_clear_errors():
   with pytest.raises(ConfigError, match=r"unknown; use 'none' or one of .*tome"):
     _vit("tomee", 2)
-  with pytest.raises(ConfigError, match="schedule"):
-    _vit("topk", [10, 0])
-  with pytest.raises(ConfigError, match="schedule"):
-    _vit("topk", [10, 12])
-  with pytest.raises(ConfigError, match="schedule"):
-    _vit("topk", [10, 8, 6])
+  with pytest.raises(ConfigError, match="schedule.*>= 2"):
+    _vit("topk", ("keep", [10, 0]))
+  with pytest.raises(ConfigError, match="schedule.*non-increasing"):
+    _vit("topk", ("keep", [10, 12]))
+  with pytest.raises(ConfigError, match="schedule.*one per layer"):
+    _vit("topk", ("keep", [10, 8, 6]))
   with pytest.raises(ConfigError, match="at most half"):
-    _vit("tome", [5, 4])
+    _vit("tome", ("keep", [5, 4]))
+  # A bare pair is ambiguous (keep-list? ToMe's (r, inflect)?): one line
+  # naming the explicit forms.
+  with pytest.raises(ConfigError, match=r"^[^\n]*ambiguous[^\n]*'keep'[^\n]*$"):
+    _vit("topk", (11, 7))
   with pytest.raises(ConfigError, match="accepts"):
     _vit("atc", 2, options={"linkeage": "single"})
   with pytest.raises(ConfigError, match="num_tokens"):
@@ -354,3 +359,17 @@ def test_no_dense_source_map_for_a_long_sequence(method):
   dense = jax.make_jaxpr(lambda p, x: tokens.dense_source(
       fwd(p, x)[0], keep[-1]))(params, images)
   assert (2, keep[-1], n0) in _token_maps_in(dense.jaxpr, n0, counts)
+
+
+def test_proportional_attention_defaults_follow_the_official_code():
+  """ToMe's apply_patch: on off the shelf, off for training and MAE models;
+  ATC on; the others off. An explicit prop_attn wins."""
+  def plan(method, **kw):
+    m = build.with_token_reduction(_model_config(), method, 2, **kw)
+    return build.token_reduction(m, N0).prop_attn
+  assert plan("tome") is False
+  assert plan("tome", off_the_shelf=True) is True
+  assert plan("tome", prop_attn=True) is True
+  assert plan("atc") is True and plan("atc", off_the_shelf=True) is True
+  for method in ("pitome", "topk", "evit", "dart", "gtp"):
+    assert plan(method, off_the_shelf=True) is False, method

@@ -24,19 +24,21 @@ import jax.numpy as jnp
 from maskmodel.tokens.common import (Reduced, check_keep, gather_tokens,
                                      init_size, keep_tokens, relabel,
                                      with_class_token)
+from maskmodel.tokens.registry import register
 
 ORDERS = ("attention", "index")
 
 
-def topk_prune(x, size, scores, *, keep, class_token=True, fuse=False,
-               normalize_fused=False, order="attention", source=None):
-  """Keeps the `keep` tokens with the highest `scores` (EViT).
+@register("topk", needs=("cls_attn",), conserves_size=False)
+def topk_prune(x, size, stats, *, keep, class_token=True, source=None,
+               fuse=False, normalize_fused=False, order="attention"):
+  """Keeps the `keep` tokens with the highest [CLS] attention (EViT).
 
   Args:
     x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N0]`
       index map.
-    scores: `[B, N]` importance, e.g. head-averaged [CLS] attention (the
-      class token's own entry is ignored). Used without gradient.
+    stats: `stats.cls_attn` `[B, N]`, the head-averaged [CLS] attention (the
+      class token's own entry is ignored), used without gradient.
     keep: static number of output tokens, class token and fused token
       included.
     class_token: token 0 is always kept, first.
@@ -64,7 +66,7 @@ def topk_prune(x, size, scores, *, keep, class_token=True, fuse=False,
                      f"keep < {n_total}.")
   if size is None:
     size = init_size(x)
-  scores = jax.lax.stop_gradient(scores.astype(jnp.float32))[:, p:]
+  scores = jax.lax.stop_gradient(stats.cls_attn.astype(jnp.float32))[:, p:]
   ranked = jnp.argsort(-scores, axis=-1, stable=True)
   top = ranked[:, :num_top]
   if order == "index":
@@ -88,3 +90,12 @@ def topk_prune(x, size, scores, *, keep, class_token=True, fuse=False,
   label = jax.vmap(lambda lab, i: lab.at[i].set(jnp.arange(keep - 1)))(
       label, kept)
   return Reduced(new_x, new_size, relabel(source, label))
+
+
+@register("evit", needs=("cls_attn",), conserves_size=True)
+def evit(x, size, stats, *, keep, class_token=True, source=None,
+         normalize_fused=False, order="attention"):
+  """EViT: top-k by [CLS] attention plus the fused inattentive token."""
+  return topk_prune(x, size, stats, keep=keep, class_token=class_token,
+                    source=source, fuse=True, normalize_fused=normalize_fused,
+                    order=order)
