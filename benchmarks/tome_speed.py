@@ -74,11 +74,15 @@ def vit_b16_config(attn_impl):
   return m
 
 
-def truncate(x, size, *, keep, source, **_):
+def truncate(x, size, stats, *, keep, class_token=True, source=None):
   """Keeps the first `keep` tokens without looking at them: the cost of a
   reduction schedule with none of the reducer's own work (`--bound`)."""
+  del stats, class_token
+  slot = jnp.arange(x.shape[1])
+  label = jnp.broadcast_to(jnp.where(slot < keep, slot, tokens.PRUNED),
+                           x.shape[:2])
   return tokens.Reduced(x[:, :keep], size[:, :keep],
-                        None if source is None else source[:, :keep])
+                        tokens.relabel(source, label))
 
 
 def maskmodel_forward(r, attn_impl, params, prop_attn, method="tome",
@@ -179,8 +183,7 @@ def main(argv=None):
               r, "tome", not args.no_prop_attn, ours[d])
              for d in dots for r in r_values]
   if args.bound:
-    tokens.register_reducer("truncate", truncate, needs=(),
-                            conserves_size=False)
+    tokens.register("truncate", needs=(), conserves_size=False)(truncate)
     configs += [("truncate", r, "truncate", False, ours[dots[0]])
                 for r in r_values if r]
   runs, meta, hlo = {}, {}, {}

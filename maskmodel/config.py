@@ -132,20 +132,28 @@ def base_config():
   return c
 
 
-def token_reduction(method="none", schedule=0, options=None, prop_attn=None):
+def token_reduction(method="none", schedule=0, options=None, prop_attn=None,
+                    off_the_shelf=False):
   """`model.token_reduction`: token merging / pruning inside the encoder.
 
   method: "none" or a name in `maskmodel.tokens.REDUCERS` (tome, pitome,
     topk, evit, divprune, dart, atc, zero_tprune, gtp).
-  schedule: any `maskmodel.tokens.tokens_per_layer` spec: r removed per block
-    (int), "decreasing:R", (r, inflect), ("rate", rho, layers), or a list of
-    the tokens kept after each block ([CLS] included).
+  schedule: a `maskmodel.tokens.tokens_per_layer` spec, always explicit:
+    r removed per block (`8` or `("r", 8)`), r per block (`("r", [..])`),
+    ToMe's `("inflect", r, a)` and `("decreasing", r)` (= inflect -1: 2r in
+    the first block down to 0), EViT's `("rate", rho, layers)`, or the
+    tokens kept after each block, [CLS] included (`("keep", [..])`). A bare
+    sequence such as (11, 7) is refused as ambiguous.
   options: dict of the method's options (e.g. {"linkage": "single"} for atc).
   prop_attn: ToMe's proportional attention (log(size) added to the logits);
-    None follows the method's official code (`REDUCERS[m].prop_attn`: on for
-    tome and atc, off for the others).
+    None follows the method's official code: on for atc; for tome on only
+    `off_the_shelf` (ToMe advises it off for training and MAE models); off
+    for the others.
+  off_the_shelf: the model was trained without this reduction and only
+    evaluated with it (`build.with_token_reduction(..., off_the_shelf=True)`);
+    decides the default prop_attn only.
   Schedule and options accept any type, so `--config.model.token_reduction.
-  schedule=decreasing:8` and `=[40,30,20,10]` both work.
+  schedule=decreasing:8`, `=keep:40,30,20,10` and `="('r', 8)"` all work.
   """
   c = ml_collections.ConfigDict()
   c.method = method
@@ -153,4 +161,5 @@ def token_reduction(method="none", schedule=0, options=None, prop_attn=None):
   c.options = ml_collections.FieldReference(dict(options or {}),
                                             field_type=object)
   c.prop_attn = ml_collections.FieldReference(prop_attn, field_type=object)
+  c.off_the_shelf = off_the_shelf
   return c

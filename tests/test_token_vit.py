@@ -23,9 +23,11 @@ KEEP = [11, 7]
 DEPTH = len(KEEP)
 
 
-def _model_config(method="none", schedule=0, depth=DEPTH, pool="cls", **kw):
+def _model_config(method="none", schedule=0, depth=DEPTH, pool="cls",
+                  attn_impl="auto", **kw):
   c = mm.base_config().model
   c.width, c.num_heads, c.depth, c.pool = 16, 2, depth, pool
+  c.attn_impl = attn_impl
   c.token_reduction.method = method
   c.token_reduction.schedule = schedule
   for k, v in kw.items():
@@ -81,13 +83,14 @@ def test_none_is_the_plain_vit_bit_for_bit():
 
 
 def test_proportional_attention_is_the_same_with_every_impl():
-  outs = {impl: _apply(_vit("tome", KEEP, attn_impl=impl))
+  outs = {impl: _apply(_vit("tome", ("keep", KEEP), attn_impl=impl,
+                            prop_attn=True))
           for impl in ("xla", "interpret")}
   for key in ("tokens", "logits", "size"):
     np.testing.assert_allclose(outs["interpret"][key], outs["xla"][key],
                                rtol=1e-5, atol=1e-5)
   # The size bias is live: switching it off changes the output.
-  off = _apply(_vit("tome", KEEP, prop_attn=False, attn_impl="xla"))
+  off = _apply(_vit("tome", ("keep", KEEP), prop_attn=False, attn_impl="xla"))
   assert not np.allclose(off["logits"], outs["xla"]["logits"], atol=1e-6)
 
 
@@ -106,7 +109,7 @@ def _block_token_counts(model):
 
 
 @pytest.mark.parametrize("schedule,expected", [
-    (KEEP, KEEP),
+    (("keep", KEEP), KEEP),
     (3, tokens.tokens_per_layer(3, DEPTH, N0)),
     ("decreasing:4", tokens.tokens_per_layer("decreasing:4", DEPTH, N0)),
     (("rate", 0.5, (1,)), [N0, 9]),
@@ -119,13 +122,15 @@ def test_token_count_per_block_follows_the_schedule(schedule, expected):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_in_the_vit_under_jit(method):
-  model = _vit(method, KEEP, pool="gap")
+  model = _vit(method, ("keep", KEEP), pool="gap")
   out = _apply(model, return_source=True)
   b, k = 2, KEEP[-1]
   assert out["tokens"].shape == (b, k, 16)
-  assert out["size"].shape == (b, k, 1) and out["source"].shape == (b, k, N0)
+  assert out["size"].shape == (b, k, 1) and out["source"].shape == (b, N0)
+  assert out["source"].dtype == jnp.int32
   assert np.isfinite(out["logits"]).all()
-  size, source = np.asarray(out["size"]), np.asarray(out["source"])
+  size = np.asarray(out["size"])
+  source = np.asarray(tokens.dense_source(out["source"], k))
   # The class token stays first and alone.
   np.testing.assert_array_equal(source[:, 0], np.eye(N0)[0][None].repeat(b, 0))
   np.testing.assert_array_equal(size[:, 0, 0], 1.0)
@@ -150,7 +155,8 @@ def test_sizes_sum_to_the_patch_count_plus_one_and_restore_to_sources():
     return merged, restored
 
   merged, restored = both(params, images)
-  size, source = np.asarray(merged["size"]), np.asarray(merged["source"])
+  size = np.asarray(merged["size"])
+  source = np.asarray(tokens.dense_source(merged["source"], size.shape[1]))
   assert size.shape[1] == model.token_reduction.keep[-1] < N0
   np.testing.assert_allclose(size.sum(axis=(1, 2)), N0)
   np.testing.assert_allclose(size[..., 0], source.sum(-1))
@@ -166,14 +172,18 @@ def test_sizes_sum_to_the_patch_count_plus_one_and_restore_to_sources():
 def test_bad_token_reduction_configs_raise_clear_errors():
   with pytest.raises(ConfigError, match=r"unknown; use 'none' or one of .*tome"):
     _vit("tomee", 2)
-  with pytest.raises(ConfigError, match="schedule"):
-    _vit("topk", [10, 0])
-  with pytest.raises(ConfigError, match="schedule"):
-    _vit("topk", [10, 12])
-  with pytest.raises(ConfigError, match="schedule"):
-    _vit("topk", [10, 8, 6])
+  with pytest.raises(ConfigError, match="schedule.*>= 2"):
+    _vit("topk", ("keep", [10, 0]))
+  with pytest.raises(ConfigError, match="schedule.*non-increasing"):
+    _vit("topk", ("keep", [10, 12]))
+  with pytest.raises(ConfigError, match="schedule.*one per layer"):
+    _vit("topk", ("keep", [10, 8, 6]))
   with pytest.raises(ConfigError, match="at most half"):
-    _vit("tome", [5, 4])
+    _vit("tome", ("keep", [5, 4]))
+  # A bare pair is ambiguous (keep-list? ToMe's (r, inflect)?): one line
+  # naming the explicit forms.
+  with pytest.raises(ConfigError, match=r"^[^\n]*ambiguous[^\n]*'keep'[^\n]*$"):
+    _vit("topk", (11, 7))
   with pytest.raises(ConfigError, match="accepts"):
     _vit("atc", 2, options={"linkeage": "single"})
   with pytest.raises(ConfigError, match="num_tokens"):
@@ -243,3 +253,123 @@ def test_mae_pretraining_step_with_merging(smoke_config):
   assert pred.shape == (8, 49, 16)
   feats = jax.eval_shape(task.features, after, {}, images)
   assert feats.shape == (8, 32)
+
+
+def _dense_restore(source, *arrays):
+  """The restore of the one-hot `[B, K, N0]` map (ToMe's form, the ViT's
+  path before index maps): argmax over the holders, zeros where none."""
+  holder = source.argmax(axis=1)
+  held = source.max(axis=1) > 0
+  out = []
+  for a in arrays:
+    idx = holder.reshape(holder.shape + (1,) * (a.ndim - 2))
+    picked = jnp.take_along_axis(a, idx, axis=1)
+    out.append(jnp.where(held.reshape(idx.shape), picked,
+                         jnp.zeros((), a.dtype)))
+  return tuple(out)
+
+
+def test_restore_from_the_index_map_equals_the_dense_path():
+  from maskmodel.models.vit import restore
+  rng = np.random.default_rng(0)
+  b, k, n0 = 3, 7, 40
+  source = rng.integers(-1, k, (b, n0)).astype(np.int32)   # -1: pruned
+  source[:, :k] = np.arange(k)        # every output token holds an input
+  x = rng.normal(size=(b, k, 5)).astype(np.float32)
+  size = rng.integers(1, 5, (b, k, 1)).astype(np.float32)
+  ids = rng.integers(0, 100, (b, k)).astype(np.int32)
+  got = jax.jit(restore)(source, x, jnp.asarray(x, jnp.bfloat16), size, ids)
+  dense = tokens.dense_source(source, k)
+  want = jax.jit(_dense_restore)(dense, x, jnp.asarray(x, jnp.bfloat16), size,
+                                 ids)
+  for g, w in zip(got, want):
+    assert g.dtype == w.dtype
+    np.testing.assert_array_equal(np.asarray(g, np.float32),
+                                  np.asarray(w, np.float32))
+  # A plain loop over the inputs.
+  plain = np.zeros((b, n0, 5), np.float32)
+  for i in range(b):
+    for j in range(n0):
+      if source[i, j] >= 0:
+        plain[i, j] = x[i, source[i, j]]
+  np.testing.assert_array_equal(got[0], plain)
+
+
+@pytest.mark.parametrize("method", ["tome", "topk"])
+def test_restore_tokens_matches_the_dense_path_in_the_vit(method):
+  """MAE's path: every output token copied back to the inputs it holds,
+  bit for bit what the one-hot map gives."""
+  model = _vit(method, ("keep", KEEP))
+  images, params = _images_and_params()
+
+  @jax.jit
+  def both(p, x):
+    merged = model.apply({"params": p}, x, return_source=True)
+    restored = model.apply({"params": p}, x, restore_tokens=True)
+    return merged, restored
+
+  merged, restored = both(params, images)
+  dense = tokens.dense_source(merged["source"], KEEP[-1])
+  want_x, want_size = _dense_restore(dense, merged["tokens"], merged["size"])
+  np.testing.assert_array_equal(restored["tokens"], want_x)
+  np.testing.assert_array_equal(restored["size"], want_size)
+
+
+def _token_maps_in(jaxpr, n0, counts):
+  """Shapes anywhere in `jaxpr` (kernels included) that span the N0 input
+  tokens and another token axis: a dense source map, or any N0 x N0."""
+  found = []
+  for eqn in jaxpr.eqns:
+    for var in list(eqn.invars) + list(eqn.outvars):
+      shape = tuple(getattr(var.aval, "shape", ()))
+      if n0 in shape and sum(d in counts for d in shape) >= 2:
+        found.append(shape)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          found += _token_maps_in(sub.jaxpr, n0, counts)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          found += _token_maps_in(sub, n0, counts)
+  return found
+
+
+@pytest.mark.parametrize("method", ["tome", "topk"])
+def test_no_dense_source_map_for_a_long_sequence(method):
+  """4,096 patches of 1 pixel: source tracing and restore_tokens keep an
+  O(N0) index map; no [B, K, N0] (nor N0 x N0) buffer exists."""
+  side, n0 = 64, 64 * 64 + 1
+  keep = (3073, 2049)
+  c = _model_config(method, ("keep", keep), attn_impl="interpret")
+  c.patch_size = 1
+  model = build.vit(c, num_tokens=n0)
+  images = jnp.zeros((2, side, side, 1))
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
+  counts = {n0, *keep}
+
+  def fwd(p, x):
+    out = model.apply(p, x, return_source=True)
+    restored = model.apply(p, x, restore_tokens=True)
+    return out["source"], restored["tokens"]
+
+  jaxpr = jax.make_jaxpr(fwd)(params, images)
+  assert _token_maps_in(jaxpr.jaxpr, n0, counts) == []
+  source_shape = jax.eval_shape(fwd, params, images)[0]
+  assert source_shape.shape == (2, n0) and source_shape.dtype == jnp.int32
+  # The check bites: the one-hot map of the same run is such a buffer.
+  dense = jax.make_jaxpr(lambda p, x: tokens.dense_source(
+      fwd(p, x)[0], keep[-1]))(params, images)
+  assert (2, keep[-1], n0) in _token_maps_in(dense.jaxpr, n0, counts)
+
+
+def test_proportional_attention_defaults_follow_the_official_code():
+  """ToMe's apply_patch: on off the shelf, off for training and MAE models;
+  ATC on; the others off. An explicit prop_attn wins."""
+  def plan(method, **kw):
+    m = build.with_token_reduction(_model_config(), method, 2, **kw)
+    return build.token_reduction(m, N0).prop_attn
+  assert plan("tome") is False
+  assert plan("tome", off_the_shelf=True) is True
+  assert plan("tome", prop_attn=True) is True
+  assert plan("atc") is True and plan("atc", off_the_shelf=True) is True
+  for method in ("pitome", "topk", "evit", "dart", "gtp"):
+    assert plan(method, off_the_shelf=True) is False, method

@@ -29,14 +29,15 @@ def _inputs(seed=0, b=2, n=17, d=8):
   kx, kq = jax.random.split(jax.random.PRNGKey(seed))
   x = jax.random.normal(kx, (b, n, d))
   attn = jax.nn.softmax(2.0 * jax.random.normal(kq, (b, n, n)), axis=-1)
-  return dict(x=x, metric=x + 0.1, cls_attn=attn[:, 0], key_mass=attn.sum(1),
-              attn=attn)
+  return dict(x=x, metric=x + 0.1, keys=(x + 0.1)[:, :, None],
+              cls_attn=attn[:, 0], key_mass=attn.sum(1), attn=attn)
 
 
 def _call(method, inp, keep, size=None, source=None, **kw):
   """`reduce` as block 1 of 4 (pitome and zero_tprune follow the depth)."""
   return T.reduce(method, inp["x"], size, keep=keep, metric=inp["metric"],
-                  cls_attn=inp["cls_attn"], key_mass=inp["key_mass"],
+                  keys=inp.get("keys"), cls_attn=inp["cls_attn"],
+                  key_mass=inp["key_mass"],
                   attn=inp["attn"], source=source, layer=1, depth=4, **kw)
 
 
@@ -50,9 +51,14 @@ def _reduce(method, inp, keep, size=None, source=None, **kw):
   return _reduce_jit(method, inp, keep, size, source, tuple(sorted(kw.items())))
 
 
-def _kept_index(source):
-  """Input index held by each output token of a pruning method."""
-  return np.asarray(source).argmax(-1)
+def _dense(out):
+  """The one-hot `[B, K, N0]` source map of a `Reduced`'s index map."""
+  return np.asarray(T.dense_source(out.source, out.x.shape[1]))
+
+
+def _kept_index(out):
+  """Input index held by each output token of a pruning method, `[B, K]`."""
+  return _dense(out).argmax(-1)
 
 
 # ----------------------------------------------------------------- ToMe ----
@@ -96,7 +102,9 @@ def _tome_step(metric, x, size, r, class_token=False):
   merge, unmerge = T.bipartite_soft_matching(metric, r,
                                              class_token=class_token)
   merged, new_size = T.merge_wavg(merge, x, size)
-  return merged, new_size, T.merge_source(merge, x), unmerge(merged)
+  source = T.merge_source(unmerge, T.init_source(x), merged.shape[1])
+  return (merged, new_size, T.dense_source(source, merged.shape[1]),
+          unmerge(merged))
 
 
 @pytest.mark.parametrize("class_token", [False, True])
@@ -181,8 +189,8 @@ def test_tome_r_too_large_warns_and_clips():
     out = T.reduce("tome", inp["x"], keep=2, metric=inp["metric"])
   assert out.x.shape[1] == 6
   with pytest.warns(UserWarning, match="PiToMe.*clipping r=7 to 5"):
-    out = T.pitome(inp["x"], None, inp["metric"], r=7, margin=0.5,
-                   variant="pitome", class_token=True)
+    out = T.pitome(inp["x"], None, T.Stats(metric=inp["metric"]), keep=11 - 7,
+                   margin=0.5, variant="pitome")
   assert out.x.shape[1] == 11 - 5
 
 
@@ -193,7 +201,7 @@ def test_class_token_is_never_reduced(method):
   inp = _inputs(seed=2)
   x = inp["x"].at[:, 0].set(inp["x"][:, 1])          # tempt a merge with 1
   x = x.astype(jnp.bfloat16)                         # and low precision
-  inp = dict(inp, x=x, metric=x,
+  inp = dict(inp, x=x, metric=x, keys=x[:, :, None],
              cls_attn=inp["cls_attn"].at[:, 0].set(0.0),
              key_mass=inp["key_mass"].at[:, 0].set(0.0),
              attn=inp["attn"].at[:, :, 0].set(0.0))
@@ -201,9 +209,12 @@ def test_class_token_is_never_reduced(method):
   assert out.x.dtype == jnp.bfloat16 and out.size.dtype == jnp.float32
   np.testing.assert_array_equal(out.x[:, 0], x[:, 0])
   np.testing.assert_array_equal(out.size[:, 0, 0], 1.0)
+  assert out.source.dtype == jnp.int32 and out.source.shape == (2, 17)
+  np.testing.assert_array_equal(out.source[:, 0], 0)   # [CLS] holds itself
+  src = _dense(out)
   np.testing.assert_array_equal(
-      out.source[:, 0], np.broadcast_to(np.eye(x.shape[1])[0], (2, x.shape[1])))
-  assert float(jnp.abs(out.source[:, 1:, 0]).max()) == 0.0
+      src[:, 0], np.broadcast_to(np.eye(x.shape[1])[0], (2, x.shape[1])))
+  assert float(np.abs(src[:, 1:, 0]).max()) == 0.0
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -214,7 +225,9 @@ def test_sizes_and_sources_stay_consistent(method):
   out = _reduce(method, inp, keep=9, size=size,
                 source=T.init_source(inp["x"]))
   assert out.x.shape == (2, 9, 8) and out.size.shape == (2, 9, 1)
-  src = np.asarray(out.source)
+  assert out.source.shape == (2, 17)
+  assert ((-1 <= out.source) & (out.source < 9)).all()
+  src = _dense(out)
   assert set(np.unique(src)) <= {0.0, 1.0}
   assert (src.sum(1) <= 1).all()           # an input is held at most once
   held = np.einsum("bkj,bjo->bko", src, np.asarray(size))
@@ -234,7 +247,7 @@ def test_runs_under_jit_and_vmap(method):
   source = T.init_source(inp["x"])
   fn = jax.jit(lambda i, s: _call(method, i, keep=9, source=s))
   jitted = fn(inp, source)
-  assert jitted.x.shape == (2, 9, 8) and jitted.source.shape == (2, 9, 17)
+  assert jitted.x.shape == (2, 9, 8) and jitted.source.shape == (2, 17)
   other = _inputs(seed=6)
   stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), inp, other)
   mapped = jax.vmap(fn, in_axes=(0, None))(stacked, source)
@@ -259,14 +272,16 @@ def test_every_method_on_eight_simulated_devices():
       kx, kq = jax.random.split(jax.random.PRNGKey(0))
       x = jax.random.normal(kx, (8, 17, 8))
       attn = jax.nn.softmax(2.0 * jax.random.normal(kq, (8, 17, 17)), -1)
-      inp = dict(x=x, metric=x + 0.1, cls_attn=attn[:, 0],
+      inp = dict(x=x, metric=x + 0.1, keys=(x + 0.1)[:, :, None],
+                 cls_attn=attn[:, 0],
                  key_mass=attn.sum(1), attn=attn, source=T.init_source(x))
       shard = lambda a: jax.device_put(a, NamedSharding(
           mesh, P("data", *([None] * (a.ndim - 1)))))
       sharded = jax.tree.map(shard, inp)
       for method in sorted(T.REDUCERS):
         f = lambda i: T.reduce(method, i["x"], keep=9, metric=i["metric"],
-                               cls_attn=i["cls_attn"], key_mass=i["key_mass"],
+                               keys=i["keys"], cls_attn=i["cls_attn"],
+                               key_mass=i["key_mass"],
                                attn=i["attn"], source=i["source"],
                                layer=1, depth=4)
         out = jax.jit(f)(sharded)
@@ -329,25 +344,46 @@ def test_bad_inputs_raise_clear_errors():
 # ----------------------------------------------------------- schedules -----
 
 def test_schedules():
-  # ToMe's parse_r with inflect -0.5: r from 1.5r down to 0.5r.
-  assert T.decreasing_r(16, 12) == [24, 22, 21, 19, 18, 16, 15, 13, 12, 10, 9,
-                                    8]
+  # ToMe's decreasing schedule, parse_r((16, -1)): 2r down to 0.
+  assert T.decreasing_r(16, 12) == [32, 29, 26, 23, 20, 17, 14, 11, 8, 5, 2,
+                                    0]
+  assert T.inflected_r(16, -0.5, 12) == [24, 22, 21, 19, 18, 16, 15, 13, 12,
+                                         10, 9, 8]
   # Constant r=16 on ViT-B/16: the cap binds only in the last layer.
   assert T.tokens_per_layer(16, 12, 197) == [197 - 16 * (i + 1)
                                              for i in range(11)] + [11]
-  assert T.tokens_per_layer("decreasing:16", 3, 197) == [173, 157, 149]
+  assert T.tokens_per_layer("decreasing:16", 3, 197) == [165, 149, 149]
+  assert T.tokens_per_layer(("decreasing", 16), 3, 197) == [165, 149, 149]
+  assert T.tokens_per_layer(("inflect", 16, -0.5), 3, 197) == [173, 157, 149]
+  assert T.tokens_per_layer("inflect:16,-0.5", 3, 197) == [173, 157, 149]
+  # ToMe's r-list: missing layers remove nothing.
+  assert T.tokens_per_layer(("r", [10, 5]), 3, 197) == [187, 182, 182]
+  assert T.tokens_per_layer("r:10,5", 3, 197) == [187, 182, 182]
+  assert T.tokens_per_layer(("r", 16), 2, 197) == T.tokens_per_layer(16, 2,
+                                                                     197)
+  assert T.tokens_per_layer("keep:150,100,100", 3, 197) == [150, 100, 100]
   # Bipartite cap: at most half of the non-class tokens per layer.
   assert T.tokens_per_layer(("constant", 40), 3, 65) == [33, 17, 9]
   assert T.tokens_per_layer(40, 2, 65, bipartite=False) == [25, 2]
   assert T.tokens_per_layer(("rate", 0.7, (1, 2)), 4, 197) == [197, 139, 98,
                                                                98]
-  assert T.tokens_per_layer([150, 100, 100], 3, 197) == [150, 100, 100]
+  assert T.tokens_per_layer(("keep", [150, 100, 100]), 3, 197) == [150, 100,
+                                                                    100]
   with pytest.raises(ValueError, match="non-increasing"):
-    T.tokens_per_layer([150, 160, 100], 3, 197)
+    T.tokens_per_layer(("keep", [150, 160, 100]), 3, 197)
   with pytest.raises(ValueError, match="one per layer"):
-    T.tokens_per_layer([150], 3, 197)
+    T.tokens_per_layer(("keep", [150]), 3, 197)
   with pytest.raises(ValueError, match="unknown"):
     T.tokens_per_layer("fast:3", 3, 197)
+  # A bare sequence is refused: (11, 7) could be a keep-list, (r, inflect)
+  # or ToMe's r-list.
+  for bare in ((11, 7), [150, 100, 100], (16, -0.5)):
+    with pytest.raises(ValueError, match="ambiguous.*'keep'"):
+      T.tokens_per_layer(bare, 3, 197)
+  with pytest.raises(ValueError, match=r"inflect=2.0 must be in \[-1, 1\]"):
+    T.tokens_per_layer(("inflect", 8, 2), 3, 197)
+  with pytest.raises(ValueError, match="at most one per layer"):
+    T.tokens_per_layer(("r", [1, 1, 1, 1]), 3, 197)
 
 
 # ---------------------------------------------------------- Top-k / EViT ---
@@ -359,16 +395,16 @@ def test_topk_keeps_exactly_the_top_k():
   out = _reduce("topk", inp, keep=10, source=src)
   for b in range(2):
     want = {0} | set((np.argsort(-scores[b, 1:])[:9] + 1).tolist())
-    assert set(_kept_index(out.source[b]).tolist()) == want
+    assert set(_kept_index(out)[b].tolist()) == want
   # EViT: keep - 2 attentive tokens plus one fused token of all the rest,
   # weighted by the raw [CLS] attention as in the official code.
   fused = _reduce("evit", inp, keep=10, source=src)
   for b in range(2):
     top = np.argsort(-scores[b, 1:])[:8] + 1
     rest = np.setdiff1d(np.arange(1, 25), top)
-    assert set(_kept_index(fused.source[b, :9]).tolist()) == {0} | set(
+    assert set(_kept_index(fused)[b, :9].tolist()) == {0} | set(
         top.tolist())
-    assert np.flatnonzero(fused.source[b, 9]).tolist() == rest.tolist()
+    assert np.flatnonzero(_dense(fused)[b, 9]).tolist() == rest.tolist()
     w = scores[b, rest]
     np.testing.assert_allclose(fused.x[b, 9], w @ np.asarray(inp["x"][b, rest]),
                                rtol=1e-5, atol=1e-6)
@@ -407,13 +443,14 @@ def test_pitome_matches_numpy_and_protects_low_energy_tokens(class_token):
   x = x.astype(np.float32)
   r = 4
   # Restricted merging with the paper's Eq. 4 energy (the port below).
-  out = T.pitome(jnp.asarray(x), None, jnp.asarray(x), r=r, margin=0.5,
+  out = T.pitome(jnp.asarray(x), None, T.Stats(metric=jnp.asarray(x)),
+                 keep=x.shape[1] - r, margin=0.5,
                  variant="pitome", energy="paper", class_token=class_token,
                  source=T.init_source(jnp.asarray(x)))
   np.testing.assert_allclose(out.x, _pitome_numpy(x, x, r, 0.5, class_token),
                              rtol=1e-5, atol=1e-6)
   for b in range(2):
-    src, size = np.asarray(out.source[b]), np.asarray(out.size[b, :, 0])
+    src, size = _dense(out)[b], np.asarray(out.size[b, :, 0])
     # Merged tokens hold only inputs of the high-energy cluster (1..10) ...
     assert set(np.flatnonzero(src[size > 1].sum(0)).tolist()) <= set(
         range(1, 11))
@@ -472,9 +509,10 @@ def test_dart_keeps_pivots_and_drops_their_duplicates():
   x = np.concatenate([np.ones((1, d), np.float32), pivots, dups, distinct])
   x = jnp.asarray(x[None])
   for selection in ("per_pivot", "max"):
-    out = T.dart(x, None, x, keep=9, num_pivots=2, selection=selection,
+    out = T.dart(x, None, T.Stats(keys=x), keep=9, num_pivots=2,
+                 selection=selection,
                  class_token=True, source=T.init_source(x))
-    kept = set(_kept_index(out.source[0]).tolist())
+    kept = set(_kept_index(out)[0].tolist())
     assert kept == {0, 1, 2} | set(range(7, 13)), (selection, kept)
 
 
@@ -505,7 +543,7 @@ def test_atc_matches_hand_computed_clusters():
   # Through atc with a class token: features are size-weighted cluster means.
   x = jnp.concatenate([jnp.full((1, 1, 2), 9.0), metric], axis=1)
   size = jnp.asarray([[1, 1, 1, 2, 1, 1, 3]], jnp.float32)[..., None]
-  out = T.atc(x, size, x, keep=4, linkage="complete")
+  out = T.atc(x, size, T.Stats(metric=x), keep=4, linkage="complete")
   np.testing.assert_allclose(out.size[0, :, 0], [1, 2, 3, 4])
   np.testing.assert_allclose(out.x[0, 3],
                              (x[0, 5] * 1 + x[0, 6] * 3) / 4, rtol=1e-6)
@@ -554,7 +592,7 @@ def test_zero_tprune_importance_then_similarity():
                             similarity_fraction=0.0)
   for b in range(2):
     want = {0} | set((np.argsort(-importance[b, 1:])[:8] + 1).tolist())
-    assert set(_kept_index(only_importance.source[b]).tolist()) == want
+    assert set(_kept_index(only_importance)[b].tolist()) == want
   # S-stage: a less important token that duplicates an important one goes,
   # although a lower-importance distinct token would go in the I-stage.
   n = 9
@@ -565,12 +603,13 @@ def test_zero_tprune_importance_then_similarity():
   x = np.eye(n, dtype=np.float32)[None]
   x[0, 5] = x[0, 2]                              # 5 duplicates important 2
   x = jnp.asarray(x)
-  out = T.zero_tprune(x, None, x, jnp.asarray(attn), keep=8,
+  stats = T.Stats(metric=x, attn=jnp.asarray(attn))
+  out = T.zero_tprune(x, None, stats, keep=8,
                       similarity_fraction=1.0, source=T.init_source(x))
-  assert set(_kept_index(out.source[0]).tolist()) == {0, 1, 2, 3, 4, 6, 7, 8}
-  out = T.zero_tprune(x, None, x, jnp.asarray(attn), keep=8,
+  assert set(_kept_index(out)[0].tolist()) == {0, 1, 2, 3, 4, 6, 7, 8}
+  out = T.zero_tprune(x, None, stats, keep=8,
                       similarity_fraction=0.0, source=T.init_source(x))
-  assert set(_kept_index(out.source[0]).tolist()) == {0, 1, 2, 3, 4, 5, 6, 7}
+  assert set(_kept_index(out)[0].tolist()) == {0, 1, 2, 3, 4, 5, 6, 7}
 
 
 # ----------------------------------------------------------------- GTP -----
@@ -582,14 +621,15 @@ def test_gtp_propagates_removed_tokens_to_their_neighbours():
   for b in range(2):
     # The most important tokens, in rank order after [CLS] (official).
     want = [0] + (np.argsort(-importance[b, 1:])[:5] + 1).tolist()
-    held = np.asarray(out.source[b])[:, want]
+    held = _dense(out)[b][:, want]
     np.testing.assert_array_equal(held, np.eye(6))
   # A removed token adds alpha times its graph weight to its neighbours.
   x = jnp.asarray(np.eye(7, dtype=np.float32)[None])
   graph = np.zeros((1, 6, 6), np.float32)
   graph[0, 1, 5] = graph[0, 5, 1] = 1.0          # token 6 links to token 2
   imp = jnp.asarray([[9, 6, 5, 4, 3, 2, 0]], jnp.float32)
-  out, sub = T.gtp(x, None, imp, jnp.asarray(graph), keep=6, alpha=0.1)
+  out = T.propagate(x, None, imp, jnp.asarray(graph), keep=6, alpha=0.1)
+  sub = out.graph
   np.testing.assert_allclose(out.size[0, :, 0], [1, 1, 1.1, 1, 1, 1])
   np.testing.assert_allclose(out.x[0, 2], np.eye(7)[2] + 0.1 * np.eye(7)[6],
                              atol=1e-6)
@@ -652,7 +692,7 @@ def test_flops_match_xla_cost_analysis():
 
 
 @pytest.mark.parametrize("method,schedule", [("none", 0), ("tome", 8),
-                                             ("topk", [60, 50, 40, 30])])
+                                             ("topk", ("keep", [60, 50, 40, 30]))])
 def test_flops_match_xla_for_maskmodel_vit_with_schedule(method, schedule):
   """The counter against XLA on the real model: XLA also counts the
   elementwise ops and the reducer's own work (ToMe's similarity scores), so
@@ -709,6 +749,9 @@ def test_token_map_colours_groups_and_draws_borders(tmp_path):
   red = T.reduce("tome", x, keep=9, source=T.init_source(x))
   groups = V.patch_groups(red.source[0], (4, 4))
   assert (groups >= 1).all() and len(np.unique(groups)) == 8
+  # The one-hot map (ToMe's form) gives the same groups.
+  np.testing.assert_array_equal(
+      V.patch_groups(_dense(red)[0], (4, 4)), groups)
   V.save_token_maps(str(tmp_path / "maps.png"), [image], [red.source[0]], 2)
   assert (tmp_path / "maps.png").stat().st_size > 0
 
@@ -725,13 +768,13 @@ def test_token_reduction_experiment_runs(tmp_path):
   out = tmp_path / "out"
   run.main(["--workdir", str(tmp_path / "wd"), "--out", str(out),
             "--steps", "3", "--seeds", "0,1", "--methods", "tome,topk",
-            "--no-prop-attn", "topk", "--r", "8", "--batch", "100",
+            "--flip-prop-attn", "topk", "--r", "8", "--batch", "100",
             "--repeats", "1", "--trained-with", "tome:8"])
   results = json.loads((out / "results.json").read_text())
   rows = results["rows"]
   assert [(r["method"], r["r"], r["prop_attn"]) for r in rows] == [
-      ("none", 0, True), ("tome", 8, True), ("topk", 8, True),
-      ("topk", 8, False)]
+      ("none", 0, False), ("tome", 8, True), ("topk", 8, False),
+      ("topk", 8, True)]
   for row in rows:
     assert len(row["accuracy_per_seed"]) == 2
     assert row["accuracy"] == pytest.approx(np.mean(row["accuracy_per_seed"]))

@@ -42,6 +42,11 @@ def _inputs(seed=0, n=N):
   return x, keys, attn.astype(np.float32)
 
 
+def _kept(out):
+  """`[B, K]` input index held by each output token of a pruning method."""
+  return np.asarray(T.dense_source(out.source, out.x.shape[1])).argmax(-1)
+
+
 def _normalize(v):
   return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
@@ -203,19 +208,19 @@ def test_dart_matches_official():
   src = T.init_source(x)
   got = T.reduce("dart", x, keep=keep, keys=keys, num_pivots=pivots,
                  source=src)
-  np.testing.assert_array_equal(np.asarray(got.source).argmax(-1), want)
+  np.testing.assert_array_equal(_kept(got), want)
   np.testing.assert_allclose(np.asarray(got.x),
                              np.take_along_axis(x, want[..., None], 1))
   # Explicit duplication features (e.g. the normalized layer output).
   states = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
-  got = T.dart(x, None, keys, keep=keep, num_pivots=pivots,
+  got = T.dart(x, None, T.Stats(keys=keys), keep=keep, num_pivots=pivots,
                       features=states, source=src)
-  np.testing.assert_array_equal(np.asarray(got.source).argmax(-1),
+  np.testing.assert_array_equal(_kept(got),
                                 _dart_numpy(keys, states, pivots, topk))
   # Head-averaged keys (the old metric) pick other pivots.
-  old = T.reduce("dart", x, keep=keep, metric=keys.mean(2),
+  old = T.reduce("dart", x, keep=keep, keys=keys.mean(2, keepdims=True),
                  num_pivots=pivots, source=src)
-  assert not np.array_equal(np.asarray(old.source).argmax(-1), want)
+  assert not np.array_equal(_kept(old), want)
 
 
 # ------------------------------------------------------------- GTP-ViT -----
@@ -343,8 +348,100 @@ def test_zero_tprune_matches_paper_port(layer):
   want = _zero_tprune_numpy(x, metric, attn, 30, iters)
   got = T.reduce("zero_tprune", x, keep=30, metric=metric, attn=attn,
                  source=T.init_source(x), layer=layer, depth=12)
-  np.testing.assert_array_equal(np.asarray(got.source).argmax(-1), want)
+  np.testing.assert_array_equal(_kept(got), want)
   if layer == 0:   # the I -> S order the paper rejects keeps other tokens
     old = T.reduce("zero_tprune", x, keep=30, metric=metric, attn=attn,
                    source=T.init_source(x), layer=layer, depth=12, order="is")
-    assert not np.array_equal(np.asarray(old.source).argmax(-1), want)
+    assert not np.array_equal(_kept(old), want)
+
+
+# ---------------------------------------------------------------- ToMe -----
+
+def _parse_r_numpy(num_layers, r):
+  """facebookresearch/ToMe `tome/utils.py`, `parse_r`."""
+  inflect = 0
+  if isinstance(r, list):
+    return r + [0] * (num_layers - len(r))
+  if isinstance(r, tuple):
+    r, inflect = r
+  min_val = int(r * (1.0 - inflect))
+  max_val = 2 * r - min_val
+  step = (max_val - min_val) / (num_layers - 1)
+  return [int(min_val + step * i) for i in range(num_layers)]
+
+
+def _removed(spec, depth, n=10_000):
+  """r per layer that a schedule spec gives (no cap binds at this n)."""
+  kept = T.tokens_per_layer(spec, depth, n, bipartite=False)
+  return [a - b for a, b in zip([n] + kept[:-1], kept)]
+
+
+def test_tome_schedules_match_parse_r():
+  for depth in (2, 4, 12, 24):
+    for r in (1, 8, 16):
+      assert _removed(("decreasing", r), depth) == _parse_r_numpy(
+          depth, (r, -1.0))
+      assert _removed(f"decreasing:{r}", depth) == _parse_r_numpy(
+          depth, (r, -1.0))
+      assert _removed(r, depth) == _parse_r_numpy(depth, r)
+      for inflect in (-0.5, 0.3, 1.0):
+        assert _removed(("inflect", r, inflect), depth) == _parse_r_numpy(
+            depth, (r, inflect))
+    assert _removed(("r", [5, 3]), depth) == _parse_r_numpy(depth, [5, 3])
+
+
+def _tome_merge_numpy(metric, x, r, class_token, distill_token):
+  """facebookresearch/ToMe `tome/merge.py`, `bipartite_soft_matching` with
+  `merge_wavg` (unit sizes): [CLS] row and distillation column at -inf,
+  r capped at half of the unprotected tokens."""
+  protected = int(class_token) + int(distill_token)
+  r = min(r, (x.shape[1] - protected) // 2)
+  m = _normalize(metric.astype(np.float64))
+  a, b = m[:, ::2], m[:, 1::2]
+  scores = a @ b.transpose(0, 2, 1)
+  if class_token:
+    scores[:, 0, :] = -np.inf
+  if distill_token:
+    scores[:, :, 0] = -np.inf
+  node_max, node_idx = scores.max(-1), scores.argmax(-1)
+  out = []
+  for i in range(x.shape[0]):
+    edge = np.argsort(-node_max[i], kind="stable")
+    unm, src = edge[r:], edge[:r]
+    if class_token:
+      unm = np.sort(unm)
+    xs, xd = x[i, ::2].astype(np.float64), x[i, 1::2].astype(np.float64)
+    total, size = xd.copy(), np.ones(len(xd))
+    for j in src:
+      total[node_idx[i, j]] += xs[j]
+      size[node_idx[i, j]] += 1
+    out.append(np.concatenate([xs[unm], total / size[:, None]]))
+  return np.stack(out)
+
+
+@pytest.mark.parametrize("distill_token", [False, True])
+def test_tome_matches_official_with_distillation_token(distill_token):
+  x, keys, _ = _inputs(7)
+  # Make token 1 (DeiT's distillation token) the best match of every token,
+  # so protecting it changes the merge.
+  x = x.copy()
+  x[:, 1] = x[:, 2:].mean(1)
+  metric = x
+  for r in (12, 30):   # 30 > (50 - 2) // 2: the cap, with one more protected
+    want = _tome_merge_numpy(metric, x, r, True, distill_token)
+    with pytest.warns(UserWarning) if r == 30 else _no_warning():
+      got = T.reduce("tome", x, keep=N - r, metric=metric,
+                     distill_token=distill_token)
+    np.testing.assert_allclose(np.asarray(got.x), want, rtol=1e-5, atol=1e-6)
+  if distill_token:   # nothing merged into it: it is B's first token, alone
+    unm = want.shape[1] - (N // 2)
+    np.testing.assert_array_equal(np.asarray(got.x[:, unm]), x[:, 1])
+    assert float(got.size[0, unm, 0]) == 1.0
+
+
+class _no_warning:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False

@@ -13,8 +13,10 @@ sample.
 3. Records test accuracy (1,000 held-out digits; mean and spread over the
    seeds), analytic GFLOPs per image (`maskmodel.tokens.vit_flops`) and
    measured img/s (seed 0's params, jitted, warm, median of repeats) into
-   results.md, results.json and tradeoff.png. Methods named in
-   `--no-prop-attn` are also run with ToMe's proportional attention off.
+   results.md, results.json and tradeoff.png. Each method runs with
+   proportional attention as its official code has it off the shelf (on for
+   ToMe and ATC, off for the others); methods named in `--flip-prop-attn`
+   also run with it the other way.
 4. With `--trained-with METHOD:R,...`, also trains one classifier per seed
    with that reducer in its blocks (the same recipe otherwise) and reports
    its accuracy under the same reduction next to the off-the-shelf one
@@ -108,11 +110,25 @@ def test_set(config):
   return np.concatenate(images), np.concatenate(labels)
 
 
-def reduced_model(config, method, keep, prop_attn=True):
-  m = build.with_token_reduction(config.model, method, list(keep) or 0,
-                                 prop_attn=prop_attn)
+def schedule(keep):
+  return ("keep", list(keep)) if keep else 0
+
+
+def reduced_model(config, method, keep, prop_attn=None, off_the_shelf=True):
+  """The classifier with `method` at `keep`; prop_attn None is the method's
+  official default for a model evaluated off the shelf (or trained with the
+  reduction, `off_the_shelf=False`)."""
+  m = build.with_token_reduction(config.model, method, schedule(keep),
+                                 prop_attn=prop_attn,
+                                 off_the_shelf=off_the_shelf)
   return build.vit(m, num_classes=config.data.num_classes,
                    num_tokens=build.num_tokens(config))
+
+
+def official_prop_attn(method, off_the_shelf=True):
+  if method == "none":
+    return False
+  return tokens.REDUCERS[method].default_prop_attn(off_the_shelf)
 
 
 def predictor(model):
@@ -157,7 +173,11 @@ def gflops(config, keep):
 
 
 def label(row):
-  return row["method"] + ("" if row["prop_attn"] else " (prop. attn off)")
+  if row["method"] == "none" or row["prop_attn"] == official_prop_attn(
+      row["method"]):
+    return row["method"]
+  return row["method"] + (" (prop. attn on)" if row["prop_attn"]
+                          else " (prop. attn off)")
 
 
 def write_table(path, rows, meta):
@@ -229,8 +249,8 @@ def plot(path, rows):
   for name in dict.fromkeys(label(r) for r in rows[1:]):
     pts = [r for r in rows[1:] if label(r) == name]
     ax.plot([p["img_per_s"] for p in pts], [p["accuracy"] for p in pts],
-            marker="o", label=name, linestyle="-" if pts[0]["prop_attn"]
-            else "--")
+            marker="o", label=name, linestyle="-" if label(pts[0]) ==
+            pts[0]["method"] else "--")
     for p in pts:
       ax.annotate(f"r{p['r']}", (p["img_per_s"], p["accuracy"]),
                   fontsize=6, xytext=(2, 2), textcoords="offset points")
@@ -254,8 +274,9 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--methods", default=",".join(METHODS))
-  parser.add_argument("--no-prop-attn", default="topk,evit",
-                      help="methods also run with proportional attention off")
+  parser.add_argument("--flip-prop-attn", default="tome,topk",
+                      help="methods also run with proportional attention the "
+                           "other way than their official default")
   parser.add_argument("--r", default=",".join(map(str, R_VALUES)))
   parser.add_argument("--trained-with", default="",
                       help="METHOD:R,...: also train with that reduction "
@@ -265,7 +286,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   split = lambda text: [x for x in text.split(",") if x]
   methods, seeds = split(args.methods), [int(s) for s in split(args.seeds)]
-  unknown = set(methods + split(args.no_prop_attn)) - set(METHODS)
+  unknown = set(methods + split(args.flip_prop_attn)) - set(METHODS)
   if unknown or not seeds:
     parser.error(f"unknown methods {sorted(unknown)} (known: "
                  f"{', '.join(METHODS)})" if unknown else "--seeds is empty")
@@ -284,11 +305,12 @@ def main(argv=None):
   images, labels = test_set(config)
   n0 = build.num_tokens(config)
 
-  runs = [("none", 0, (), True)]
+  runs = [("none", 0, (), False)]
   for r in r_values:
     keep = tuple(tokens.tokens_per_layer(r, config.model.depth, n0))
-    runs += [(method, r, keep, True) for method in methods]
-    runs += [(method, r, keep, False) for method in split(args.no_prop_attn)]
+    runs += [(m, r, keep, official_prop_attn(m)) for m in methods]
+    runs += [(m, r, keep, not official_prop_attn(m))
+             for m in split(args.flip_prop_attn)]
   rows, predicts = [], []
   for method, r, keep, prop_attn in runs:
     t = time.time()
@@ -314,22 +336,28 @@ def main(argv=None):
   trained_with = []
   for method, r in trained_with_specs:
     keep = tuple(tokens.tokens_per_layer(r, config.model.depth, n0))
-    model_config = build.with_token_reduction(config.model, method, list(keep))
+    model_config = build.with_token_reduction(config.model, method,
+                                              schedule(keep))
     trained, _ = train_classifiers(seeds, args.steps,
                                    os.path.join(args.workdir, f"{method}_r{r}"),
                                    model_config)
-    # The off-the-shelf row of the same reduction, if it ran: its jitted
-    # predictor is the same program, so it is reused rather than rebuilt.
+    # Evaluated as trained (the method's training default for prop_attn),
+    # next to the off-the-shelf row with its official default. When both
+    # defaults agree the jitted predictor is the same program and is reused.
+    trained_prop = official_prop_attn(method, off_the_shelf=False)
+    shelf = next((row for row in rows if row["method"] == method and
+                  row["r"] == r and row["prop_attn"] == official_prop_attn(
+                      method)), None)
     i = next((i for i, row in enumerate(rows) if row["method"] == method and
-              row["r"] == r and row["prop_attn"]), None)
-    shelf = None if i is None else rows[i]
-    predict = (predictor(reduced_model(config, method, keep)) if i is None
+              row["r"] == r and row["prop_attn"] == trained_prop), None)
+    predict = (predictor(reduced_model(config, method, keep,
+                                       off_the_shelf=False)) if i is None
                else predicts[i])
     accs = [accuracy(predict, p, images, labels, args.batch) for p in trained]
     trained_with.append(dict(
         method=method, r=r, keep=list(keep), gflops=gflops(config, keep),
         accuracy=float(np.mean(accs)), accuracy_std=float(np.std(accs)),
-        accuracy_per_seed=accs,
+        accuracy_per_seed=accs, prop_attn=trained_prop,
         off_the_shelf=None if shelf is None else shelf["accuracy"],
         off_the_shelf_std=None if shelf is None else shelf["accuracy_std"]))
     print(f"{method} trained with r={r}: acc={' '.join(f'{a:.3f}' for a in accs)}",

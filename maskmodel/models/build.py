@@ -44,14 +44,10 @@ def num_tokens(config) -> int:
 
 
 def _schedule_spec(schedule):
-  """A config value as a `tokens_per_layer` spec (lists may come as tuples
-  of ints from the command line)."""
+  """A config value as a `tokens_per_layer` spec ("8" from the command line
+  is r = 8)."""
   if isinstance(schedule, str) and schedule.strip().lstrip("-").isdigit():
     return int(schedule)
-  if isinstance(schedule, tuple) and schedule and all(
-      isinstance(k, int) and not isinstance(k, bool) for k in schedule) \
-      and len(schedule) != 2:
-    return list(schedule)
   return schedule
 
 
@@ -77,10 +73,11 @@ def token_reduction(model_config, num_input_tokens):
                       f"one of {sorted(tokens.REDUCERS)}.")
   info = tokens.REDUCERS[t.method]
   options = dict(t.get("options") or {})
-  unknown = sorted(set(options) - set(info.options))
+  valid = tokens.option_names(t.method)
+  unknown = sorted(set(options) - set(valid))
   if unknown:
     raise ConfigError(f"{key}.options has {unknown}, which {t.method!r} does "
-                      f"not take; it accepts {list(info.options) or 'none'}.")
+                      f"not take; it accepts {valid or 'none'}.")
   bipartite = t.method in BIPARTITE
   # EViT's fused token comes on top of the kept tokens.
   fused = t.method == "evit" or (t.method == "topk" and options.get("fuse"))
@@ -105,23 +102,25 @@ def token_reduction(model_config, num_input_tokens):
   options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                          for k, v in options.items()))
   prop_attn = t.get("prop_attn")   # None: the method's official default
+  if prop_attn is None:
+    prop_attn = info.default_prop_attn(bool(t.get("off_the_shelf", False)))
   return TokenReduction(method=t.method, keep=tuple(keep),
                         num_tokens=num_input_tokens, options=options,
-                        prop_attn=bool(info.prop_attn if prop_attn is None
-                                       else prop_attn))
+                        prop_attn=bool(prop_attn))
 
 
 def with_token_reduction(model_config, method, schedule=0, options=None,
-                         prop_attn=None):
+                         prop_attn=None, off_the_shelf=False):
   """A copy of `model_config` with another `token_reduction`.
 
-  For eval-time reduction: the model it builds takes the same params as the
-  original (`config_lib.token_reduction` describes the arguments).
+  The model it builds takes the same params as the original; pass
+  `off_the_shelf=True` for eval-time reduction of a model trained without it
+  (`config_lib.token_reduction` describes the arguments).
   """
   m = copy.deepcopy(model_config)
   with m.unlocked():
     m.token_reduction = config_lib.token_reduction(method, schedule, options,
-                                                   prop_attn)
+                                                   prop_attn, off_the_shelf)
   return m
 
 

@@ -56,7 +56,7 @@ class MAEDecoder(nn.Module):
 
   def _stack(self, x, blocks, head):
     x = Transformer(self.depth, self.num_heads, int(self.width * self.mlp_ratio),
-                    self.attn_impl, self.dtype, name=blocks)(x)
+                    self.attn_impl, self.dtype, name=blocks)(x).x
     x = token_dense(nn.Dense(self.patch_dim, kernel_init=dense_init,
                              dtype=self.dtype, name=head), x)
     return x[:, 1:].astype(jnp.float32)

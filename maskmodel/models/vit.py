@@ -64,7 +64,8 @@ class TokenReduction:
     plan is only valid for inputs of that length.
   options: `(name, value)` pairs passed to the reducer.
   prop_attn: ToMe's proportional attention: log(size) is added to every
-    key's attention logit, so a merged token counts as the patches it holds.
+    key's attention logit, so a merged token counts as the patches it holds
+    (`build.token_reduction` resolves the method's official default).
   """
   method: str
   keep: Tuple[int, ...]
@@ -137,10 +138,12 @@ class MultiHeadAttention(nn.Module):
 class Block(nn.Module):
   """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
-  With `reduction` (a `TokenReduction`) and `keep` (this block's entry of
-  its schedule), the block also reduces the tokens between attention and MLP,
-  as ToMe does, and is called as `block(x, bias, size, source)` returning
-  `tokens.Reduced(x, size, source)`.
+  Called as `block(x, bias, size, source, graph)` and returns
+  `tokens.Reduced(x, size, source, graph)`, with or without reduction. With
+  `reduction` (a `TokenReduction`) and `keep` (this block's entry of its
+  schedule) below the token count, it also reduces the tokens between
+  attention and MLP, as ToMe does; otherwise size, source and graph pass
+  through.
   """
   num_heads: int
   mlp_dim: int
@@ -153,19 +156,13 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, bias=None, size=None, source=None, graph=None):
-    attn = MultiHeadAttention(self.num_heads, self.attn_impl, self.dtype,
-                              name="attn")
-    mlp = MlpBlock(self.mlp_dim, self.dtype, name="mlp")
-    if self.reduction is None:
-      y, _ = attn(layer_norm("norm1")(x), bias)
-      x = x + y
-      return x + mlp(layer_norm("norm2")(x))
-
     plan = self.reduction
-    reduces = self.keep < x.shape[1]
+    reduces = plan is not None and self.keep < x.shape[1]
     needs = plan.needs if reduces else ()
     with_probs = "attn" in needs
     with_stats = not with_probs and bool({"cls_attn", "key_mass"} & set(needs))
+    attn = MultiHeadAttention(self.num_heads, self.attn_impl, self.dtype,
+                              name="attn")
     y, k, *aux = attn(layer_norm("norm1")(x), bias, with_stats=with_stats,
                       with_probs=with_probs)
     x = x + y
@@ -179,18 +176,19 @@ class Block(nn.Module):
           attn=aux[0] if with_probs else None, graph=graph,
           class_token=True, source=source, layer=self.layer,
           depth=self.depth, **dict(plan.options))
-    x = x + mlp(layer_norm("norm2")(x))
+    x = x + MlpBlock(self.mlp_dim, self.dtype, name="mlp")(
+        layer_norm("norm2")(x))
     return tokens.Reduced(x, size, source, graph)
 
 
 class Transformer(nn.Module):
-  """`depth` blocks and a final LayerNorm.
+  """`depth` blocks and a final LayerNorm:
+  `transformer(x, source=None) -> tokens.Reduced(x, size, source, None)`.
 
-  Without `reduction`, `transformer(x) -> x`. With a `TokenReduction`,
-  `transformer(x, source=None) -> tokens.Reduced(x, size, source)`: the
-  blocks reduce the tokens along the plan's schedule, tracking each token's
-  size (patches it holds) and, when `source` is given (start from
-  `tokens.init_source(x)`), which input tokens it holds.
+  With a `TokenReduction` the blocks reduce the tokens along the plan's
+  schedule; `size` tracks the patches each token holds and `source`, when
+  given (start from `tokens.init_source(x)`), which input token each output
+  token holds. Without one, size is all ones and source comes back as given.
   """
   depth: int
   num_heads: int
@@ -202,32 +200,29 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, x, source=None):
     plan = self.reduction
-    if plan is None:
-      for i in range(self.depth):
-        x = Block(self.num_heads, self.mlp_dim, self.attn_impl, self.dtype,
-                  name=f"block_{i}")(x)
-      return layer_norm("norm")(x)
-
-    if len(plan.keep) != self.depth or x.shape[1] != plan.num_tokens:
+    if plan is not None and (len(plan.keep) != self.depth
+                             or x.shape[1] != plan.num_tokens):
       raise ValueError(
           f"token reduction plan is for {len(plan.keep)} blocks and "
           f"{plan.num_tokens} input tokens; this transformer has {self.depth} "
           f"blocks and got {x.shape[1]} tokens. Build the plan for this input "
           "(maskmodel.models.build.token_reduction).")
+    n0 = x.shape[1]
     size = tokens.init_size(x)
-    init_graph = tokens.REDUCERS[plan.method].init_graph
-    # GTP-ViT builds its token graph once, from the embedded input.
-    graph = init_graph(x, class_token=True, **dict(plan.options)) \
-        if init_graph is not None else None
+    graph = None
+    init_graph = None if plan is None else \
+        tokens.REDUCERS[plan.method].init_graph
+    if init_graph is not None:   # GTP-ViT: once, from the embedded input
+      graph = init_graph(x, class_token=True, **dict(plan.options))
     for i in range(self.depth):
       # Proportional attention only once some block has merged tokens (all
       # sizes are 1 before that, and log(1) = 0).
-      merged = x.shape[1] < plan.num_tokens
-      bias = jnp.log(size[..., 0]) if plan.prop_attn and merged else None
+      prop = plan is not None and plan.prop_attn and x.shape[1] < n0
       x, size, source, graph = Block(
           self.num_heads, self.mlp_dim, self.attn_impl, self.dtype,
-          reduction=plan, keep=plan.keep[i], layer=i, depth=self.depth,
-          name=f"block_{i}")(x, bias, size, source, graph)
+          reduction=plan, keep=None if plan is None else plan.keep[i],
+          layer=i, depth=self.depth, name=f"block_{i}")(
+              x, jnp.log(size[..., 0]) if prop else None, size, source, graph)
     return tokens.Reduced(layer_norm("norm")(x), size, source)
 
 
@@ -235,13 +230,13 @@ def restore(source, *arrays):
   """ToMe's `unmerge` from a source map: each input position gets the output
   token that holds it.
 
-  `source [B, K, N0]` (0/1, each column held by at most one token) maps the
-  K outputs to the N0 inputs; each array `[B, K, ...]` becomes `[B, N0, ...]`.
-  Positions no token holds (pruned) are zero. A gather, so it is exact in
-  any dtype and precision.
+  `source [B, N0]` is the index map (`maskmodel.tokens.common`): the output
+  token holding each of the N0 inputs, or -1 for inputs no token holds
+  (pruned), which get zeros. Each array `[B, K, ...]` becomes
+  `[B, N0, ...]`. A gather, so it is exact in any dtype and precision.
   """
-  holder = source.argmax(axis=1)                       # [B, N0]
-  held = source.max(axis=1) > 0
+  held = source >= 0
+  holder = jnp.maximum(source, 0)
   out = []
   for a in arrays:
     idx = holder.reshape(holder.shape + (1,) * (a.ndim - 2))
@@ -266,8 +261,10 @@ class ViT(nn.Module):
   tokens: `tokens` and `size` then have the plan's last count of tokens,
   `gap` pooling is the size-weighted mean over the non-class tokens (the
   mean over patches when merged tokens are equal), and
-  `return_source=True` adds `source` ([B, K', 1+K], which input tokens each
-  output token holds; ToMe's source tracing). `restore_tokens=True` copies
+  `return_source=True` adds `source` ([B, 1+K] int32: for each input token,
+  the index of the output token that holds it, -1 if pruned; ToMe's source
+  tracing as an O(N) index map, `tokens.dense_source` gives the one-hot
+  [B, K', 1+K] map). `restore_tokens=True` copies
   every output token back to each input position it holds (ToMe's
   `unmerge`), so `tokens` is [B, 1+K, D] again and `size` gives, per input
   position, the size of the token that holds it; positions held by no token
@@ -307,22 +304,18 @@ class ViT(nn.Module):
                           int(self.width * self.mlp_ratio), self.attn_impl,
                           self.dtype, reduction=self.token_reduction,
                           name="encoder")
-    if self.token_reduction is None:
-      x = encoder(x)
-      size = tokens.init_size(x)
-      source = tokens.init_source(x) if return_source else None
-      pooled = x[:, 0] if self.pool == "cls" else x[:, 1:].mean(axis=1)
-    else:
-      track = return_source or restore_tokens
-      x, size, source, _ = encoder(x, tokens.init_source(x) if track else None)
-      if self.pool == "cls":
-        pooled = x[:, 0]
-      else:
-        weight = size[:, 1:]
-        pooled = ((x[:, 1:] * weight).sum(axis=1)
-                  / weight.sum(axis=1)).astype(x.dtype)
-      if restore_tokens:
-        x, size = restore(source, x, size)
+    track = return_source or restore_tokens
+    x, size, source, _ = encoder(x, tokens.init_source(x) if track else None)
+    if self.pool == "cls":
+      pooled = x[:, 0]
+    elif self.token_reduction is None:
+      pooled = x[:, 1:].mean(axis=1)
+    else:   # size-weighted: the mean over patches when merged tokens are equal
+      weight = size[:, 1:]
+      pooled = ((x[:, 1:] * weight).sum(axis=1)
+                / weight.sum(axis=1)).astype(x.dtype)
+    if restore_tokens and self.token_reduction is not None:
+      x, size = restore(source, x, size)
     out = {"tokens": x, "pooled": pooled, "size": size}
     if return_source:
       out["source"] = source

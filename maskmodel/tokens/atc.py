@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from maskmodel.tokens.common import (check_keep, cosine_similarity,
                                      merge_by_assignment, static_int)
+from maskmodel.tokens.registry import register
 
 LINKAGES = ("average", "complete", "single")
 
@@ -77,20 +78,22 @@ def agglomerative_labels(metric, num_clusters, linkage="average"):
       lambda d: cluster_labels_from_distance(d, num_clusters, linkage))(dist)
 
 
-def atc(x, size, metric, *, keep, linkage="average", class_token=True,
-        source=None):
+@register("atc", needs=("metric",), conserves_size=True, prop_attn=True)
+def atc(x, size, stats, *, keep, class_token=True, source=None,
+        linkage="average"):
   """Clusters the tokens into `keep` tokens (class token kept apart, first).
 
   Args:
-    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
-    metric: `[B, N, C]` clustering features (keys in the paper).
+    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N0]` index map.
+    stats: `stats.metric` `[B, N, C]`, the clustering features (keys in the
+      paper).
     keep: static number of output tokens, class token included.
     linkage: "average", "complete" or "single".
   """
   n_total = x.shape[1]
   keep = check_keep(keep, n_total, class_token, "atc")
   p = int(bool(class_token))
-  label = agglomerative_labels(metric[:, p:], keep - p, linkage) + p
+  label = agglomerative_labels(stats.metric[:, p:], keep - p, linkage) + p
   if class_token:
     label = jnp.concatenate(
         [jnp.zeros((x.shape[0], 1), jnp.int32), label], axis=1)

@@ -2,10 +2,13 @@
 
 Every reducer works on a batch of tokens `x [B, N, D]` with sizes
 `size [B, N, 1]` (how many input patches each token stands for, ToMe's
-"token size") and, when asked, a source map `source [B, N, N0]`: row i is the
-0/1 indicator of the input tokens that token i now holds (ToMe's "source
-tracing"). Shapes never depend on data: the number of tokens kept is a static
-Python int.
+"token size") and, when asked, a source map `source [B, N0]` int32 (ToMe's
+"source tracing"): for each of the N0 input tokens, the index of the current
+token that holds it, or `PRUNED` (-1) once a pruning method has dropped it.
+That is O(N0) memory where ToMe's one-hot `[B, N, N0]` map is O(N N0) (4.3 GB
+at N0 = 4,096 and batch 64); `dense_source` builds the one-hot map for the
+few places that want it (tests, figures). Shapes never depend on data: the
+number of tokens kept is a static Python int.
 """
 from __future__ import annotations
 
@@ -17,13 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+PRUNED = -1   # source-map entry of an input token no output token holds
 
 
 class Reduced(NamedTuple):
   """What every reducer returns (a pytree, so it passes through `jit`)."""
   x: jax.Array                      # [B, K, D] reduced tokens
   size: jax.Array                   # [B, K, 1] float32 token sizes
-  source: Optional[jax.Array] = None  # [B, K, N0] source map, if tracked
+  source: Optional[jax.Array] = None  # [B, N0] int32 index map, if tracked
   graph: Optional[jax.Array] = None   # [B, K-1, K-1] GTP-ViT's token graph
 
 
@@ -33,9 +37,41 @@ def init_size(x):
 
 
 def init_source(x):
-  """Identity source map `[B, N, N]` for tokens that have not been reduced."""
+  """Identity index map `[B, N]` int32 for tokens not reduced yet: input
+  token j is held by token j."""
   b, n = x.shape[:2]
-  return jnp.broadcast_to(jnp.eye(n, dtype=jnp.float32), (b, n, n))
+  return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+
+
+def relabel(source, label):
+  """Carries the index map `source [B, N0]` through one reduction.
+
+  `label [B, N]` gives each current token's output slot, or a negative value
+  when it is dropped. A gather of N0 entries: each input follows its holder.
+  """
+  if source is None:
+    return None
+  label = label.astype(jnp.int32)
+  moved = jnp.take_along_axis(label, jnp.maximum(source, 0), axis=1)
+  return jnp.where((source >= 0) & (moved >= 0), moved, PRUNED)
+
+
+def kept_label(idx, num_tokens):
+  """`label [B, N]` of a pruning step that keeps the tokens `idx [B, K]`
+  (output slot k holds token idx[b, k]); the others are dropped."""
+  b, k = idx.shape
+  label = jnp.full((b, num_tokens), PRUNED, jnp.int32)
+  slots = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k))
+  return jax.vmap(lambda lab, i, s: lab.at[i].set(s))(label, idx, slots)
+
+
+def dense_source(source, num_tokens):
+  """The one-hot source map `[B, K, N0]` float32 of the index map
+  `source [..., N0]` (`K = num_tokens`): row k marks the inputs token k
+  holds, as ToMe's `merge_source` gives. For figures and tests only; it is
+  O(K N0) memory."""
+  return jnp.swapaxes(jax.nn.one_hot(source, num_tokens, dtype=jnp.float32),
+                      -1, -2)
 
 
 def l2_normalize(v, eps=1e-6):
@@ -63,7 +99,7 @@ def keep_tokens(x, size, source, idx):
   if size is None:
     size = init_size(x)
   return Reduced(gather_tokens(x, idx), gather_tokens(size, idx),
-                 None if source is None else gather_tokens(source, idx))
+                 relabel(source, kept_label(idx, x.shape[1])))
 
 
 def merge_by_assignment(x, size, source, label, num_out):
@@ -79,11 +115,8 @@ def merge_by_assignment(x, size, source, label, num_out):
   total = jnp.einsum("bnk,bnd->bkd", onehot, x.astype(jnp.float32) * size,
                      precision=_HIGHEST)
   new_x = (total / new_size).astype(x.dtype)
-  new_source = None
-  if source is not None:
-    new_source = jnp.einsum("bnk,bnm->bkm", onehot, source.astype(jnp.float32),
-                            precision=_HIGHEST)
-  return Reduced(new_x, new_size, new_source)
+  label = jnp.where((label >= 0) & (label < num_out), label, PRUNED)
+  return Reduced(new_x, new_size, relabel(source, label))
 
 
 def with_class_token(idx, class_token):

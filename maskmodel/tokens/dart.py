@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from maskmodel.tokens.common import (check_keep, cosine_similarity,
                                      gather_tokens, keep_tokens, static_int,
                                      with_class_token)
+from maskmodel.tokens.registry import register
 
 SELECTIONS = ("per_pivot", "max")
 SIMILARITY_ON = ("normalized", "raw")
@@ -79,16 +80,16 @@ def dart_select(features, pivot_scores, k, *, num_pivots=4,
   return jnp.argsort(~chosen, axis=-1, stable=True)[:, :k].astype(jnp.int32)
 
 
-def dart(x, size, keys, *, keep, num_pivots=4, selection="per_pivot",
-         similarity_on="normalized", features=None, class_token=True,
-         source=None):
+@register("dart", needs=("keys",), conserves_size=False)
+def dart(x, size, stats, *, keep, class_token=True, source=None, num_pivots=4,
+         selection="per_pivot", similarity_on="normalized", features=None):
   """Keeps `keep` tokens by DART's duplication criterion.
 
   Args:
-    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
-    keys: `[B, N, H, hd]` attention keys (the heads are concatenated, as in
-      the official code) or `[B, N, C]` already flat. Pivots are the tokens
-      with the largest key L1 norm.
+    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N0]` index map.
+    stats: `stats.keys`, `[B, N, H, hd]` attention keys (the heads are
+      concatenated, as in the official code) or `[B, N, C]` already flat.
+      Pivots are the tokens with the largest key L1 norm.
     keep: static number of output tokens, class token included.
     num_pivots: pivot tokens (the official scripts use 4 image pivots).
     similarity_on: "normalized" (default: x standardized per token, the
@@ -103,7 +104,7 @@ def dart(x, size, keys, *, keep, num_pivots=4, selection="per_pivot",
     raise ValueError(f"dart similarity_on={similarity_on!r} is unknown; use "
                      f"one of {SIMILARITY_ON}.")
   p = int(bool(class_token))
-  keys = keys.reshape(keys.shape[:2] + (-1,))
+  keys = stats.keys.reshape(stats.keys.shape[:2] + (-1,))
   scores = jnp.abs(keys[:, p:].astype(jnp.float32)).sum(axis=-1)
   if features is None:
     features = standardize(x) if similarity_on == "normalized" else x

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from maskmodel.tokens.common import (check_keep, cosine_similarity,
                                      keep_tokens, static_int,
                                      with_class_token)
+from maskmodel.tokens.registry import register
 
 
 def max_min_select(metric, k):
@@ -52,7 +53,8 @@ def max_min_select(metric, k):
   return jax.vmap(one)(dist)
 
 
-def divprune(x, size, metric, *, keep, class_token=True, source=None):
+@register("divprune", needs=("metric",), conserves_size=False)
+def divprune(x, size, stats, *, keep, class_token=True, source=None):
   """Keeps `keep` tokens chosen by DivPrune's max-min diversity selection.
 
   The class token is always kept (first); the others are chosen among the
@@ -60,6 +62,6 @@ def divprune(x, size, metric, *, keep, class_token=True, source=None):
   """
   keep = check_keep(keep, x.shape[1], class_token, "divprune")
   p = int(bool(class_token))
-  idx = max_min_select(metric[:, p:], keep - p)
+  idx = max_min_select(stats.metric[:, p:], keep - p)
   idx = with_class_token(jnp.sort(idx, axis=-1), class_token)
   return keep_tokens(x, size, source, idx)

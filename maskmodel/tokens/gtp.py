@@ -29,8 +29,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from maskmodel.tokens.common import (Reduced, check_keep, cosine_similarity,
-                                     gather_tokens, init_size, static_int)
+from maskmodel.tokens.common import (PRUNED, Reduced, check_keep,
+                                     cosine_similarity, gather_tokens,
+                                     init_size, relabel, static_int)
+from maskmodel.tokens.registry import register
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 GRAPHS = ("mixed", "spatial", "semantic")
@@ -93,12 +95,12 @@ def attention_rank(attn, selection):
   return diag.max(axis=1) * received.max(axis=1)
 
 
-def gtp(x, size, importance, graph, *, keep, alpha=0.1, class_token=True,
-        source=None):
+def propagate(x, size, importance, graph, *, keep, alpha=0.1,
+              class_token=True, source=None):
   """Removes tokens by rank and propagates them over `graph` (GTP-ViT).
 
   Args:
-    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
+    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N0]`.
     importance: `[B, N]` ranking (`attention_rank`; the class token's entry
       is ignored).
     graph: `[B, n, n]` normalized graph over the current non-class tokens
@@ -108,8 +110,8 @@ def gtp(x, size, importance, graph, *, keep, alpha=0.1, class_token=True,
     class_token: token 0 is always kept, first, and receives nothing.
 
   Returns:
-    `(Reduced, graph)`: class token then the kept tokens in rank order, and
-    the graph sub-indexed to them.
+    `Reduced`: class token then the kept tokens in rank order, and in its
+    `graph` field the graph sub-indexed to them.
   """
   n_total = x.shape[1]
   keep = check_keep(keep, n_total, class_token, "gtp")
@@ -130,16 +132,50 @@ def gtp(x, size, importance, graph, *, keep, alpha=0.1, class_token=True,
   new_size = gather_tokens(size, kept + p) + alpha * jnp.einsum(
       "bkr,bro->bko", w, gather_tokens(size, removed + p), precision=_HIGHEST)
   new_x = new_x.astype(x.dtype)
-  new_source = None
-  if source is not None:
-    to = jax.nn.one_hot(jnp.argmax(w, axis=1), k, dtype=jnp.float32)  # [B,R,k]
-    to = to * (w.max(axis=1) > 0)[..., None]
-    new_source = gather_tokens(source, kept + p) + jnp.einsum(
-        "brk,brm->bkm", to, gather_tokens(source, removed + p),
-        precision=_HIGHEST)
   if class_token:
     new_x = jnp.concatenate([x[:, :1], new_x], axis=1)
     new_size = jnp.concatenate([size[:, :1], new_size], axis=1)
-    if source is not None:
-      new_source = jnp.concatenate([source[:, :1], new_source], axis=1)
-  return Reduced(new_x, new_size, new_source), new_graph
+  new_source = None
+  if source is not None:
+    # Each removed token goes to the kept token it sends the most weight to.
+    to = jnp.where(w.max(axis=1) > 0, jnp.argmax(w, axis=1) + p, PRUNED)
+    label = jnp.zeros(x.shape[:2], jnp.int32)
+    put = jax.vmap(lambda lab, i, v: lab.at[i].set(v))
+    label = put(label, kept + p, jnp.broadcast_to(jnp.arange(k) + p,
+                                                  kept.shape))
+    label = put(label, removed + p, to)
+    new_source = relabel(source, label)
+  return Reduced(new_x, new_size, new_source, new_graph)
+
+
+def _init_graph(x, *, class_token=True, graph_type="mixed", num_neighbors=8,
+                **_):
+  """The graph a ViT builds once from its embedded input (other gtp options
+  are for the blocks)."""
+  return gtp_graph(x, graph=graph_type, num_neighbors=num_neighbors,
+                   class_token=class_token)
+
+
+def _needs(options):
+  if options.get("selection", "img_attn_mean") == "img_attn_mean":
+    return ("key_mass",)
+  return ("attn",)
+
+
+@register("gtp", needs=_needs, conserves_size=False, init_graph=_init_graph)
+def gtp(x, size, stats, *, keep, class_token=True, source=None,
+        selection="img_attn_mean", alpha=0.1, num_neighbors=8,
+        graph_type="mixed"):
+  """GTP-ViT's layer: rank by `selection` (`stats.key_mass` for
+  "img_attn_mean", else `stats.attn`), then `propagate` over `stats.graph`
+  (built from these tokens by `gtp_graph` when None)."""
+  if selection == "img_attn_mean" and stats.key_mass is not None:
+    rank = stats.key_mass
+  else:
+    rank = attention_rank(stats.attn, selection)
+  graph = stats.graph
+  if graph is None:
+    graph = _init_graph(x, class_token=class_token, graph_type=graph_type,
+                        num_neighbors=num_neighbors)
+  return propagate(x, size, rank, graph, keep=keep, alpha=alpha,
+                   class_token=class_token, source=source)

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from maskmodel.kernels import token_matching
 from maskmodel.tokens.common import (Reduced, gather_tokens, init_size,
-                                     l2_normalize, static_int)
+                                     l2_normalize, relabel, static_int)
+from maskmodel.tokens.registry import register
 
 MODES = ("sum", "mean", "amax")
 
@@ -40,7 +41,8 @@ def _scatter(dst, idx, src, mode):
   return jax.vmap(one)(dst, idx, src)
 
 
-def bipartite_soft_matching(metric, r, class_token=False, impl="auto"):
+def bipartite_soft_matching(metric, r, class_token=False, distill_token=False,
+                            impl="auto"):
   """ToMe's bipartite soft matching; returns `(merge, unmerge)` functions.
 
   Args:
@@ -49,17 +51,21 @@ def bipartite_soft_matching(metric, r, class_token=False, impl="auto"):
     r: static number of tokens to remove; capped (with a warning) at
       `(N - class_token) // 2`. r <= 0 gives identity functions.
     class_token: whether token 0 is a [CLS] token that must never merge.
+    distill_token: whether token 1 is DeiT's distillation token: nothing
+      merges into it (it is B's first token) and it counts as protected in
+      the cap on r, as in the official code. Like there, it then sits at the
+      first B slot of the output (after the unmerged A tokens), not at 1.
     impl: backend of `maskmodel.kernels.token_matching`.
 
   Returns:
     merge(x, mode="mean"): `[B, N, D] -> [B, N - r, D]`; mode "sum" and
       "mean" follow `torch.scatter_reduce` (mean includes the B token itself),
-      "amax" takes the elementwise max (used for source maps).
+      "amax" takes the elementwise max (ToMe's one-hot source maps).
     unmerge(x): `[B, N - r, D] -> [B, N, D]`, copying every merged token back
       to all positions it came from.
   """
   r = static_int(r, "r")
-  protected = int(bool(class_token))
+  protected = int(bool(class_token)) + int(bool(distill_token))
   t = metric.shape[1]
   max_r = (t - protected) // 2
   if r > max_r:
@@ -71,6 +77,14 @@ def bipartite_soft_matching(metric, r, class_token=False, impl="auto"):
 
   metric = l2_normalize(jax.lax.stop_gradient(metric))
   a, b = metric[:, ::2], metric[:, 1::2]
+  if distill_token:
+    # The official code sets the scores of B's column 0 to -inf. With unit
+    # rows every score is >= -1, so one extra feature (1 in A; -3 in B's
+    # first row, 0 in the others) keeps that column from ever being the
+    # best match, and leaves every other score bit for bit as it was.
+    a = jnp.concatenate([a, jnp.ones(a.shape[:2] + (1,), a.dtype)], axis=-1)
+    col = jnp.zeros(b.shape[:2] + (1,), b.dtype).at[:, 0].set(-3.0)
+    b = jnp.concatenate([b.at[:, 0].set(0.0), col], axis=-1)
   node_max, node_idx = token_matching(a, b, class_token=class_token, impl=impl)
   # Stable sort on the negated scores: descending, ties in index order. The
   # class token scores -inf and so always ends up unmerged.
@@ -123,22 +137,35 @@ def merge_wavg(merge, x, size=None):
   return (total / size).astype(x.dtype), size
 
 
-def merge_source(merge, x, source=None):
-  """Source tracing: `source [B, N, N0]` one-hot map, merged with amax.
+def merge_source(unmerge, source, num_out):
+  """Source tracing through one matching, on the index map `source [B, N0]`.
 
-  `x` only gives the token count when `source` is None (identity map).
+  ToMe's `merge_source` merges a one-hot `[B, N, N0]` map with amax; the same
+  information is each current token's output slot, which `unmerge` of the
+  slot numbers `0..num_out-1` gives (`num_out` = tokens after the merge).
   """
-  if source is None:
-    b, n = x.shape[:2]
-    source = jnp.broadcast_to(jnp.eye(n, dtype=jnp.float32), (b, n, n))
-  return merge(source, mode="amax")
+  slots = jnp.broadcast_to(jnp.arange(num_out, dtype=jnp.int32),
+                           (source.shape[0], num_out))
+  return relabel(source, unmerge(slots))
 
 
-def tome(x, size, metric, *, r, class_token=False, source=None, impl="auto"):
-  """One ToMe step: bipartite matching on `metric`, then merge x/size/source."""
-  merge, _ = bipartite_soft_matching(metric, r, class_token=class_token,
-                                     impl=impl)
-  if source is not None:
-    source = merge_source(merge, x, source)
+@register("tome", needs=("metric",), conserves_size=True, prop_attn=False,
+          prop_attn_off_the_shelf=True)
+def tome(x, size, stats, *, keep, class_token=True, source=None,
+         distill_token=False, impl="auto"):
+  """One ToMe step: bipartite matching on `stats.metric`, then merge
+  x/size/source. r = N - keep is capped at half of the non-class tokens
+  (with a warning), so more than `keep` tokens may remain.
+
+  Proportional attention: ToMe's `apply_patch` turns it on for off-the-shelf
+  evaluation and advises it off for training and for MAE models (its MAE
+  patch defaults to off); the registered defaults follow that.
+  """
+  merge, unmerge = bipartite_soft_matching(stats.metric, x.shape[1] - keep,
+                                           class_token=class_token,
+                                           distill_token=distill_token,
+                                           impl=impl)
   x, size = merge_wavg(merge, x, size)
+  if source is not None:
+    source = merge_source(unmerge, source, x.shape[1])
   return Reduced(x, size, source)

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from maskmodel.tokens.common import (Reduced, cosine_similarity,
                                      gather_tokens, init_size,
                                      merge_by_assignment, static_int)
+from maskmodel.tokens.registry import register
 
 VARIANTS = ("deit", "mae", "pitome", "bsm")
 ENERGIES = ("elu", "paper")
@@ -68,29 +69,30 @@ def energy_score(sim, margin=0.5, alpha=1.0, energy="elu"):
   return jnp.where(shifted > 0, above, below).mean(axis=-1)
 
 
-def pitome(x, size, metric, *, r, margin=None, alpha=1.0, variant="deit",
-           energy="elu", layer=None, depth=None, class_token=False,
-           source=None):
-  """Removes r tokens by PiToMe's energy-ordered merging.
+@register("pitome", needs=("metric",), conserves_size=True,
+          layer_options=("margin", "variant"))
+def pitome(x, size, stats, *, keep, class_token=True, source=None,
+           margin=None, alpha=1.0, variant="deit", energy="elu"):
+  """Removes N - keep tokens by PiToMe's energy-ordered merging.
 
   Args:
-    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
-    metric: `[B, N, C]` similarity features (head-averaged keys in the
-      official code). Used without gradient.
-    r: static number of tokens to remove; capped (with a warning) at half of
-      the non-class tokens.
+    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N0]` index map.
+    stats: `stats.metric` `[B, N, C]` similarity features (head-averaged keys
+      in the official code), used without gradient; `stats.layer` and
+      `stats.depth`, this block's index and the number of blocks.
+    keep: static number of tokens left; r = N - keep is capped (with a
+      warning) at half of the non-class tokens.
     margin: m; None gives the official 0.75 - 0.75 layer / depth.
     alpha: ELU slope (1 in the official code).
     variant: "deit" (default), "mae", "pitome" or "bsm" (module docstring).
     energy: "elu" (official code) or "paper" (Eq. 4 as printed).
-    layer, depth: this block's index and the number of blocks; needed by
-      margin=None and by the "deit"/"mae" variants.
     class_token: token 0 never merges and stays first.
 
   Returns:
     `Reduced` with N - r tokens.
   """
-  r = static_int(r, "r")
+  r = x.shape[1] - static_int(keep, "keep")
+  metric, layer, depth = stats.metric, stats.layer, stats.depth
   if variant not in VARIANTS:
     raise ValueError(f"pitome variant={variant!r} is unknown; use one of "
                      f"{VARIANTS}.")

@@ -22,24 +22,28 @@ import jax
 import jax.numpy as jnp
 
 from maskmodel.tokens.common import (Reduced, check_keep, gather_tokens,
-                                     init_size, keep_tokens, with_class_token)
+                                     init_size, keep_tokens, relabel,
+                                     with_class_token)
+from maskmodel.tokens.registry import register
 
 ORDERS = ("attention", "index")
 
 
-def topk_prune(x, size, scores, *, keep, class_token=True, fuse=False,
-               normalize_fused=False, order="attention", source=None):
-  """Keeps the `keep` tokens with the highest `scores` (EViT).
+@register("topk", needs=("cls_attn",), conserves_size=False)
+def topk_prune(x, size, stats, *, keep, class_token=True, source=None,
+               fuse=False, normalize_fused=False, order="attention"):
+  """Keeps the `keep` tokens with the highest [CLS] attention (EViT).
 
   Args:
-    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
-    scores: `[B, N]` importance, e.g. head-averaged [CLS] attention (the
-      class token's own entry is ignored). Used without gradient.
+    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N0]`
+      index map.
+    stats: `stats.cls_attn` `[B, N]`, the head-averaged [CLS] attention (the
+      class token's own entry is ignored), used without gradient.
     keep: static number of output tokens, class token and fused token
       included.
     class_token: token 0 is always kept, first.
     fuse: fuse the pruned tokens into one extra last token (EViT); its size
-      and source are the sums of the fused tokens'.
+      is the sum of the fused tokens', and it holds all their inputs.
     normalize_fused: divide the fusion weights by their sum (a weighted
       mean). Off in the official code, where the fused token is the raw
       attention-weighted sum; an option for per-layer use, where the raw sum
@@ -62,12 +66,13 @@ def topk_prune(x, size, scores, *, keep, class_token=True, fuse=False,
                      f"keep < {n_total}.")
   if size is None:
     size = init_size(x)
-  scores = jax.lax.stop_gradient(scores.astype(jnp.float32))[:, p:]
+  scores = jax.lax.stop_gradient(stats.cls_attn.astype(jnp.float32))[:, p:]
   ranked = jnp.argsort(-scores, axis=-1, stable=True)
   top = ranked[:, :num_top]
   if order == "index":
     top = jnp.sort(top, axis=-1)
-  out = keep_tokens(x, size, source, with_class_token(top, class_token))
+  kept = with_class_token(top, class_token)
+  out = keep_tokens(x, size, None if fuse else source, kept)
   if not fuse:
     return out
   rest = ranked[:, num_top:] + p
@@ -80,8 +85,17 @@ def topk_prune(x, size, scores, *, keep, class_token=True, fuse=False,
   new_x = jnp.concatenate([out.x, fused.astype(x.dtype)], axis=1)
   new_size = jnp.concatenate([out.size, fused_size.astype(out.size.dtype)],
                              axis=1)
-  new_source = None
-  if source is not None:
-    fused_source = gather_tokens(source, rest).sum(axis=1, keepdims=True)
-    new_source = jnp.concatenate([out.source, fused_source], axis=1)
-  return Reduced(new_x, new_size, new_source)
+  # The fused token (last slot) holds everything not kept.
+  label = jnp.full(x.shape[:2], keep - 1, jnp.int32)
+  label = jax.vmap(lambda lab, i: lab.at[i].set(jnp.arange(keep - 1)))(
+      label, kept)
+  return Reduced(new_x, new_size, relabel(source, label))
+
+
+@register("evit", needs=("cls_attn",), conserves_size=True)
+def evit(x, size, stats, *, keep, class_token=True, source=None,
+         normalize_fused=False, order="attention"):
+  """EViT: top-k by [CLS] attention plus the fused inattentive token."""
+  return topk_prune(x, size, stats, keep=keep, class_token=class_token,
+                    source=source, fuse=True, normalize_fused=normalize_fused,
+                    order=order)

@@ -31,18 +31,27 @@ def _as_float_image(image):
 def patch_groups(source, grid, class_token=True):
   """`[gh, gw]` int map: the index of the token each patch was merged into.
 
-  `source [K, N0]` is one image's source map (N0 includes the class token
-  when `class_token`). A patch held by no token (pruned) gets -1.
+  `source` is one image's source map: the index map `[N0]` that the reducers
+  and the ViT return (the holder of each input token, -1 if pruned), or a
+  one-hot `[K, N0]` map (`maskmodel.tokens.dense_source`, ToMe's form). N0
+  includes the class token when `class_token`. A patch held by no token
+  (pruned) gets -1.
   """
-  source = np.asarray(source, np.float32)
+  source = np.asarray(source)
+  if source.ndim == 2:    # one-hot [K, N0] -> index map [N0]
+    held = source.max(axis=0) > 0
+    source = np.where(held, source.argmax(axis=0), -1)
+  if source.ndim != 1:
+    raise ValueError(f"source has shape {source.shape}; pass one image's "
+                     "index map [N0] or one-hot map [K, N0].")
+  source = source.astype(np.int64)
   if class_token:
-    source = source[:, 1:]
+    source = source[1:]
   gh, gw = grid
-  if source.shape[1] != gh * gw:
-    raise ValueError(f"source covers {source.shape[1]} patches but the grid "
+  if source.shape[0] != gh * gw:
+    raise ValueError(f"source covers {source.shape[0]} patches but the grid "
                      f"{gh}x{gw} has {gh * gw}.")
-  held = source.max(axis=0) > 0
-  return np.where(held, source.argmax(axis=0), -1).reshape(gh, gw)
+  return np.where(source >= 0, source, -1).reshape(gh, gw)
 
 
 def token_map(image, source, patch_size, *, class_token=True, upscale=1,
@@ -51,7 +60,8 @@ def token_map(image, source, patch_size, *, class_token=True, upscale=1,
 
   Args:
     image: `[H, W]`, `[H, W, 1]` or `[H, W, 3]`, uint8 or float.
-    source: `[K, N0]` source map of that image (see `maskmodel.tokens`).
+    source: that image's index map `[N0]` (or one-hot `[K, N0]`), see
+      `patch_groups`.
     patch_size: patch side in pixels; H and W must be multiples of it.
     class_token: whether column 0 of the source map is the class token.
     upscale: integer nearest-neighbour zoom, so the one-pixel borders stay

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from maskmodel.tokens.common import (check_keep, cosine_similarity,
                                      gather_tokens, keep_tokens, static_int,
                                      with_class_token)
+from maskmodel.tokens.registry import register
 
 ORDERS = ("isi", "is")
 VARIANCE_RANGE = (0.01, 0.7)
@@ -82,17 +83,19 @@ def importance(attn, num_iters, variance_range=VARIANCE_RANGE):
   return aggregate_heads(weighted_pagerank(attn, num_iters), variance_range)
 
 
-def zero_tprune(x, size, metric, attn, *, keep, num_iters=None,
-                similarity_fraction=0.5, variance_range=VARIANCE_RANGE,
-                order="isi", layer=None, depth=None, class_token=True,
-                source=None):
+@register("zero_tprune", needs=("attn", "metric"), conserves_size=False,
+          layer_options=("num_iters", "similarity_fraction"))
+def zero_tprune(x, size, stats, *, keep, class_token=True, source=None,
+                num_iters=None, similarity_fraction=0.5,
+                variance_range=VARIANCE_RANGE, order="isi"):
   """Keeps `keep` tokens by Zero-TPrune (module docstring).
 
   Args:
-    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N, N0]`.
-    metric: `[B, N, C]` features for the S-stage similarity (e.g. keys).
-    attn: `[B, H, N, N]` (or head-averaged `[B, N, N]`) attention
-      probabilities of the layer.
+    x: `[B, N, D]` tokens; size: `[B, N, 1]`; source: optional `[B, N0]` index map.
+    stats: `stats.metric` `[B, N, C]`, features for the S-stage similarity
+      (e.g. keys); `stats.attn` `[B, H, N, N]` (or head-averaged
+      `[B, N, N]`), the layer's attention probabilities; `stats.layer`,
+      `stats.depth`, this block's index and the number of blocks.
     keep: static number of output tokens, class token included.
     num_iters: WPR iterations of the I stage; None follows the depth
       (`default_iterations(layer, depth)`).
@@ -100,7 +103,6 @@ def zero_tprune(x, size, metric, attn, *, keep, num_iters=None,
       (capped at the size of the less important half).
     variance_range: the head filter's bounds.
     order: "isi" (paper: I' -> S -> I) or "is" (I -> S).
-    layer, depth: this block's index and the number of blocks.
     class_token: token 0 is always kept, first.
 
   Returns:
@@ -114,8 +116,10 @@ def zero_tprune(x, size, metric, attn, *, keep, num_iters=None,
   if not 0.0 <= similarity_fraction <= 1.0:
     raise ValueError(f"zero_tprune: similarity_fraction={similarity_fraction} "
                      "must be in [0, 1].")
+  metric, attn = stats.metric, stats.attn
+  variance_range = tuple(variance_range)
   if num_iters is None:
-    num_iters = default_iterations(layer, depth)
+    num_iters = default_iterations(stats.layer, stats.depth)
   p = int(bool(class_token))
   n, k = n_total - p, keep - p
   removed = n - k
