@@ -77,6 +77,7 @@ def tpu_device(generation: str):
   if importlib.util.find_spec("libtpu") is None and libtpu_dir() is not None:
     jax.devices()  # this process's own backends first, without libtpu
     sys.path.append(libtpu_dir())
+  saved = dict(os.environ)
   # Off a TPU VM, libtpu would otherwise ask the metadata server for a
   # topology, which does not exist.
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
@@ -84,7 +85,13 @@ def tpu_device(generation: str):
   # a benchmark beside the tests) may load libtpu at once; without this the
   # second one fails on libtpu's lockfile.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  topology = topologies.get_topology_desc(TPU_TOPOLOGIES[generation], "tpu")
+  try:
+    topology = topologies.get_topology_desc(TPU_TOPOLOGIES[generation], "tpu")
+  finally:
+    # Loading libtpu sets TPU_LIBRARY_PATH: a child process would inherit it
+    # and initialize libtpu as its backend, with libtpu's warnings.
+    os.environ.clear()
+    os.environ.update(saved)
   return topology.devices[0]
 
 

@@ -88,11 +88,13 @@ def initial_state(config, task, example_batch):
   (`Task.load_pretrained` runs only when the run does not resume)."""
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
-  params, task_state = task.init(init_rng, example_batch)
+  # Jitted: run op by op, a model's init compiles each of its ops apart.
+  params, task_state = jax.jit(task.init)(init_rng, example_batch)
   task_state = _own_buffers(params, task_state)
   tx, schedule = optim.make_optimizer(config, params, task.param_labels(params))
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
-           "opt_state": tx.init(params), "task_state": task_state, "rng": train_rng}
+           "opt_state": jax.jit(tx.init)(params), "task_state": task_state,
+           "rng": train_rng}
   return state, tx, schedule
 
 

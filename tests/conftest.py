@@ -1,5 +1,6 @@
 """Shared helpers: config loading and running the CLI as a user would."""
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def smoke_config():
 
 
 RESUME_SCRIPT = """
-import os, shutil, sys
+import json, os, shutil, sys
 import jax, numpy as np
 sys.path.insert(0, {tests!r})
 from conftest import load_config
@@ -47,10 +48,13 @@ from maskmodel import train
 
 assert jax.device_count() == 8
 config = load_config({config!r})
-config.total_steps, config.checkpoint_every, config.evals.names = 6, 3, ()
+config.total_steps, config.checkpoint_every = 6, 3
 workdir = sys.argv[1]
-first = jax.device_get(train.train_and_evaluate(config, workdir)["state"])
+result = train.train_and_evaluate(config, workdir)
+first = jax.device_get(result["state"])
+print("FINAL " + json.dumps(result["final"]))
 shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))  # resume from 3
+config.evals.names = ()
 again = jax.device_get(train.train_and_evaluate(config, workdir)["state"])
 for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
   np.testing.assert_array_equal(a, b)
@@ -59,8 +63,9 @@ print("OK")
 
 
 def assert_resumes_bit_exactly(config_path, workdir):
-  """Trains `config_path` for 6 steps on 8 simulated devices, then again from
-  its step-3 checkpoint, and checks that the two final states are equal."""
+  """Trains `config_path` for 6 steps on 8 simulated devices with its evals,
+  then again from its step-3 checkpoint, checks that the two final states
+  are equal, and returns the first run's final eval metrics."""
   script = RESUME_SCRIPT.format(tests=os.path.join(ROOT, "tests"),
                                 config=config_path)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
@@ -68,3 +73,5 @@ def assert_resumes_bit_exactly(config_path, workdir):
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "OK" in proc.stdout
+  final = [l for l in proc.stdout.splitlines() if l.startswith("FINAL ")][0]
+  return json.loads(final[len("FINAL "):])

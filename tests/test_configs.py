@@ -115,8 +115,9 @@ def _stated_values(doc, config, path):
   # `:smoke` "runs a few steps with a smaller model".
   if re.search(r"`:smoke` runs a few steps with a smaller model", doc):
     smoke = load_config(f"{path}:smoke")
+    width = lambda m: m.width if "width" in m else sum(m.widths)  # vit | convnet
     out.append(("`:smoke` is smaller", True, smoke.total_steps < c.total_steps / 10
-                and smoke.model.width < c.model.width))
+                and width(smoke.model) < width(c.model)))
   return out
 
 

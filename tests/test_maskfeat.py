@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import ROOT, assert_resumes_bit_exactly, load_config
-from maskmodel import masking, train
+from maskmodel import masking
 from maskmodel.masking.block import official_block_mask
 from maskmodel.tasks.maskfeat import hog_targets
 
@@ -127,6 +127,5 @@ def test_hog_matches_the_official_hog_layer():
 
 
 def test_trains_and_resumes_bit_exactly_on_8_devices(tmp_path):
-  result = train.train_and_evaluate(load_config(SMOKE), str(tmp_path / "run"))
-  assert 0.1 < result["final"]["knn_accuracy"] <= 1.0
-  assert_resumes_bit_exactly(SMOKE, tmp_path / "w")
+  final = assert_resumes_bit_exactly(SMOKE, tmp_path / "w")
+  assert 0.1 < final["knn_accuracy"] <= 1.0

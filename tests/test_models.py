@@ -21,10 +21,10 @@ CLASSIFY_SMOKE = "configs/classify/mnist_vit_tiny.py:smoke"
 
 def test_unknown_model_name_is_one_config_error_naming_the_known_ones():
   config = load_config(SMOKE)
-  config.model.name = "convnet"
+  config.model.name = "resnet"
   with pytest.raises(ConfigError) as e:
     get_task(config)
-  assert str(e.value) == ("model.name='convnet' is unknown; use one of "
+  assert str(e.value) == ("model.name='resnet' is unknown; use one of "
                           f"{sorted(models.MODELS)}.")
   assert "\n" not in str(e.value) and "'vit'" in str(e.value)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, assert_resumes_bit_exactly, load_config
-from maskmodel import checkpoint, masking, train
+from maskmodel import checkpoint, masking
 from maskmodel.config import ConfigError
 from maskmodel.models.patches import unpatchify
 from maskmodel.tasks import get_task
@@ -84,11 +84,9 @@ def test_hidden_pixels_do_not_reach_the_prediction():
                          task.model.apply({"params": params}, noisy, zero))
 
 
-def test_trains_and_its_encoder_fine_tunes(tmp_path):
-  config = load_config(SMOKE)
+def test_trains_resumes_bit_exactly_on_8_devices_and_fine_tunes(tmp_path):
   workdir = str(tmp_path / "simmim")
-  result = train.train_and_evaluate(config, workdir)
-  final = result["final"]
+  final = assert_resumes_bit_exactly(SMOKE, workdir)
   assert 0.1 < final["knn_accuracy"] <= 1.0
   assert np.isfinite(final["reconstruction_mse_pixels"])
   assert os.path.exists(os.path.join(workdir, "report.md"))
@@ -102,7 +100,3 @@ def test_trains_and_its_encoder_fine_tunes(tmp_path):
   moved = transfer_encoder(params, pretrained)
   np.testing.assert_array_equal(moved["patch_embed"]["kernel"],
                                 pretrained["patch_embed"]["kernel"])
-
-
-def test_resumes_bit_exactly_on_8_devices(tmp_path):
-  assert_resumes_bit_exactly(SMOKE, tmp_path / "w")

@@ -159,7 +159,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     again = jax.device_get(train.train_and_evaluate(config, workdir)["state"])
     for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
       np.testing.assert_array_equal(a, b)
-    init = EMATeacherTask(config).init(
+    init = jax.jit(EMATeacherTask(config).init)(
         jax.random.split(jax.random.PRNGKey(config.seed))[0],
         {{"image": np.zeros((1, 28, 28, 1), np.float32)}})[0]
     np.testing.assert_array_equal(again["params"]["frozen"], init["frozen"])

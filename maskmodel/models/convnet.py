@@ -105,6 +105,11 @@ class ConvNet(nn.Module):
 def convnet(model_config, *, num_classes=0, num_tokens=None) -> ConvNet:
   del num_tokens  # no tokens
   m = model_config
+  missing = [k for k in ("widths", "depths", "stem") if k not in m]
+  if missing:
+    raise ConfigError(f"model.name='convnet' needs model.{', model.'.join(missing)}"
+                      " (widths and block counts per stage, the stem's stride); "
+                      "start from configs/spark/mnist_convnet_tiny.py.")
   if len(m.widths) != len(m.depths) or not m.widths:
     raise ConfigError(f"model.widths={tuple(m.widths)} and model.depths="
                       f"{tuple(m.depths)} must be non-empty and of one length "

@@ -2,7 +2,8 @@
 
 A task is an object built from the config (`tasks.get_task`). It must give
 
-- `init(rng, batch) -> (params, state)`: fresh params and task state (EMA
+- `init(rng, batch) -> (params, state)`, traced under `jit` by the loop:
+  fresh params and task state (EMA
   teachers, codebooks, frozen tokenizers: anything the loop carries and
   checkpoints but the optimizer does not update). Task state under the key
   "frozen" (a dict state's) never changes after `load_pretrained`: the loop
@@ -90,3 +91,16 @@ class TaskBase:
 
   def evaluators(self):
     return {}
+
+
+class EncoderTask(TaskBase):
+  """A pretraining task whose params keep its encoder under "encoder" and
+  whose `self.encoder` (a registered model) pools a full image: the feature
+  evals and a fine-tune's `task.init_from` read that encoder."""
+
+  def features(self, params, state, images):
+    del state
+    return self.encoder.apply({"params": params["encoder"]}, images)["pooled"]
+
+  def encoder_params(self, params):
+    return params["encoder"]

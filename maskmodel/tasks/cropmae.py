@@ -28,7 +28,7 @@ from maskmodel.models import build
 from maskmodel.models.cross_decoder import CrossDecoder
 from maskmodel.models.patches import patchify
 from maskmodel.models.vit import ViT
-from maskmodel.tasks.base import TaskBase
+from maskmodel.tasks.base import EncoderTask
 from maskmodel.tasks.mae import masked_mse, normalized_pixel_target
 
 VIEWS = ("global_to_local", "local_to_global", "random", "same")
@@ -46,7 +46,7 @@ class SiameseMAE(nn.Module):
     return self.decoder(visible, ids_restore, memory, train)
 
 
-class CropMAETask(TaskBase):
+class CropMAETask(EncoderTask):
   """Task contract: `preprocess`, `init`, `loss`, plus `features`."""
 
   def __init__(self, config):
@@ -109,10 +109,3 @@ class CropMAETask(TaskBase):
         patchify(masked_view, self.config.model.patch_size))
     loss = masked_mse(pred, target, mask.mask)
     return loss, ({"loss": loss}, state)
-
-  def features(self, params, state, images):
-    del state
-    return self.encoder.apply({"params": params["encoder"]}, images)["pooled"]
-
-  def encoder_params(self, params):
-    return params["encoder"]

@@ -23,7 +23,7 @@ from maskmodel import models
 from maskmodel.models import build
 from maskmodel.models.mae import MAEDecoder, MaskedAutoencoder
 from maskmodel.models.patches import patchify, reconstruction_images
-from maskmodel.tasks.base import TaskBase
+from maskmodel.tasks.base import EncoderTask
 
 
 def patch_stats(patches, eps=1e-6):
@@ -45,7 +45,7 @@ def masked_mse(pred, target, mask):
   return (per_patch * mask).sum() / mask.sum()
 
 
-class MAETask(TaskBase):
+class MAETask(EncoderTask):
   """Task contract: `init`, `loss`, plus `features` and `reconstruct` for evals."""
 
   def __init__(self, config):
@@ -96,13 +96,6 @@ class MAETask(TaskBase):
     pred, mask = self.predict(params, batch["image"], rng, state)
     loss = masked_mse(pred, self.target(batch["image"]), mask.mask)
     return loss, ({"loss": loss}, state)
-
-  def features(self, params, state, images):
-    del state
-    return self.encoder.apply({"params": params["encoder"]}, images)["pooled"]
-
-  def encoder_params(self, params):
-    return params["encoder"]
 
   def reconstruct(self, params, state, images, rng):
     """Images [B, H, W, C]: the input, the masked input and the

@@ -29,7 +29,7 @@ from maskmodel import masking
 from maskmodel.config import ConfigError
 from maskmodel import models
 from maskmodel.models import build
-from maskmodel.tasks.base import TaskBase
+from maskmodel.tasks.base import EncoderTask
 from maskmodel.tasks.mae import masked_mse
 from maskmodel.tasks.simmim import MaskTokenModel
 
@@ -72,7 +72,7 @@ def hog_targets(images, patch_size: int, cell: int):
   return hist.reshape(b, (hc // u) * (wc // u), c * NBINS * u * u)
 
 
-class MaskFeatTask(TaskBase):
+class MaskFeatTask(EncoderTask):
   """Task contract: `init`, `loss`, plus `features`."""
 
   def __init__(self, config):
@@ -109,10 +109,3 @@ class MaskFeatTask(TaskBase):
     target = hog_targets(images, self.config.model.patch_size, self.cell)
     loss = masked_mse(pred, target, mask)
     return loss, ({"loss": loss}, state)
-
-  def features(self, params, state, images):
-    del state
-    return self.encoder.apply({"params": params["encoder"]}, images)["pooled"]
-
-  def encoder_params(self, params):
-    return params["encoder"]

@@ -27,7 +27,7 @@ from maskmodel import models
 from maskmodel.models import build
 from maskmodel.models.patches import patchify, reconstruction_images
 from maskmodel.models.vit import ViT, dense_init
-from maskmodel.tasks.base import TaskBase
+from maskmodel.tasks.base import EncoderTask
 
 
 def masked_l1(pred, target, mask, channels):
@@ -54,7 +54,7 @@ class MaskTokenModel(nn.Module):
                     name="head")(tokens).astype(jnp.float32)
 
 
-class SimMIMTask(TaskBase):
+class SimMIMTask(EncoderTask):
   """Task contract: `init`, `loss`, plus `features` and `reconstruct`."""
 
   def __init__(self, config):
@@ -90,13 +90,6 @@ class SimMIMTask(TaskBase):
     target = patchify(images, self.config.model.patch_size)
     loss = masked_l1(pred, target, mask, self.channels)
     return loss, ({"loss": loss}, state)
-
-  def features(self, params, state, images):
-    del state
-    return self.encoder.apply({"params": params["encoder"]}, images)["pooled"]
-
-  def encoder_params(self, params):
-    return params["encoder"]
 
   def reconstruct(self, params, state, images, rng):
     del state

@@ -34,7 +34,7 @@ from maskmodel.config import ConfigError
 from maskmodel.models.convnet import ConvNet, conv_init, upsample_mask
 from maskmodel.models.norm import LayerNorm
 from maskmodel.models.patches import patchify, reconstruction_images
-from maskmodel.tasks.base import TaskBase
+from maskmodel.tasks.base import EncoderTask
 from maskmodel.tasks.mae import masked_mse, normalized_pixel_target, patch_stats
 
 Dtype = Any
@@ -88,7 +88,7 @@ class SparKModel(nn.Module):
     return nn.Conv(self.channels, (1, 1), kernel_init=conv_init, name="proj")(x)
 
 
-class SparKTask(TaskBase):
+class SparKTask(EncoderTask):
   """Task contract: `init`, `loss` (with BatchNorm state), `features`,
   `reconstruct`."""
 
@@ -139,13 +139,6 @@ class SparKTask(TaskBase):
     target = normalized_pixel_target(patchify(images, self.downsample))
     loss = masked_mse(pred, target, mask)
     return loss, ({"loss": loss}, dict(state, batch_stats=stats))
-
-  def features(self, params, state, images):
-    del state
-    return self.encoder.apply({"params": params["encoder"]}, images)["pooled"]
-
-  def encoder_params(self, params):
-    return params["encoder"]
 
   def reconstruct(self, params, state, images, rng):
     pred, mask, _ = self.predict(params, state, images, rng, False)
