@@ -219,6 +219,16 @@ class PreemptionNotice:
       return False
 
 
+def _on_this_host(metadata):
+  """Restore targets for a checkpoint's array metadata, on this process's
+  first device, whatever mesh wrote them (a pod's run read by a fine-tune
+  on one host)."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata,
+      is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+
+
 def load_encoder_params(workdir):
   """The pretrained encoder params of the newest readable checkpoint in `workdir`.
 
@@ -231,18 +241,22 @@ def load_encoder_params(workdir):
   if not os.path.isdir(directory):
     raise CheckpointError(f"no checkpoint folder at {workdir!r}; set "
                           "task.init_from to the workdir of a finished run.")
-  mngr = ocp.CheckpointManager(directory)
+  mngr = ocp.CheckpointManager(
+      directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
   errors = []
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
+      abstract = _on_this_host(mngr.item_metadata(step)["state"].tree)
       state = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore()))["state"]
+          state=ocp.args.StandardRestore(abstract)))["state"]
     except Exception as e:  # pylint: disable=broad-except
       errors.append(f"step {step}: {type(e).__name__}")
       continue
-    if os.path.isdir(os.path.join(directory, FROZEN)):
-      state = fill(state, ocp.StandardCheckpointer().restore(
-          os.path.join(directory, FROZEN)))
+    frozen_dir = os.path.join(directory, FROZEN)
+    if os.path.isdir(frozen_dir):
+      reader = ocp.StandardCheckpointer()
+      state = fill(state, reader.restore(frozen_dir, _on_this_host(
+          reader.metadata(frozen_dir).item_metadata.tree)))
     params = state["params"]
     return params["encoder"] if "patch_embed" not in params else params
   raise CheckpointError(
