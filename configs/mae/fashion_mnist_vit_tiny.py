@@ -24,8 +24,8 @@ average about 7; the run got 57% of one core on average): 21 min 40 s wall,
 wall time on idle cores is not measured. Peak memory was 11 GB (the k-NN
 similarity matrix of 10,000 x 60,000; the k-NN now goes 1,024 test images at
 a time). These figures predate the normalized-pixel target's unbiased
-variance (MAE's official `forward_loss`), which moves the main job's
-numbers by under 0.02.
+variance (MAE's official `forward_loss`) and a jitted init; across those
+changes the main job's figures moved by under 0.02.
 
   python -m maskmodel.main --config configs/mae/fashion_mnist_vit_tiny.py --workdir /tmp/mae_fashion
 
