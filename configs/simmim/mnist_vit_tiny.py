@@ -6,9 +6,19 @@ patch size, ratio 0.6, L1 on masked pixels of the mean/std-normalized input.
 The digits are resized from 28 to 32 pixels so that the 8 x 8 patch grid
 splits into 4 x 4 mask cells. The report compares k-NN and linear-probe
 accuracy with the same encoder at random init and with raw pixels.
-Expected: not measured yet.
-Hardware / time: 2 CPU cores; the encoder sees all 64 patches, so a step
-costs several MAE steps.
+Expected (seed 0, measured by the command below; [CLS] features, the
+default `model.pool`):
+
+  | encoder                   | k-NN   | linear probe |
+  | SimMIM-pretrained         | 0.5370 | 0.8240       |
+  | same encoder, random init | 0.5090 | 0.7880       |
+  | raw pixels, no encoder    | 0.9510 | 0.8840       |
+
+Raw pixels beat this encoder on both, by far; it barely beats its random
+init. (The MAE main job, with mean-pooled features, reads 0.806 / 0.911.)
+Reconstruction MSE on hidden pixels: 0.8664 (normalized units).
+Hardware / time: 2 idle CPU cores, 9 min 3 s wall (523 s training); the encoder sees all 64
+patches, so a step costs about 2.5 MAE steps.
 
   python -m maskmodel.main --config configs/simmim/mnist_vit_tiny.py --workdir /tmp/simmim_mnist
 
