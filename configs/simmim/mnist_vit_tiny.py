@@ -17,8 +17,8 @@ default `model.pool`):
 Raw pixels beat this encoder on both, by far; it barely beats its random
 init. (The MAE main job, with mean-pooled features, reads 0.806 / 0.911.)
 Reconstruction MSE on hidden pixels: 0.8664 (normalized units).
-Hardware / time: 2 idle CPU cores, 9 min 3 s wall (523 s training); the encoder sees all 64
-patches, so a step costs about 2.5 MAE steps.
+Hardware / time: 2 idle CPU cores, 9 min 3 s wall (523 s training); the
+encoder sees all 64 patches, so a step costs about 2.5 MAE steps.
 
   python -m maskmodel.main --config configs/simmim/mnist_vit_tiny.py --workdir /tmp/simmim_mnist
 
