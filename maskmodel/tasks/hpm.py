@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from maskmodel import masking
 from maskmodel.config import ConfigError
 from maskmodel.models.mae import MaskedAutoencoder
-from maskmodel.tasks.mae import MAETask, masked_mse
+from maskmodel.tasks.mae import MAETask
 
 
 def relative_loss(pred, target, mask):
@@ -117,8 +117,9 @@ class HPMTask(MAETask):
     mask = self.mask(state, images, rng, step)
     pred, predicted_loss = self.model.apply({"params": params}, images,
                                             mask.ids_keep, mask.ids_restore)
+    # MAE's masked MSE, keeping the per-patch losses the predictor learns.
     per_patch = ((pred - self.target(images)) ** 2).mean(axis=-1)
-    reconstruction = masked_mse(pred, self.target(images), mask.mask)
+    reconstruction = (per_patch * mask.mask).sum() / mask.mask.sum()
     learn = relative_loss(predicted_loss, per_patch, mask.mask)
     loss = reconstruction + learn
     return loss, ({"loss": loss, "reconstruction_loss": reconstruction,
