@@ -79,6 +79,10 @@ def base_config():
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   c.data.train_split = "train"
   c.data.test_split = "test"
+  # The first N records of each split (0 = all): a smaller benchmark of a
+  # large dataset, for pretraining and for every eval alike.
+  c.data.train_examples = 0
+  c.data.test_examples = 0
   c.data.image_size = 28
   c.data.channels = 1
   c.data.num_classes = 10

@@ -32,8 +32,8 @@ def sources(config):
   d = config.data
   kw = dict(data_dir=d.data_dir, image_size=d.image_size, channels=d.channels,
             num_classes=d.num_classes)
-  return (data_lib.get_source(d.name, d.train_split, **kw),
-          data_lib.get_source(d.name, d.test_split, **kw))
+  return (data_lib.get_source(d.name, d.train_split, limit=d.train_examples, **kw),
+          data_lib.get_source(d.name, d.test_split, limit=d.test_examples, **kw))
 
 
 def train_step(task, tx, schedule, state, batch):

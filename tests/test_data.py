@@ -277,3 +277,15 @@ def test_fashion_mnist_installed_is_the_real_dataset():
   # Fashion-MNIST is balanced: 6,000 and 1,000 of each class.
   np.testing.assert_array_equal(np.bincount(tr.labels), [6000] * 10)
   np.testing.assert_array_equal(np.bincount(te.labels), [1000] * 10)
+
+
+def test_limit_keeps_the_first_records_and_refuses_too_many():
+  full = data.get_source("mnist5k", "train")
+  first = data.get_source("mnist5k", "train", limit=300)
+  assert len(first) == 300 and first.num_classes == 10
+  np.testing.assert_array_equal(first[299]["image"], full[299]["image"])
+  assert [first[i]["label"] for i in range(5)] == [full[i]["label"] for i in range(5)]
+  with pytest.raises(IndexError):
+    first[300]  # pylint: disable=pointless-statement
+  with pytest.raises(DataError, match="data.train_examples"):
+    data.get_source("mnist5k", "test", limit=1001)

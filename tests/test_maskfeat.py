@@ -129,3 +129,24 @@ def test_hog_matches_the_official_hog_layer():
 def test_trains_and_resumes_bit_exactly_on_8_devices(tmp_path):
   final = assert_resumes_bit_exactly(SMOKE, tmp_path / "w")
   assert 0.1 < final["knn_accuracy"] <= 1.0
+
+
+def test_pixel_target_is_the_masked_mse_on_normalized_pixels():
+  from maskmodel import tasks  # pylint: disable=g-import-not-at-top
+  from maskmodel.models.patches import patchify  # pylint: disable=g-import-not-at-top
+  from maskmodel.tasks.mae import masked_mse  # pylint: disable=g-import-not-at-top
+  c = load_config(SMOKE)
+  c.task.target = "pixels"
+  task = tasks.get_task(c)
+  images = jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 1))
+  params, state = task.init(jax.random.PRNGKey(1), {"image": images})
+  rng = jax.random.PRNGKey(2)
+  loss, _ = task.loss(params, state, {"image": images}, rng, 0)
+  mask = task.mask_policy(rng, 4).mask
+  pred = task.model.apply({"params": params}, images, mask)
+  assert pred.shape == (4, 49, 16)
+  np.testing.assert_allclose(loss, masked_mse(pred, patchify(images, 4), mask),
+                             rtol=1e-6)
+  c.task.target = "hogg"
+  with np.testing.assert_raises_regex(Exception, "task.target='hogg'"):
+    tasks.get_task(c)

@@ -11,6 +11,10 @@ Names:
   tfds:NAME    a TFDS dataset already prepared (ArrayRecord) under `data_dir`,
                read with `tfds.data_source`. Never downloaded here.
   synthetic    random images, for shape and speed tests only.
+
+`limit` (the config's `data.train_examples` / `data.test_examples`) keeps
+the first N records of a split, in the split's own order: Fashion-MNIST's
+files are already shuffled, the embedded splits are seeded permutations.
 """
 from __future__ import annotations
 
@@ -38,6 +42,22 @@ class ArraySource:
 
   def __getitem__(self, i):
     return {"image": self.images[i], "label": np.int32(self.labels[i])}
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstRecords:
+  """The first `n` records of a source; grain-compatible."""
+  source: object
+  n: int
+  num_classes: int
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    if not 0 <= i < self.n:
+      raise IndexError(f"record {i} is outside the first {self.n}")
+    return self.source[i]
 
 
 def _split(images, labels, num_classes, split, test_fraction, seed=0):
@@ -185,8 +205,22 @@ class TfdsSource:
 
 
 def get_source(name: str, split: str, *, data_dir=None, image_size=28,
-               channels=1, num_classes=10):
-  """Returns a random-access source for dataset `name` and `split`."""
+               channels=1, num_classes=10, limit=0):
+  """Returns a random-access source for dataset `name` and `split`, cut to
+  its first `limit` records when `limit` > 0."""
+  source = _get_source(name, split, data_dir=data_dir, image_size=image_size,
+                       channels=channels, num_classes=num_classes)
+  if not limit:
+    return source
+  if limit < 0 or limit > len(source):
+    raise DataError(f"{name} split {split!r} has {len(source)} records, and "
+                    f"the first {limit} were asked for; set data.train_examples"
+                    f" / data.test_examples between 1 and {len(source)}, or 0 "
+                    "for all.")
+  return FirstRecords(source, int(limit), source.num_classes)
+
+
+def _get_source(name, split, *, data_dir, image_size, channels, num_classes):
   if name == "mnist5k":
     return _split(*_mnist5k(), 10, split, test_fraction=0.2)
   if name == "digits":
