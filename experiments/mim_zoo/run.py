@@ -1,0 +1,314 @@
+"""The masked-image-modeling zoo on one budget: every method of part 1
+pretrains the same tiny ViT (SparK its convnet) for the same steps, on the
+embedded MNIST sample and on Fashion-MNIST, with 3 seeds, and each encoder
+is scored by k-NN, a linear probe and fine-tuning on 1% and 10% of the
+labels, next to the same networks at random init and to raw pixels.
+
+Each run is one config file of `configs/<method>/`, with the zoo's
+overrides (`run_config`): the dataset, `--steps` steps at batch 128, the
+warm-up cut to a tenth, and the evals. Everything else (learning rate,
+masking, crops, decoder) is the method's own tiny config, so a method runs
+its own recipe. The variants that test a paper's claim change one option of
+that config (`VARIANTS`).
+
+Baselines, once per dataset and seed: "random init" is the feature evals of
+the initial params of the MAE run (ViT) and of the SparK run (convnet);
+"raw pixels" those of the flattened normalized images, from the MAE run.
+
+Resumable: a run that finished has its `result.json` and is not run again;
+an interrupted one resumes from its last checkpoint (every 100 steps) when
+the command is run again. `results.json` and `results.md` are rewritten
+after every run, so a partial grid is reported as far as it went (the
+seeds column says how many).
+
+  python experiments/mim_zoo/run.py --workdir workdirs/mim_zoo --out workdirs/mim_zoo
+
+Writes to --out: results.json, results.md and reconstructions_<dataset>.png
+(the first test images, masked and reconstructed by seed 0 of each method
+that reconstructs pixels).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+try:
+  import maskmodel  # noqa: F401  pylint: disable=unused-import
+except ImportError:  # Run from a checkout without installing.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from maskmodel import tasks, train  # pylint: disable=g-import-not-at-top
+from maskmodel.evaluators.plots import image_grid  # pylint: disable=g-import-not-at-top
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BATCH = 128
+
+# name: (config file, the options it changes, what it is)
+VARIANTS = {
+    "mae": ("mae/mnist_vit_tiny.py", {}, "MAE, random masks"),
+    "simmim": ("simmim/mnist_vit_tiny.py", {}, "SimMIM, 8 px mask cells"),
+    "simmim_fine": ("simmim/mnist_vit_tiny.py", {"task.mask_patch_size": 4},
+                    "SimMIM, 4 px mask cells (one per patch)"),
+    "hpm": ("hpm/mnist_vit_tiny.py", {}, "HPM, hard patches mined"),
+    "hpm_predictor_only": ("hpm/mnist_vit_tiny.py",
+                           {"task.mine_hard_patches": False},
+                           "HPM's loss predictor, random masks"),
+    "colormae": ("colormae/mnist_vit_tiny.py", {}, "ColorMAE, green noise"),
+    "maskfeat": ("maskfeat/mnist_vit_tiny.py", {}, "MaskFeat, HOG target"),
+    "maskfeat_pixels": ("maskfeat/mnist_vit_tiny.py", {"task.target": "pixels"},
+                        "MaskFeat's recipe, pixel target"),
+    "lut": ("lut/mnist_vit_tiny.py", {}, "LUT, MAE + 0.25 BC loss"),
+    "lut_no_bc": ("lut/mnist_vit_tiny.py", {"task.bc_weight": 0.0},
+                  "LUT's views, MAE loss only"),
+    "cropmae": ("cropmae/mnist_vit_tiny.py", {}, "CropMAE, global to local"),
+    "cropmae_same": ("cropmae/mnist_vit_tiny.py", {"task.views": "same"},
+                     "CropMAE's decoder, one view"),
+    "spark": ("spark/mnist_convnet_tiny.py", {}, "SparK, convnet"),
+}
+DATASETS = {
+    "mnist5k": {},  # the tiny configs' own data settings
+    # The first 10,000 / 2,000 images of the official split: the evals run
+    # on every image of both, for each of the 3 x 13 runs.
+    "fashion_mnist": {"data.name": "fashion_mnist", "data.mean": (0.2860,),
+                      "data.std": (0.3530,), "data.flip": True,
+                      "data.train_examples": 10000, "data.test_examples": 2000},
+}
+METRICS = ("knn_accuracy", "linear_probe_accuracy", "low_label_1%",
+           "low_label_10%", "reconstruction_mse_pixels")
+# Each claim: (paper, better variant, worse variant).
+CLAIMS = (
+    ("HPM beats MAE", "hpm", "mae"),
+    ("HPM's loss-prediction objective alone helps", "hpm_predictor_only", "mae"),
+    ("Green-noise masks beat random masks (ColorMAE vs MAE)", "colormae", "mae"),
+    ("Coarse mask cells help SimMIM", "simmim", "simmim_fine"),
+    ("HOG targets beat pixels (MaskFeat)", "maskfeat", "maskfeat_pixels"),
+    ("LUT's extra loss helps", "lut", "lut_no_bc"),
+    ("CropMAE's global-to-local crops beat same-view crops", "cropmae",
+     "cropmae_same"),
+)
+CLAIM_METRICS = ("linear_probe_accuracy", "low_label_10%")
+NUM_RECONSTRUCTIONS = 8
+
+
+def load(path):
+  spec = importlib.util.spec_from_file_location("zoo_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def run_config(variant, dataset, seed, steps):
+  """The method's tiny config with the zoo's data, budget and evals."""
+  path, options, _ = VARIANTS[variant]
+  c = load(ROOT / "configs" / path)
+  for key, value in {**DATASETS[dataset], **options}.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  c.seed = seed
+  c.total_steps = steps
+  c.batch_size = BATCH
+  c.optimizer.warmup_steps = max(1, steps // 10)
+  c.log_every = max(1, steps // 5)
+  c.checkpoint_every = 100
+  c.evals.names = ("knn", "linear_probe", "low_label")
+  c.evals.knn.every = 0
+  c.evals.low_label.every = 0
+  c.evals.compare_random_init = variant in ("mae", "spark")
+  c.evals.compare_pixels = variant == "mae"
+  return c
+
+
+def reconstructions(config, state, test_source):
+  """Seed 0's masked inputs and reconstructions of the first test images,
+  for the methods that reconstruct pixels (None for the others)."""
+  task = tasks.get_task(config)
+  if not hasattr(task, "reconstruct"):
+    return None
+  images = np.stack([task.preprocess(test_source[i], None, False)["image"]
+                     for i in range(NUM_RECONSTRUCTIONS)])
+  out = jax.jit(task.reconstruct)(state["params"], state["task_state"], images,
+                                  jax.random.PRNGKey(0))
+  return {k: np.asarray(out[k]) for k in ("original", "masked", "reconstruction")}
+
+
+def run_one(variant, dataset, seed, steps, workdir):
+  """Trains and evaluates one run unless it already finished; its metrics."""
+  folder = workdir / dataset / variant / f"seed{seed}"
+  done = folder / "result.json"
+  if done.exists():
+    return json.loads(done.read_text())
+  config = run_config(variant, dataset, seed, steps)
+  t0 = time.time()
+  out = train.train_and_evaluate(config, str(folder))
+  result = {"variant": variant, "dataset": dataset, "seed": seed,
+            "steps": steps, "batch_size": BATCH,
+            "final": out["final"], "random_init": out["random_init"],
+            "pixels": out["pixels"],
+            "wall_seconds_last_invocation": round(time.time() - t0, 1)}
+  if seed == 0:
+    rec = reconstructions(config, out["state"], train.sources(config)[1])
+    if rec is not None:
+      np.savez_compressed(folder / "reconstructions.npz", **rec)
+  done.write_text(json.dumps(result, indent=1))
+  return result
+
+
+def mean_std(values):
+  if not values:
+    return None
+  return {"mean": statistics.fmean(values),
+          "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+          "n": len(values)}
+
+
+def summarize(results):
+  """{dataset: {row: {metric: mean/std/n}}}, with the baseline rows."""
+  table = {}
+  for r in results:
+    rows = table.setdefault(r["dataset"], {})
+    sources = [(r["variant"], r["final"])]
+    arch = "convnet" if r["variant"] == "spark" else "vit"
+    if r["random_init"]:
+      sources.append((f"random_init_{arch}", r["random_init"]))
+    if r["pixels"]:
+      sources.append(("pixels", r["pixels"]))
+    for row, metrics in sources:
+      cell = rows.setdefault(row, {"_wall": []})
+      for m in METRICS:
+        if m in metrics:
+          cell.setdefault(m, []).append(metrics[m])
+      if row == r["variant"]:
+        cell["_wall"].append(r["wall_seconds_last_invocation"])
+  return {d: {row: {m: mean_std(v) for m, v in cell.items()}
+              for row, cell in rows.items()} for d, rows in table.items()}
+
+
+def claims(table):
+  """Each claim per dataset and metric: the mean difference and whether it
+  exceeds the two standard deviations added (else: within noise)."""
+  out = []
+  for text, better, worse in CLAIMS:
+    for dataset, rows in table.items():
+      if better not in rows or worse not in rows:
+        continue
+      for m in CLAIM_METRICS:
+        a, b = rows[better].get(m), rows[worse].get(m)
+        if not a or not b:
+          continue
+        diff = a["mean"] - b["mean"]
+        noise = a["std"] + b["std"]
+        verdict = ("holds" if diff > noise else
+                   "does not hold" if diff < -noise else "within noise")
+        out.append({"claim": text, "dataset": dataset, "metric": m,
+                    "better": better, "worse": worse, "difference": diff,
+                    "std_sum": noise, "verdict": verdict,
+                    "seeds": min(a["n"], b["n"])})
+  return out
+
+
+def fmt(cell):
+  if not cell:
+    return "-"
+  return f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+
+
+def markdown(table, claim_rows, steps, wall):
+  names = {"knn_accuracy": "k-NN", "linear_probe_accuracy": "linear probe",
+           "low_label_1%": "1% labels", "low_label_10%": "10% labels"}
+  lines = [f"Budget: {steps} steps at batch {BATCH} for every method "
+           f"(total wall time of this command so far: {wall / 60:.1f} min).", ""]
+  for dataset, rows in table.items():
+    lines += [f"### {dataset}", "",
+              "| encoder | " + " | ".join(names.values()) + " | seeds | min per run |",
+              "|---|" + "---|" * (len(names) + 2)]
+    order = [v for v in VARIANTS if v in rows] + [
+        r for r in ("random_init_vit", "random_init_convnet", "pixels") if r in rows]
+    for row in order:
+      cell = rows[row]
+      n = max((c["n"] for k, c in cell.items() if c and k != "_wall"), default=0)
+      wall = cell.get("_wall")
+      minutes = f"{wall['mean'] / 60:.1f}" if wall else "-"
+      lines.append(f"| {row} | " + " | ".join(fmt(cell.get(m)) for m in names)
+                   + f" | {n} | {minutes} |")
+    lines.append("")
+  lines += ["### Claims", "",
+            "| claim | dataset | metric | difference | std sum | verdict | seeds |",
+            "|---|---|---|---|---|---|---|"]
+  for c in claim_rows:
+    lines.append(f"| {c['claim']} | {c['dataset']} | {names[c['metric']]} | "
+                 f"{c['difference']:+.3f} | {c['std_sum']:.3f} | {c['verdict']} | "
+                 f"{c['seeds']} |")
+  return "\n".join(lines) + "\n"
+
+
+def figures(workdir, out, datasets):
+  for dataset in datasets:
+    rows = {}
+    for variant in VARIANTS:
+      path = workdir / dataset / variant / "seed0" / "reconstructions.npz"
+      if path.exists():
+        rec = np.load(path)
+        rows.setdefault("original", rec["original"])
+        rows[f"{variant} masked"] = rec["masked"]
+        rows[f"{variant} output"] = rec["reconstruction"]
+    if rows:
+      config = run_config("mae", dataset, 0, 10)
+      image_grid(rows, out / f"reconstructions_{dataset}.png",
+                 config.data.mean, config.data.std)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdir", required=True, help="the runs' checkpoints")
+  p.add_argument("--out", required=True, help="results.json, results.md, figures")
+  p.add_argument("--steps", type=int, default=600)
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--datasets", default=",".join(DATASETS))
+  p.add_argument("--methods", default=",".join(VARIANTS))
+  a = p.parse_args()
+  seeds = [int(s) for s in a.seeds.split(",")]
+  datasets, methods = a.datasets.split(","), a.methods.split(",")
+  for name, known in (("dataset", DATASETS), ("method", VARIANTS)):
+    bad = [x for x in (datasets if name == "dataset" else methods) if x not in known]
+    if bad:
+      sys.exit(f"error: unknown {name} {', '.join(bad)}; use some of "
+               f"{', '.join(known)}.")
+  if a.steps < 100:
+    sys.exit(f"error: --steps={a.steps} is under the checkpoint interval "
+             "(100); use 100 or more.")
+  workdir, out = pathlib.Path(a.workdir), pathlib.Path(a.out)
+  out.mkdir(parents=True, exist_ok=True)
+  t0, results = time.time(), []
+  # Seed by seed, so that a partial grid has every method at least once.
+  for seed in seeds:
+    for dataset in datasets:
+      for variant in methods:
+        results.append(run_one(variant, dataset, seed, a.steps, workdir))
+        table = summarize(results)
+        claim_rows = claims(table)
+        wall = time.time() - t0
+        (out / "results.json").write_text(json.dumps({
+            "steps": a.steps, "batch_size": BATCH, "seeds": seeds,
+            "wall_seconds": round(wall, 1), "host": platform.processor() or
+            platform.machine(), "devices": str(jax.devices()),
+            "table": table, "claims": claim_rows,
+            "runs": results}, indent=1))
+        (out / "results.md").write_text(markdown(table, claim_rows, a.steps, wall))
+  figures(workdir, out, datasets)
+  print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+  main()
