@@ -11,8 +11,9 @@ grayscale, solarize or blur. Mask 0.75 with disjoint visible sets, an 8x512
 decoder with the norm-pix loss on view 1, and the broader-context loss
 (weight 0.25) through 768-4096-768 BatchNorm projector and predictor against
 an EMA teacher whose decay goes from 0.996 to 1 by a cosine.
-Expected: 84.2 top-1 after fine-tuning at 1600 epochs (LUT's Table; their
-MAE: 83.7; ViT-S 82.0, ViT-L 86.0).
+Expected: 84.2 top-1 after fine-tuning (the official README's table; their
+MAE: 83.7; LUT ViT-S 82.0, ViT-L 86.0). The table does not give the epochs
+behind it; the recommended command runs 1600.
 Hardware / time: the paper trains on 8 V100s; not timed here.
 Data: TFDS `imagenet2012`, prepared beforehand under DATA_DIR (it is never
 downloaded by this code).
