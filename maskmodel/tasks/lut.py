@@ -1,9 +1,10 @@
 """LUT: Learning with Unmasked Tokens Drives Stronger Vision Learners (Kim et
-al. 2024).
+al., ECCV 2024, arXiv 2310.13593).
 
 MAE, plus a "broader context" (BC) branch that asks the few visible tokens
-of a masked view to agree with what a teacher sees of the whole image
-(Sec. 3, naver-ai/lut `models/models_lut.py`, `engines/engine_lut.py`):
+of a masked view to agree with what a teacher sees of the whole image. The
+equations below are those of the official code (naver-ai/lut
+`models/models_lut.py`, `engines/engine_lut.py`, `main_lut.py`):
 
 - Two views of each image, made on the host (`preprocess`; `TwoGlobalView
   Augmentation` in `main_lut.py`): no random resized crop, but a resize of
@@ -36,6 +37,9 @@ of a masked view to agree with what a teacher sees of the whole image
   running statistics, which are the EMA of the student's.
 - The EMA decay follows a cosine from `ema_start` (0.996) to 1 over the run,
   per step (`cosine_scheduler` in `util/augs.py`, used by `main_lut.py`).
+  The official schedule counts micro-batches and updates the EMA once per
+  `accum_iter` of them; here a step is one optimizer step of the global
+  batch, so the cosine is the same function of the run's progress.
 
 Deliberate differences, named here:
 - The teacher keeps only what it runs: the encoder and the projector with
