@@ -47,11 +47,14 @@ def test_config_builds(path):
   n = sum(x.size for x in jax.tree.leaves(params))
   assert n > 0
   # ViT-B encoder (86M) + MAE decoder (26M incl. embed/pred); HPM adds a
-  # second decoder stack; SimMIM and MaskFeat only a linear head.
+  # second decoder stack; LUT a projector and a predictor; SimMIM and
+  # MaskFeat only a linear head.
   if "mae/imagenet_vit_b16" in path:
     assert 105e6 < n < 120e6, n
   elif "hpm/imagenet_vit_b16" in path:
     assert 130e6 < n < 145e6, n
+  elif "lut/imagenet_vit_b16" in path:  # + two 768-4096-768 BatchNorm MLPs
+    assert n == 111_655_680 + 2 * (2 * 768 * 4096 + 2 * 4096), n
   elif "simmim/imagenet_vit_b16" in path or "maskfeat/imagenet_vit_b16" in path:
     assert 85e6 < n < 87e6, n
 

@@ -112,6 +112,8 @@ ZOO = {
     "hpm/imagenet_vit_b16.py": (800, 256, 1.5e-4, 40, 0.95, 0.05, 0.0, (0.2, 1.0)),
     "colormae/imagenet_vit_b16.py": (300, 4096, 1.5e-4 * 4096 / 256, 40, 0.95, 0.05, 0.0, (0.2, 1.0)),
     "cropmae/imagenet_vit_s16.py": (400, 2048, 8e-4, 20, 0.95, 0.05, 0.0, None),
+    # lr = blr * sqrt(batch) / 4 in `main_lut.py`, = blr * batch / 256 at 4096.
+    "lut/imagenet_vit_b16.py": (1600, 4096, 1.5e-4 * 4096 / 256, 40, 0.95, 0.05, 0.0, None),
 }
 
 
@@ -143,3 +145,9 @@ def test_zoo_recipe_details():
   assert hpm.task.steps_per_epoch == 1_281_167 // 256 and not hpm.task.norm_pix_loss
   cropmae = get_task(load_config(os.path.join(ROOT, "configs", "cropmae", "imagenet_vit_s16.py")))
   assert cropmae.keep == 2  # int(196 * 0.015)
+  lut = load_config(os.path.join(ROOT, "configs", "lut", "imagenet_vit_b16.py"))
+  t = lut.task
+  assert (t.mask_ratio, t.norm_pix_loss, t.bc_weight, t.ema_start) == (0.75, True, 0.25, 0.996)
+  assert (t.head_hidden, t.crop_padding, t.color_jitter_prob) == (4096, 4, 0.8)
+  assert tuple(t.color_jitter) == (0.4, 0.4, 0.2, 0.1) and lut.data.flip
+  assert get_task(lut).keep == 49  # 196 // 4 per view, disjoint

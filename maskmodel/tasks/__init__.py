@@ -7,6 +7,7 @@ from maskmodel.tasks.classify import ClassifyTask
 from maskmodel.tasks.colormae import ColorMAETask
 from maskmodel.tasks.cropmae import CropMAETask
 from maskmodel.tasks.hpm import HPMTask
+from maskmodel.tasks.lut import LUTTask
 from maskmodel.tasks.mae import MAETask
 from maskmodel.tasks.maskfeat import MaskFeatTask
 from maskmodel.tasks.simmim import SimMIMTask
@@ -14,7 +15,7 @@ from maskmodel.tasks.spark import SparKTask
 
 TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "maskfeat": MaskFeatTask, "cropmae": CropMAETask,
-         "colormae": ColorMAETask, "spark": SparKTask,
+         "colormae": ColorMAETask, "spark": SparKTask, "lut": LUTTask,
          "classify": ClassifyTask}
 
 
