@@ -43,6 +43,9 @@ def validate(config, num_devices: int):
            f"optimizer.warmup_steps={o.warmup_steps} must be in [0, total_steps).")
   _require(0 < o.layer_decay <= 1.0,
            f"optimizer.layer_decay={o.layer_decay} must be in (0, 1]; 1 disables it.")
+  names = ("adamw", "lamb")
+  _require(o.get("name", "adamw") in names,
+           f"optimizer.name={o.get('name')!r} is unknown; use one of {names}.")
   schedules = ("cosine", "multistep")
   _require(o.schedule in schedules,
            f"optimizer.schedule={o.schedule!r} is unknown; use one of "
@@ -116,6 +119,9 @@ def base_config():
   c.optimizer.schedule = "cosine"  # or "multistep": lr * gamma at each milestone
   c.optimizer.milestones = ml_collections.FieldReference((), field_type=tuple)
   c.optimizer.gamma = 0.1
+  c.optimizer.name = "adamw"  # or "lamb" (SparK's LAMB)
+  # None: constant weight decay; a value: cosine from weight_decay to it.
+  c.optimizer.weight_decay_end = ml_collections.FieldReference(None, field_type=float)
 
   c.evals = ml_collections.ConfigDict()
   c.evals.names = ("knn",)

@@ -1,10 +1,14 @@
-"""The optax optimizer: AdamW, warmup + cosine schedule, gradient clipping,
+"""The optax optimizer: AdamW or LAMB, warmup + cosine schedule, an optional
+cosine weight-decay schedule, gradient clipping,
 and a learning-rate multiplier per parameter from the task
 (`Task.param_labels`): layer-wise lr decay for fine-tuning (BEiT Sec. 2.4;
 MAE Appendix A.2), per-group rates, and frozen leaves (multiplier 0)."""
 from __future__ import annotations
 
+import math
+
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -26,6 +30,49 @@ def lr_schedule(config):
 def decay_mask(params):
   """Weight decay on matrices only: no decay on biases, norms, tokens."""
   return jax.tree.map(lambda p: p.ndim > 1 and p.size > p.shape[-1], params)
+
+
+def weight_decay_schedule(config):
+  """`optimizer.weight_decay`, constant, or with `optimizer.weight_decay_end`
+  a cosine from it at step 0 to the end value at the last step (SparK's
+  `lr_wd_annealing` in `pretrain/utils/lr_control.py`)."""
+  o = config.optimizer
+  start, end = o.weight_decay, o.get("weight_decay_end")
+  if end is None:
+    return lambda step: jnp.asarray(start, jnp.float32)
+  last = max(config.total_steps - 1, 1)
+  def schedule(step):
+    cos = jnp.cos(math.pi * jnp.minimum(step, last) / last)
+    return end + (start - end) * (0.5 + 0.5 * cos)
+  return schedule
+
+
+def add_scheduled_weight_decay(schedule, mask) -> optax.GradientTransformation:
+  """`optax.add_decayed_weights` with a rate that follows `schedule(step)`."""
+  def init(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params):
+    rate = schedule(state.count)
+    updates = jax.tree.map(lambda u, p, m: u + rate * p if m else u,
+                           updates, params, mask(params))
+    return updates, optax.ScaleByScheduleState(
+        count=optax.safe_int32_increment(state.count))
+  return optax.GradientTransformation(init, update)
+
+
+def lamb(schedule, wd_schedule, b1, b2):
+  """LAMB (You et al. 2020) as SparK runs it (`TheSameAsTimmLAMB`, SparK's
+  `pretrain/utils/lamb.py`): Adam's bias-corrected step with eps 1e-6, plus
+  weight decay, scaled by ||w|| / ||update|| (1 where either is 0) only on
+  the decayed leaves (the official trust ratio skips parameters with no
+  weight decay), then by the learning rate."""
+  return optax.chain(
+      optax.scale_by_adam(b1=b1, b2=b2, eps=1e-6),
+      add_scheduled_weight_decay(wd_schedule, decay_mask),
+      optax.masked(optax.scale_by_trust_ratio(), decay_mask),
+      optax.scale_by_learning_rate(schedule))
 
 
 def scale_by_tree(scales) -> optax.GradientTransformation:
@@ -55,8 +102,17 @@ def make_optimizer(config, params, lr_scales=None):
   parts = []
   if o.grad_clip:
     parts.append(optax.clip_by_global_norm(o.grad_clip))
-  parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2,
-                           weight_decay=o.weight_decay, mask=decay_mask))
+  name = o.get("name", "adamw")
+  if name == "lamb":
+    parts.append(lamb(schedule, weight_decay_schedule(config), o.b1, o.b2))
+  elif o.get("weight_decay_end") is not None:
+    parts.append(optax.chain(
+        optax.scale_by_adam(b1=o.b1, b2=o.b2),
+        add_scheduled_weight_decay(weight_decay_schedule(config), decay_mask),
+        optax.scale_by_learning_rate(schedule)))
+  else:
+    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2,
+                             weight_decay=o.weight_decay, mask=decay_mask))
   tx = optax.chain(*parts)
   scales = jax.tree.leaves(lr_scales)
   if 0.0 in scales:

@@ -60,14 +60,14 @@ def test_relative_loss_is_small_when_ordered_and_large_when_reversed():
 def test_hard_masks_and_schedules():
   predicted = jnp.asarray(np.random.default_rng(2).random((4, 49)), jnp.float32)
   keep = 12
-  m = hard_patch_mask(jax.random.PRNGKey(0), predicted, keep, 0.5)
+  m = hard_patch_mask(jax.random.PRNGKey(0), predicted, keep, int((49 - keep) * 0.5))
   mask = np.asarray(m.mask)
   assert (mask.sum(axis=1) == 49 - keep).all()
   top = np.argsort(-np.asarray(predicted), axis=1)[:, :int((49 - keep) * 0.5)]
   assert (np.take_along_axis(mask, top, 1) == 1).all()  # the hardest are hidden
-  # alpha = 0: nothing mined, the hardest patch is hidden only by chance.
+  # No patch mined, the hardest patch is hidden only by chance.
   hardest = np.argmax(np.asarray(predicted), axis=1)
-  seen = [np.asarray(hard_patch_mask(jax.random.PRNGKey(s), predicted, keep, 0.0).mask)[
+  seen = [np.asarray(hard_patch_mask(jax.random.PRNGKey(s), predicted, keep, 0).mask)[
       np.arange(4), hardest] for s in range(20)]
   assert 0 < np.mean(seen) < 1
   # alpha climbs per epoch to 0.5 in the last one; the EMA decay ramps, then stays.

@@ -114,6 +114,7 @@ ZOO = {
     "cropmae/imagenet_vit_s16.py": (400, 2048, 8e-4, 20, 0.95, 0.05, 0.0, None),
     # lr = blr * sqrt(batch) / 4 in `main_lut.py`, = blr * batch / 256 at 4096.
     "lut/imagenet_vit_b16.py": (1600, 4096, 1.5e-4 * 4096 / 256, 40, 0.95, 0.05, 0.0, None),
+    "spark/imagenet_convnext_b.py": (1600, 4096, 2e-4 * 4096 / 256, 40, 0.999, 0.04, 5.0, (0.67, 1.0)),
 }
 
 
@@ -151,3 +152,25 @@ def test_zoo_recipe_details():
   assert (t.head_hidden, t.crop_padding, t.color_jitter_prob) == (4096, 4, 0.8)
   assert tuple(t.color_jitter) == (0.4, 0.4, 0.2, 0.1) and lut.data.flip
   assert get_task(lut).keep == 49  # 196 // 4 per view, disjoint
+
+
+def test_spark_convnext_b_recipe_and_network():
+  """SparK's LAMB with weight decay 0.04 -> 0.2 (`pretrain/utils/arg_util.py`,
+  `lr_control.py`), mask 0.6 on the 7 x 7 stride-32 grid (round(19.6) = 20
+  cells active), and ConvNeXt-B with exactly its parameters (88,591,464
+  with the 1,000-class head, as timm's `convnext_base`)."""
+  c = load_config(os.path.join(ROOT, "configs", "spark", "imagenet_convnext_b.py"))
+  assert (c.optimizer.name, c.optimizer.weight_decay_end) == ("lamb", 0.2)
+  assert c.optimizer.min_lr == pytest.approx(0.001 * c.optimizer.lr)
+  assert (c.task.mask_ratio, c.task.decoder_width) == (0.6, 768)
+  task = get_task(c)
+  assert (task.grid, task.keep, task.downsample) == ((7, 7), 20, 32)
+  batch = {"image": jnp.zeros((1, 224, 224, 3))}
+  params, _ = jax.eval_shape(task.init, jax.random.PRNGKey(0), batch)
+  count = sum(math.prod(x.shape) for x in jax.tree.leaves(params["encoder"]))
+  assert count + 1024 * 1000 + 1000 == 88_591_464
+  # Densify at the 4 encoder scales, 5 decoder blocks up to 224 pixels.
+  assert sorted(k for k in params if k.startswith("densify_proj")) == [
+      f"densify_proj_{i}" for i in range(4)]
+  assert sorted(k for k in params if k.startswith("decoder_")) == [
+      f"decoder_{i}" for i in range(5)]

@@ -105,3 +105,66 @@ def test_multistep_schedule_warms_up_then_drops_at_each_milestone():
   c.optimizer.schedule = "step"
   with pytest.raises(config_lib.ConfigError, match="optimizer.schedule='step'"):
     config_lib.validate(c, 1)
+
+
+def test_weight_decay_schedule_is_sparks_cosine():
+  """SparK's `lr_wd_annealing` (`pretrain/utils/lr_control.py`):
+  wd_end + (wd - wd_end)(0.5 + 0.5 cos(pi it / (max_it - 1)))."""
+  c = _cfg()
+  c.total_steps, c.optimizer.weight_decay, c.optimizer.weight_decay_end = 11, 0.04, 0.2
+  s = optim.weight_decay_schedule(c)
+  want = [0.2 + (0.04 - 0.2) * (0.5 + 0.5 * np.cos(np.pi * i / 10)) for i in range(11)]
+  np.testing.assert_allclose([s(i) for i in range(11)], want, rtol=1e-6)
+  c.optimizer.weight_decay_end = None
+  np.testing.assert_allclose(optim.weight_decay_schedule(c)(7), 0.04)
+
+
+def _official_lamb(params, grads_seq, lrs, wds, b1, b2, eps=1e-6):
+  """A port of SparK's `TheSameAsTimmLAMB.step` (`pretrain/utils/lamb.py`)
+  without its global clip: Adam's bias-corrected step plus weight decay,
+  times ||p|| / ||update|| on the leaves with weight decay (matrices, as
+  SparK's `get_param_groups` leaves 1-d tensors undecayed), times -lr."""
+  p = {k: v.astype(np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in p.items()}
+  v = {k: np.zeros_like(x) for k, x in p.items()}
+  for t, (g, lr, wd) in enumerate(zip(grads_seq, lrs, wds), start=1):
+    for k in p:
+      m[k] = b1 * m[k] + (1 - b1) * g[k]
+      v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+      update = (m[k] / (1 - b1 ** t)) / (np.sqrt(v[k]) / np.sqrt(1 - b2 ** t) + eps)
+      if p[k].ndim > 1:  # the decayed group
+        update = update + wd * p[k]
+        w_norm, u_norm = np.linalg.norm(p[k]), np.linalg.norm(update)
+        update = update * (w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0)
+      p[k] = p[k] - lr * update
+  return p
+
+
+def test_lamb_matches_sparks_lamb_with_its_weight_decay_schedule():
+  c = _cfg()
+  c.optimizer.name, c.optimizer.b2 = "lamb", 0.95
+  c.optimizer.weight_decay, c.optimizer.weight_decay_end = 0.04, 0.2
+  c.total_steps, c.optimizer.warmup_steps, c.optimizer.grad_clip = 4, 1, 0.0
+  rng = np.random.default_rng(0)
+  params = {"w": rng.normal(size=(5, 3)).astype(np.float32),
+            "b": rng.normal(size=(3,)).astype(np.float32)}
+  grads_seq = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+               for _ in range(4)]
+  tx, schedule = optim.make_optimizer(c, params)
+  wd = optim.weight_decay_schedule(c)
+  state, p = tx.init(params), params
+  for g in grads_seq:
+    updates, state = tx.update(g, state, p)
+    p = jax.tree.map(lambda a, u: a + u, p, updates)
+  want = _official_lamb(params, grads_seq, [float(schedule(i)) for i in range(4)],
+                        [float(wd(i)) for i in range(4)], c.optimizer.b1, c.optimizer.b2)
+  for k in params:
+    np.testing.assert_allclose(np.asarray(p[k]), want[k], rtol=2e-5, atol=1e-6)
+  # The trust ratio matters: plain AdamW with the same decay differs.
+  c.optimizer.name = "adamw"
+  tx, _ = optim.make_optimizer(c, params)
+  state, q = tx.init(params), params
+  for g in grads_seq:
+    updates, state = tx.update(g, state, q)
+    q = jax.tree.map(lambda a, u: a + u, q, updates)
+  assert not np.allclose(np.asarray(q["w"]), want["w"], atol=1e-4)

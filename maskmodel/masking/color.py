@@ -5,9 +5,10 @@ Large fields of coloured noise are made once. Each batch takes a random
 grid-sized window of them, at one position with random horizontal and
 vertical flips for every chunk of `len(fields)` samples (sample i reads
 field i mod L), and each sample keeps visible the patches where its window
-is highest (`ColorMasking` in carlosh93/ColorMAE's
-`models/utils/masking_generator.py`; the official division of each window
-by its maximum does not change that order).
+is highest after each window is divided by its own maximum (`ColorMasking`
+in carlosh93/ColorMAE's `models/utils/masking_generator.py`). The division
+is kept because a window whose maximum is negative has its order reversed
+by it, as in the official code.
 
 The official fields are downloads whose generator is not published. They are
 made here from the paper's definitions, with white noise n and a periodic
@@ -68,7 +69,8 @@ def color_noise_mask(rng, batch_size: int, grid: tuple[int, int], *, fields,
     w = jax.lax.dynamic_slice(fields, (0, ys[chunk], xs[chunk]),
                               (num_fields, gh, gw))
     w = jnp.where(flips[chunk, 0], w[:, :, ::-1], w)
-    return jnp.where(flips[chunk, 1], w[:, ::-1, :], w)
+    w = jnp.where(flips[chunk, 1], w[:, ::-1, :], w)
+    return w / w.max(axis=(1, 2), keepdims=True)  # `NormalizeBySliceMax`
 
   windows = jax.vmap(window)(jnp.arange(chunks))  # [chunks, L, gh, gw]
   windows = windows.reshape(chunks * num_fields, gh * gw)[:batch_size]

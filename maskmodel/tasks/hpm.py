@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from maskmodel import masking
 from maskmodel.config import ConfigError
@@ -58,14 +59,33 @@ def hard_fraction(step, steps_per_epoch: int, epochs: int):
   return 0.5 * (epoch + 1) / epochs
 
 
-def hard_patch_mask(rng, predicted_loss, keep: int, alpha) -> masking.Mask:
-  """Hides the int(n_mask * alpha) patches of highest predicted loss, and
-  random others up to N - keep; `keep` stay visible, chosen at random among
-  the rest (`generate_mask` in the official code). `alpha` may be traced."""
+def num_hard_patches(step, steps_per_epoch: int, epochs: int, num_masked: int):
+  """int(num_masked * alpha_t), the number of mined patches in epoch t.
+
+  Counted on the host in float64 as `generate_mask` counts them
+  (`int((L - len_keep) * float((epoch + 1) / total_epoch) * 0.5)`), one
+  entry per epoch, so that a float32 alpha under jit never rounds across an
+  integer (at 49 epochs and 147 hidden patches the official count in epoch 1
+  is 2, a float32 product gives 3). `step` may be traced.
+  """
+  table = np.array([int(num_masked * (float((e + 1) / epochs) * 0.5))
+                    for e in range(epochs)], np.int32)
+  epoch = jnp.clip(step // steps_per_epoch, 0, epochs - 1)
+  return jnp.asarray(table)[epoch]
+
+
+def hard_patch_mask(rng, predicted_loss, keep: int, num_hard) -> masking.Mask:
+  """Hides the `num_hard` patches of highest predicted loss, and random
+  others up to N - keep; `keep` stay visible, chosen at random among the
+  rest (`generate_mask` in the official code). `num_hard` may be traced.
+
+  Ties rank as the official ascending `torch.argsort` does on CPU (stable):
+  of equal predicted losses the later patch counts as harder.
+  """
   b, n = predicted_loss.shape
-  num_hard = jnp.floor((n - keep) * alpha).astype(jnp.int32)
-  rank = jnp.argsort(jnp.argsort(-predicted_loss, axis=1), axis=1)  # 0 = highest
-  hard = rank < num_hard
+  order = jnp.argsort(predicted_loss, axis=1, stable=True)  # ascending
+  rank = jnp.argsort(order, axis=1)                          # n - 1 = highest
+  hard = rank >= n - num_hard
   noise = jax.random.uniform(rng, (b, n))
   return masking.mask_from_scores(jnp.where(hard, 2.0, noise), keep)
 
@@ -108,9 +128,10 @@ class HPMTask(MAETask):
     everything = jnp.broadcast_to(jnp.arange(n), (images.shape[0], n))
     _, predicted = self.teacher.apply({"params": state["teacher"]}, images,
                                       everything, everything)
-    alpha = hard_fraction(step, self.config.task.steps_per_epoch, self.epochs)
+    num_hard = num_hard_patches(step, self.config.task.steps_per_epoch,
+                                self.epochs, n - self.keep)
     return hard_patch_mask(rng, jax.lax.stop_gradient(predicted), self.keep,
-                           alpha)
+                           num_hard)
 
   def loss(self, params, state, batch, rng, step):
     images = batch["image"]
