@@ -127,6 +127,12 @@ def run_config(variant, dataset, seed, steps):
   c.evals.low_label.every = 0
   c.evals.compare_random_init = variant in ("mae", "spark")
   c.evals.compare_pixels = variant == "mae"
+  if c.task.name == "hpm":
+    # HPM counts its schedules in epochs: the easy-to-hard fraction over the
+    # run, the teacher's EMA ramp over its first half (as the tiny config).
+    n = c.data.train_examples or 4000  # mnist5k's train split
+    c.task.steps_per_epoch = n // BATCH
+    c.task.ema_ramp_epochs = max(1, -(-steps // c.task.steps_per_epoch) // 2)
   return c
 
 
@@ -273,7 +279,7 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True, help="the runs' checkpoints")
   p.add_argument("--out", required=True, help="results.json, results.md, figures")
-  p.add_argument("--steps", type=int, default=600)
+  p.add_argument("--steps", type=int, default=500)
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--datasets", default=",".join(DATASETS))
   p.add_argument("--methods", default=",".join(VARIANTS))
