@@ -10,7 +10,8 @@ from conftest import ROOT
 
 # (notebook, text its last markdown table must contain)
 NOTEBOOKS = [("mae_quickstart.ipynb", "MAE-pretrained"),
-             ("token_merging.ipynb", "| tome |")]
+             ("token_merging.ipynb", "| tome |"),
+             ("mim_zoo.ipynb", "| ColorMAE |")]
 
 
 @pytest.mark.parametrize("name,table_text", NOTEBOOKS)
