@@ -392,8 +392,11 @@ def test_tome_schedules_match_parse_r():
 
 def _tome_merge_numpy(metric, x, r, class_token, distill_token):
   """facebookresearch/ToMe `tome/merge.py`, `bipartite_soft_matching` with
-  `merge_wavg` (unit sizes): [CLS] row and distillation column at -inf,
-  r capped at half of the unprotected tokens."""
+  `merge_wavg` (unit sizes) and `merge_source` (one-hot maps merged with
+  amax): [CLS] row and distillation column at -inf, r capped at half of the
+  unprotected tokens, and with a distillation token `merge` returns
+  `[unm[:1], dst[:1], unm[1:], dst[1:]]`. Returns `(x, source)`, source the
+  `[B, N - r, N]` one-hot map."""
   protected = int(class_token) + int(distill_token)
   r = min(r, (x.shape[1] - protected) // 2)
   m = _normalize(metric.astype(np.float64))
@@ -404,19 +407,29 @@ def _tome_merge_numpy(metric, x, r, class_token, distill_token):
   if distill_token:
     scores[:, :, 0] = -np.inf
   node_max, node_idx = scores.max(-1), scores.argmax(-1)
-  out = []
-  for i in range(x.shape[0]):
+
+  def merge(i, v, reduce_op):
     edge = np.argsort(-node_max[i], kind="stable")
     unm, src = edge[r:], edge[:r]
     if class_token:
       unm = np.sort(unm)
-    xs, xd = x[i, ::2].astype(np.float64), x[i, 1::2].astype(np.float64)
-    total, size = xd.copy(), np.ones(len(xd))
+    vs, vd = v[::2], v[1::2].copy()
     for j in src:
-      total[node_idx[i, j]] += xs[j]
-      size[node_idx[i, j]] += 1
-    out.append(np.concatenate([xs[unm], total / size[:, None]]))
-  return np.stack(out)
+      vd[node_idx[i, j]] = reduce_op(vd[node_idx[i, j]], vs[j])
+    vu = vs[unm]
+    if distill_token:
+      return np.concatenate([vu[:1], vd[:1], vu[1:], vd[1:]])
+    return np.concatenate([vu, vd])
+
+  xs, srcs = [], []
+  n = x.shape[1]
+  for i in range(x.shape[0]):
+    # merge_wavg: sum of x * size and of size, then divide
+    v = np.concatenate([x[i].astype(np.float64), np.ones((n, 1))], axis=1)
+    v = merge(i, v, np.add)
+    xs.append(v[:, :-1] / v[:, -1:])
+    srcs.append(merge(i, np.eye(n), np.maximum))
+  return np.stack(xs), np.stack(srcs)
 
 
 @pytest.mark.parametrize("distill_token", [False, True])
@@ -428,15 +441,16 @@ def test_tome_matches_official_with_distillation_token(distill_token):
   x[:, 1] = x[:, 2:].mean(1)
   metric = x
   for r in (12, 30):   # 30 > (50 - 2) // 2: the cap, with one more protected
-    want = _tome_merge_numpy(metric, x, r, True, distill_token)
+    want, want_source = _tome_merge_numpy(metric, x, r, True, distill_token)
     with pytest.warns(UserWarning) if r == 30 else _no_warning():
       got = T.reduce("tome", x, keep=N - r, metric=metric,
-                     distill_token=distill_token)
+                     distill_token=distill_token, source=T.init_source(x))
     np.testing.assert_allclose(np.asarray(got.x), want, rtol=1e-5, atol=1e-6)
-  if distill_token:   # nothing merged into it: it is B's first token, alone
-    unm = want.shape[1] - (N // 2)
-    np.testing.assert_array_equal(np.asarray(got.x[:, unm]), x[:, 1])
-    assert float(got.size[0, unm, 0]) == 1.0
+    np.testing.assert_array_equal(
+        np.asarray(T.dense_source(got.source, got.x.shape[1])), want_source)
+    if distill_token:   # right after [CLS], alone: nothing merged into it
+      np.testing.assert_array_equal(np.asarray(got.x[:, :2]), x[:, :2])
+      np.testing.assert_array_equal(np.asarray(got.size[:, :2, 0]), 1.0)
 
 
 class _no_warning:
