@@ -297,6 +297,77 @@ def test_gtp_matches_official_over_two_layers(selection):
                              atol=1e-5)
 
 
+# Half of each head's attention entries zeroed: enough to change the ranking
+# of these inputs (0.8 keeps their peaked maps' order).
+SPARSITY = 0.5
+
+
+def _sparsify_numpy(attn, sparsity):
+  """Ackesnal/GTP-ViT `models_v3.py`, `Attention.forward` with sparsity < 1
+  (eval branch): k = int(N*N*(1 - sparsity)), the threshold is each head's
+  k-th smallest probability (`torch.kthvalue` over the flattened N*N map),
+  and the entries below it are set to 0, without renormalizing."""
+  b, h, n, _ = attn.shape
+  k = int(n * n * (1 - sparsity))
+  flat = attn.reshape(b, h, n * n)
+  threshold = np.sort(flat, axis=-1)[..., k - 1][..., None, None]
+  out = attn.copy()
+  out[attn < threshold] = 0.0
+  return out
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.8, 0.97])
+def test_gtp_attention_sparsity_matches_official(sparsity):
+  rng = np.random.default_rng(5)
+  attn = _softmax(rng.normal(size=(B, H, N, N)) * 2).astype(np.float32)
+  attn[0, 1, :3, :3] = attn[0, 1, 0, 0]      # ties at some threshold
+  want = _sparsify_numpy(attn, sparsity)
+  got = np.asarray(jax.jit(T.sparsify_attention, static_argnums=1)(
+      attn, sparsity))
+  np.testing.assert_array_equal(got, want)
+  k = int(N * N * (1 - sparsity))
+  assert ((got == 0).reshape(B, H, -1).sum(-1) <= k - 1).all()
+  # Idempotent: a reducer may re-sparsify what a block already sparsified.
+  np.testing.assert_array_equal(
+      np.asarray(T.sparsify_attention(got, sparsity)), got)
+  # Off (the official default) is the identity.
+  assert T.sparsify_attention(attn, 1.0) is attn
+
+
+@pytest.mark.parametrize("selection", ["img_attn_mean", "mixed_attn_max"])
+def test_gtp_with_sparsity_ranks_by_the_sparsified_attention(selection):
+  """`select` reads the attention map `Attention.forward` returns, which is
+  the sparsified one (official `GraphPropagationBlock.forward`)."""
+  x0, _, attn = _inputs(3)
+  rng = np.random.default_rng(6)
+  x1 = x0 + 0.1 * rng.normal(size=x0.shape).astype(np.float32)
+  graph = _gtp_graph_numpy(x0)
+  sparse = _sparsify_numpy(attn, SPARSITY)
+  want_x, want_s, want_g = _gtp_layer_numpy(x1, np.ones((B, N)), graph,
+                                            sparse, 8, selection)
+  got = T.reduce("gtp", x1, keep=N - 8, attn=attn, key_mass=attn.sum(2),
+                 graph=T.gtp_graph(x0), selection=selection,
+                 sparsity=SPARSITY)
+  np.testing.assert_allclose(np.asarray(got.x), want_x, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got.size[..., 0]), want_s, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got.graph), want_g, atol=1e-6)
+  # The dense attention ranks differently here, so the option is live.
+  dense = _gtp_layer_numpy(x1, np.ones((B, N)), graph, attn, 8, selection)
+  assert not np.allclose(dense[0], want_x, atol=1e-5)
+
+
+def test_gtp_sparsity_needs_attn_and_a_valid_value():
+  x0, _, attn = _inputs(3)
+  assert T.needs("gtp", {}) == ("key_mass",)
+  assert T.needs("gtp", {"sparsity": 0.8}) == ("attn",)
+  with pytest.raises(ValueError, match=r"needs attn=.*fused"):
+    T.reduce("gtp", x0, keep=N - 8, key_mass=attn.sum(2), sparsity=0.8)
+  with pytest.raises(ValueError, match=r"sparsity=1.5 is outside \[0, 1\]"):
+    T.reduce("gtp", x0, keep=N - 8, attn=attn, sparsity=1.5)
+  with pytest.raises(ValueError, match=r"zeroes no attention entry"):
+    T.sparsify_attention(attn[..., :2, :2], 0.9)
+
+
 # --------------------------------------------------------- Zero-TPrune -----
 
 def _wpr_numpy(attn, iters):
