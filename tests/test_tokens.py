@@ -791,12 +791,7 @@ def test_token_reduction_experiment_fashion_mnist_data_settings():
 def test_token_reduction_experiment_runs(tmp_path):
   """`experiments/token_reduction/run.py` end to end at toy size: two seeds,
   two methods (one with the proportional-attention ablation), one r."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location(
-      "token_reduction_run",
-      os.path.join(root, "experiments", "token_reduction", "run.py"))
-  run = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(run)
+  run = _token_reduction_runner()
   out = tmp_path / "out"
   run.main(["--workdir", str(tmp_path / "wd"), "--out", str(out),
             "--steps", "3", "--seeds", "0,1", "--methods", "tome,topk",
