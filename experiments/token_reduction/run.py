@@ -278,7 +278,8 @@ def write_trained_with(path, entries, base, meta):
   lines = [
       "# Trained with the reduction, or reduced off the shelf",
       "",
-      f"Dataset: `{meta['dataset']}`. The same ViT and recipe ({meta['train_steps']} steps, seeds "
+      f"Dataset: `{meta['dataset']}`. The same ViT and recipe "
+      f"({meta['train_steps']} steps, seeds "
       f"{', '.join(map(str, meta['seeds']))}), trained with the reducer in "
       "its blocks; accuracy under the same reduction, mean +- std over the "
       "seeds, next to the classifiers trained without it and reduced at "
