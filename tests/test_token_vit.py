@@ -373,3 +373,72 @@ def test_proportional_attention_defaults_follow_the_official_code():
   assert plan("atc") is True and plan("atc", off_the_shelf=True) is True
   for method in ("pitome", "topk", "evit", "dart", "gtp"):
     assert plan(method, off_the_shelf=True) is False, method
+
+
+def _official_attention_numpy(x, params, num_heads, sparsity):
+  """Ackesnal/GTP-ViT `models_v3.py`, `Attention.forward` (eval, no token
+  scales): fused qkv, softmax(q k^T / sqrt(hd)), with sparsity < 1 each
+  head's entries below its k-th smallest, k = int(N*N*(1 - sparsity)), set
+  to 0 (no renormalization), then attn @ v and the output projection."""
+  x = np.asarray(x, np.float64)
+  b, n, c = x.shape
+  hd = c // num_heads
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  qkv = (x @ p["qkv"]["kernel"] + p["qkv"]["bias"]).reshape(
+      b, n, 3, num_heads, hd).transpose(2, 0, 3, 1, 4)
+  q, k, v = qkv
+  attn = (q * hd ** -0.5) @ k.transpose(0, 1, 3, 2)
+  attn = np.exp(attn - attn.max(-1, keepdims=True))
+  attn /= attn.sum(-1, keepdims=True)
+  if sparsity < 1:
+    kth = int(n * n * (1 - sparsity))
+    threshold = np.sort(attn.reshape(b, num_heads, -1), -1)[..., kth - 1]
+    attn[attn < threshold[..., None, None]] = 0.0
+  out = (attn @ v).transpose(0, 2, 1, 3).reshape(b, n, c)
+  return out @ p["proj"]["kernel"] + p["proj"]["bias"], attn
+
+
+def test_gtp_sparsity_edits_the_attention_as_the_official_code():
+  from maskmodel.models.vit import MultiHeadAttention
+  plan = build.token_reduction(
+      _model_config("gtp", ("keep", KEEP), options={"sparsity": 0.6}), N0)
+  assert plan.needs == ("attn",)
+  assert build.token_reduction(_model_config("gtp", ("keep", KEEP)),
+                               N0).edit_attn is None
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, N0, 16))
+  mha = MultiHeadAttention(num_heads=2)
+  params = mha.init(jax.random.PRNGKey(4), x)["params"]
+  params = jax.tree.map(   # non-zero biases, so they are checked too
+      lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(5), a.shape),
+      params)
+  out, _, probs = jax.jit(lambda p, x: mha.apply(
+      {"params": p}, x, with_probs=True, edit_probs=plan.edit_attn))(params, x)
+  want, want_attn = _official_attention_numpy(x, params, 2, 0.6)
+  np.testing.assert_allclose(np.asarray(probs), want_attn, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-5)
+  assert (np.asarray(probs) == 0).mean() > 0.3
+
+
+def test_gtp_sparsity_reaches_every_block_and_is_off_by_default():
+  # Block 0 keeps all tokens: its attention is sparsified all the same.
+  keep = [N0, 11]
+  dense = _vit("gtp", ("keep", keep))
+  off = _vit("gtp", ("keep", keep), options={"sparsity": 1.0})
+  sparse = _vit("gtp", ("keep", keep), options={"sparsity": 0.6})
+  images, params = _images_and_params()
+
+  @jax.jit
+  def block0(p, x):
+    return [m.apply({"params": p}, x, capture_intermediates=True,
+                    mutable=["intermediates"])
+            for m in (dense, off, sparse)]
+
+  (o_dense, i_dense), (o_off, _), (o_sparse, i_sparse) = block0(params,
+                                                                images)
+  np.testing.assert_array_equal(o_off["logits"], o_dense["logits"])
+  first = [i["intermediates"]["encoder"]["block_0"]["__call__"][0][0]
+           for i in (i_dense, i_sparse)]
+  assert first[0].shape == first[1].shape == (2, N0, 16)
+  assert not np.allclose(first[0], first[1], atol=1e-6)
+  assert o_sparse["tokens"].shape == (2, 11, 16)
+  assert np.isfinite(o_sparse["logits"]).all()

@@ -756,15 +756,42 @@ def test_token_map_colours_groups_and_draws_borders(tmp_path):
   assert (tmp_path / "maps.png").stat().st_size > 0
 
 
-def test_token_reduction_experiment_runs(tmp_path):
-  """`experiments/token_reduction/run.py` end to end at toy size: two seeds,
-  two methods (one with the proportional-attention ablation), one r."""
+def _token_reduction_runner():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   spec = importlib.util.spec_from_file_location(
       "token_reduction_run",
       os.path.join(root, "experiments", "token_reduction", "run.py"))
   run = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(run)
+  return run
+
+
+def test_token_reduction_experiment_fashion_mnist_data_settings():
+  """`--dataset fashion_mnist` takes the data settings of
+  configs/mae/fashion_mnist_vit_tiny.py and the first 10,000 / 2,000
+  records; mnist5k stays as the classifier config has it."""
+  run = _token_reduction_runner()
+  c = run.classifier_config(3, "fashion_mnist")
+  assert c.data.name == "fashion_mnist"
+  assert tuple(c.data.mean) == (0.2860,) and tuple(c.data.std) == (0.3530,)
+  assert c.data.flip is True and tuple(c.data.crop_scale) == (0.5, 1.0)
+  assert (c.data.train_examples, c.data.test_examples) == (10_000, 2_000)
+  c = run.classifier_config(3, "fashion_mnist", 500, 0)
+  assert (c.data.train_examples, c.data.test_examples) == (500, 0)
+  m = run.classifier_config(3)
+  assert m.data.name == "mnist5k" and m.data.flip is False
+  assert (m.data.train_examples, m.data.test_examples) == (0, 0)
+  with pytest.raises(ValueError, match="dataset 'cifar' is unknown"):
+    run.classifier_config(3, "cifar")
+  for bad in (["--dataset", "cifar"], ["--train-examples", "-1"]):
+    with pytest.raises(SystemExit):
+      run.main(["--workdir", "unused", *bad])
+
+
+def test_token_reduction_experiment_runs(tmp_path):
+  """`experiments/token_reduction/run.py` end to end at toy size: two seeds,
+  two methods (one with the proportional-attention ablation), one r."""
+  run = _token_reduction_runner()
   out = tmp_path / "out"
   run.main(["--workdir", str(tmp_path / "wd"), "--out", str(out),
             "--steps", "3", "--seeds", "0,1", "--methods", "tome,topk",

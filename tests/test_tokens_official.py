@@ -297,6 +297,77 @@ def test_gtp_matches_official_over_two_layers(selection):
                              atol=1e-5)
 
 
+# Half of each head's attention entries zeroed: enough to change the ranking
+# of these inputs (0.8 keeps their peaked maps' order).
+SPARSITY = 0.5
+
+
+def _sparsify_numpy(attn, sparsity):
+  """Ackesnal/GTP-ViT `models_v3.py`, `Attention.forward` with sparsity < 1
+  (eval branch): k = int(N*N*(1 - sparsity)), the threshold is each head's
+  k-th smallest probability (`torch.kthvalue` over the flattened N*N map),
+  and the entries below it are set to 0, without renormalizing."""
+  b, h, n, _ = attn.shape
+  k = int(n * n * (1 - sparsity))
+  flat = attn.reshape(b, h, n * n)
+  threshold = np.sort(flat, axis=-1)[..., k - 1][..., None, None]
+  out = attn.copy()
+  out[attn < threshold] = 0.0
+  return out
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.8, 0.97])
+def test_gtp_attention_sparsity_matches_official(sparsity):
+  rng = np.random.default_rng(5)
+  attn = _softmax(rng.normal(size=(B, H, N, N)) * 2).astype(np.float32)
+  attn[0, 1, :3, :3] = attn[0, 1, 0, 0]      # ties at some threshold
+  want = _sparsify_numpy(attn, sparsity)
+  got = np.asarray(jax.jit(T.sparsify_attention, static_argnums=1)(
+      attn, sparsity))
+  np.testing.assert_array_equal(got, want)
+  k = int(N * N * (1 - sparsity))
+  assert ((got == 0).reshape(B, H, -1).sum(-1) <= k - 1).all()
+  # Idempotent: a reducer may re-sparsify what a block already sparsified.
+  np.testing.assert_array_equal(
+      np.asarray(T.sparsify_attention(got, sparsity)), got)
+  # Off (the official default) is the identity.
+  assert T.sparsify_attention(attn, 1.0) is attn
+
+
+@pytest.mark.parametrize("selection", ["img_attn_mean", "mixed_attn_max"])
+def test_gtp_with_sparsity_ranks_by_the_sparsified_attention(selection):
+  """`select` reads the attention map `Attention.forward` returns, which is
+  the sparsified one (official `GraphPropagationBlock.forward`)."""
+  x0, _, attn = _inputs(3)
+  rng = np.random.default_rng(6)
+  x1 = x0 + 0.1 * rng.normal(size=x0.shape).astype(np.float32)
+  graph = _gtp_graph_numpy(x0)
+  sparse = _sparsify_numpy(attn, SPARSITY)
+  want_x, want_s, want_g = _gtp_layer_numpy(x1, np.ones((B, N)), graph,
+                                            sparse, 8, selection)
+  got = T.reduce("gtp", x1, keep=N - 8, attn=attn, key_mass=attn.sum(2),
+                 graph=T.gtp_graph(x0), selection=selection,
+                 sparsity=SPARSITY)
+  np.testing.assert_allclose(np.asarray(got.x), want_x, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got.size[..., 0]), want_s, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got.graph), want_g, atol=1e-6)
+  # The dense attention ranks differently here, so the option is live.
+  dense = _gtp_layer_numpy(x1, np.ones((B, N)), graph, attn, 8, selection)
+  assert not np.allclose(dense[0], want_x, atol=1e-5)
+
+
+def test_gtp_sparsity_needs_attn_and_a_valid_value():
+  x0, _, attn = _inputs(3)
+  assert T.needs("gtp", {}) == ("key_mass",)
+  assert T.needs("gtp", {"sparsity": 0.8}) == ("attn",)
+  with pytest.raises(ValueError, match=r"needs attn=.*fused"):
+    T.reduce("gtp", x0, keep=N - 8, key_mass=attn.sum(2), sparsity=0.8)
+  with pytest.raises(ValueError, match=r"sparsity=1.5 is outside \[0, 1\]"):
+    T.reduce("gtp", x0, keep=N - 8, attn=attn, sparsity=1.5)
+  with pytest.raises(ValueError, match=r"zeroes no attention entry"):
+    T.sparsify_attention(attn[..., :2, :2], 0.9)
+
+
 # --------------------------------------------------------- Zero-TPrune -----
 
 def _wpr_numpy(attn, iters):
@@ -392,8 +463,11 @@ def test_tome_schedules_match_parse_r():
 
 def _tome_merge_numpy(metric, x, r, class_token, distill_token):
   """facebookresearch/ToMe `tome/merge.py`, `bipartite_soft_matching` with
-  `merge_wavg` (unit sizes): [CLS] row and distillation column at -inf,
-  r capped at half of the unprotected tokens."""
+  `merge_wavg` (unit sizes) and `merge_source` (one-hot maps merged with
+  amax): [CLS] row and distillation column at -inf, r capped at half of the
+  unprotected tokens, and with a distillation token `merge` returns
+  `[unm[:1], dst[:1], unm[1:], dst[1:]]`. Returns `(x, source)`, source the
+  `[B, N - r, N]` one-hot map."""
   protected = int(class_token) + int(distill_token)
   r = min(r, (x.shape[1] - protected) // 2)
   m = _normalize(metric.astype(np.float64))
@@ -404,19 +478,29 @@ def _tome_merge_numpy(metric, x, r, class_token, distill_token):
   if distill_token:
     scores[:, :, 0] = -np.inf
   node_max, node_idx = scores.max(-1), scores.argmax(-1)
-  out = []
-  for i in range(x.shape[0]):
+
+  def merge(i, v, reduce_op):
     edge = np.argsort(-node_max[i], kind="stable")
     unm, src = edge[r:], edge[:r]
     if class_token:
       unm = np.sort(unm)
-    xs, xd = x[i, ::2].astype(np.float64), x[i, 1::2].astype(np.float64)
-    total, size = xd.copy(), np.ones(len(xd))
+    vs, vd = v[::2], v[1::2].copy()
     for j in src:
-      total[node_idx[i, j]] += xs[j]
-      size[node_idx[i, j]] += 1
-    out.append(np.concatenate([xs[unm], total / size[:, None]]))
-  return np.stack(out)
+      vd[node_idx[i, j]] = reduce_op(vd[node_idx[i, j]], vs[j])
+    vu = vs[unm]
+    if distill_token:
+      return np.concatenate([vu[:1], vd[:1], vu[1:], vd[1:]])
+    return np.concatenate([vu, vd])
+
+  xs, srcs = [], []
+  n = x.shape[1]
+  for i in range(x.shape[0]):
+    # merge_wavg: sum of x * size and of size, then divide
+    v = np.concatenate([x[i].astype(np.float64), np.ones((n, 1))], axis=1)
+    v = merge(i, v, np.add)
+    xs.append(v[:, :-1] / v[:, -1:])
+    srcs.append(merge(i, np.eye(n), np.maximum))
+  return np.stack(xs), np.stack(srcs)
 
 
 @pytest.mark.parametrize("distill_token", [False, True])
@@ -428,15 +512,16 @@ def test_tome_matches_official_with_distillation_token(distill_token):
   x[:, 1] = x[:, 2:].mean(1)
   metric = x
   for r in (12, 30):   # 30 > (50 - 2) // 2: the cap, with one more protected
-    want = _tome_merge_numpy(metric, x, r, True, distill_token)
+    want, want_source = _tome_merge_numpy(metric, x, r, True, distill_token)
     with pytest.warns(UserWarning) if r == 30 else _no_warning():
       got = T.reduce("tome", x, keep=N - r, metric=metric,
-                     distill_token=distill_token)
+                     distill_token=distill_token, source=T.init_source(x))
     np.testing.assert_allclose(np.asarray(got.x), want, rtol=1e-5, atol=1e-6)
-  if distill_token:   # nothing merged into it: it is B's first token, alone
-    unm = want.shape[1] - (N // 2)
-    np.testing.assert_array_equal(np.asarray(got.x[:, unm]), x[:, 1])
-    assert float(got.size[0, unm, 0]) == 1.0
+    np.testing.assert_array_equal(
+        np.asarray(T.dense_source(got.source, got.x.shape[1])), want_source)
+    if distill_token:   # right after [CLS], alone: nothing merged into it
+      np.testing.assert_array_equal(np.asarray(got.x[:, :2]), x[:, :2])
+      np.testing.assert_array_equal(np.asarray(got.size[:, :2, 0]), 1.0)
 
 
 class _no_warning:

@@ -1,6 +1,9 @@
 """Token reduction without retraining: accuracy, GFLOPs and img/s of every
 reducer in `maskmodel.tokens` at matched keep rates, on the embedded MNIST
-sample.
+sample (`--dataset mnist5k`, the default) or on Fashion-MNIST
+(`--dataset fashion_mnist`: the data settings of
+`configs/mae/fashion_mnist_vit_tiny.py`, on the first 10,000 training and
+2,000 test images by default, `--train-examples` / `--test-examples`).
 
 1. Trains the tiny ViT classifier of `configs/classify/mnist_vit_tiny.py`
    from scratch through the project's loop (`train.train_and_evaluate`),
@@ -10,10 +13,13 @@ sample.
    schedules r = 4, 8, 12 (tokens removed per block, capped at half of the
    non-class tokens as in ToMe). The resulting tokens-kept list is shared by
    all methods, so they run at identical token counts and FLOPs.
-3. Records test accuracy (1,000 held-out digits; mean and spread over the
-   seeds), analytic GFLOPs per image (`maskmodel.tokens.vit_flops`) and
-   measured img/s (seed 0's params, jitted, warm, median of repeats) into
-   results.md, results.json and tradeoff.png. Each method runs with
+3. Records test accuracy (the 1,000 held-out digits, or the Fashion-MNIST
+   test images; mean and spread over the seeds), analytic GFLOPs per image
+   (`maskmodel.tokens.vit_flops`) and measured img/s (seed 0's params,
+   jitted, warm, median of repeats) into results.md, results.json and
+   tradeoff.png (for Fashion-MNIST results_fashion_mnist.md and so on, so
+   both datasets are recorded side by side; results.json's meta names the
+   dataset). Each method runs with
    proportional attention as its official code has it off the shelf (on for
    ToMe and ATC, off for the others); methods named in `--flip-prop-attn`
    also run with it the other way.
@@ -24,6 +30,11 @@ sample.
 
   python experiments/token_reduction/run.py --workdir workdirs/token_reduction \
       --trained-with tome:12,topk:12
+  python experiments/token_reduction/run.py --workdir workdirs/token_reduction \
+      --trained-with tome:12,topk:12 --dataset fashion_mnist
+
+(Fashion-MNIST's classifiers train under WORKDIR/fashion_mnist, so the two
+datasets never reuse each other's runs.)
 
 Hardware / time: 2 CPU cores, otherwise idle: 19 minutes (7 training the
 three classifiers, 3 evaluating and timing, 9 training the six of
@@ -59,19 +70,58 @@ from maskmodel.models import build  # pylint: disable=g-import-not-at-top
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CONFIG = ROOT / "configs" / "classify" / "mnist_vit_tiny.py"
+FASHION_CONFIG = ROOT / "configs" / "mae" / "fashion_mnist_vit_tiny.py"
 METHODS = tuple(sorted(tokens.REDUCERS))
 R_VALUES = (4, 8, 12)
+# dataset -> (title, what the test images are, default train / test
+# examples, output-file suffix)
+DATASETS = {
+    "mnist5k": ("the embedded MNIST sample", "held-out digits", (0, 0), ""),
+    "fashion_mnist": ("Fashion-MNIST", "Fashion-MNIST test images",
+                      (10_000, 2_000), "_fashion_mnist"),
+}
+# The data settings Fashion-MNIST takes from FASHION_CONFIG.
+FASHION_DATA_KEYS = ("name", "image_size", "channels", "num_classes", "mean",
+                     "std", "crop_scale", "flip")
 
 
-def classifier_config(steps):
+def _load_config(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def set_dataset(config, dataset, train_examples=None, test_examples=None):
+  """Points `config.data` at `dataset`: mnist5k as the classifier config has
+  it; fashion_mnist with the data settings of
+  `configs/mae/fashion_mnist_vit_tiny.py` (name, normalization mean 0.2860 /
+  std 0.3530, crop and flip). `data.train_examples` / `data.test_examples`
+  keep the first N records of each split (0 = all; None = the dataset's
+  default above)."""
+  if dataset not in DATASETS:
+    raise ValueError(f"dataset {dataset!r} is unknown; use one of "
+                     f"{sorted(DATASETS)}.")
+  if dataset == "fashion_mnist":
+    fashion = _load_config(FASHION_CONFIG).data
+    for key in FASHION_DATA_KEYS:
+      config.data[key] = fashion[key]
+  default_train, default_test = DATASETS[dataset][2]
+  config.data.train_examples = (default_train if train_examples is None
+                                else train_examples)
+  config.data.test_examples = (default_test if test_examples is None
+                               else test_examples)
+  return config
+
+
+def classifier_config(steps, dataset="mnist5k", train_examples=None,
+                      test_examples=None):
   """`configs/classify/mnist_vit_tiny.py`, trained from scratch, pooled on
   the class token: top-k, EViT and GTP rank tokens by the [CLS] row of the
   attention, which carries no signal in a model trained with average
   pooling (there the [CLS] output feeds no loss)."""
-  spec = importlib.util.spec_from_file_location("classify_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = set_dataset(_load_config(CONFIG), dataset, train_examples,
+                  test_examples)
   c.task.init_from = ""
   c.optimizer.layer_decay = 1.0
   c.model.pool = "cls"
@@ -83,12 +133,14 @@ def classifier_config(steps):
   return c
 
 
-def train_classifiers(seeds, steps, workdir, model_config=None):
+def train_classifiers(seeds, steps, workdir, model_config=None,
+                      dataset="mnist5k", train_examples=None,
+                      test_examples=None):
   """Trains (or reloads) one classifier per seed; returns their params and
   the config of the last one."""
   params = []
   for seed in seeds:
-    config = classifier_config(steps)
+    config = classifier_config(steps, dataset, train_examples, test_examples)
     config.seed = seed
     if model_config is not None:
       config.model = model_config
@@ -101,13 +153,14 @@ def train_classifiers(seeds, steps, workdir, model_config=None):
 
 
 def test_set(config):
-  _, test_src = train.sources(config)
+  """The test images and labels, and the number of training images."""
+  train_src, test_src = train.sources(config)
   images, labels = [], []
   for batch, n in data_lib.eval_batches(test_src, batch_size=500,
                                         spec=data_lib.image_spec(config.data)):
     images.append(batch["image"][:n])
     labels.append(batch["label"][:n])
-  return np.concatenate(images), np.concatenate(labels)
+  return np.concatenate(images), np.concatenate(labels), len(train_src)
 
 
 def schedule(keep):
@@ -183,23 +236,27 @@ def label(row):
 def write_table(path, rows, meta):
   base = rows[0]
   seeds = meta["seeds"]
+  title, test_images = DATASETS[meta["dataset"]][:2]
   lines = [
-      "# Token reduction on the embedded MNIST sample",
+      f"# Token reduction on {title}",
       "",
+      f"Dataset: `{meta['dataset']}` ({meta['train_images']} training "
+      f"images, {meta['test_images']} test images). "
       f"ViT width {meta['width']}, depth {meta['depth']}, {meta['pool']} "
       f"pooling, patch "
       f"{meta['patch_size']} ({meta['num_tokens']} tokens with [CLS]), trained "
       f"{meta['train_steps']} steps from scratch with seeds "
       f"{', '.join(map(str, seeds))}, then reduced at eval time without "
-      f"retraining. Accuracy on {meta['test_images']} held-out digits: mean "
+      f"retraining. Accuracy on {meta['test_images']} {test_images}: mean "
       f"over the {len(seeds)} seeds, +- their standard deviation. img/s "
       f"(seed {seeds[0]}'s params): median and best of {meta['repeats']} "
       f"timed batches of {meta['batch']} (jitted, warm, all configurations "
       f"timed in turn each round) on {meta['cpu_count']} CPU cores; the best "
       "is the least disturbed by other processes. r is ToMe's tokens removed "
       "per block; every method keeps the same number of tokens, so GFLOPs "
-      "(analytic, matmuls only) match. Proportional attention is on unless "
-      "the method says otherwise.",
+      "(analytic, matmuls only) match. Proportional attention follows each "
+      "method's official code off the shelf (on for ToMe and ATC, off for "
+      "the others) unless the row says otherwise.",
       "",
       "| method | r | tokens after each block | GFLOPs | accuracy "
       "| img/s (median) | speed-up | img/s (best) | speed-up (best) |",
@@ -221,7 +278,8 @@ def write_trained_with(path, entries, base, meta):
   lines = [
       "# Trained with the reduction, or reduced off the shelf",
       "",
-      f"The same ViT and recipe ({meta['train_steps']} steps, seeds "
+      f"Dataset: `{meta['dataset']}`. The same ViT and recipe "
+      f"({meta['train_steps']} steps, seeds "
       f"{', '.join(map(str, meta['seeds']))}), trained with the reducer in "
       "its blocks; accuracy under the same reduction, mean +- std over the "
       "seeds, next to the classifiers trained without it and reduced at "
@@ -239,7 +297,7 @@ def write_trained_with(path, entries, base, meta):
   path.write_text("\n".join(lines) + "\n")
 
 
-def plot(path, rows):
+def plot(path, rows, dataset="mnist5k"):
   fig = Figure(figsize=(7, 4.5), dpi=120)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
@@ -256,8 +314,8 @@ def plot(path, rows):
                   fontsize=6, xytext=(2, 2), textcoords="offset points")
   ax.set_xlabel("img/s (median, measured on CPU)")
   ax.set_ylabel("test accuracy (mean over seeds)")
-  ax.set_title("Accuracy vs throughput, same params, r = tokens removed per "
-               "block", fontsize=9)
+  ax.set_title(f"{DATASETS[dataset][0]}: accuracy vs throughput, same "
+               "params, r = tokens removed per block", fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
@@ -281,6 +339,17 @@ def main(argv=None):
   parser.add_argument("--trained-with", default="",
                       help="METHOD:R,...: also train with that reduction "
                            "in the blocks, e.g. tome:12,topk:12")
+  parser.add_argument("--dataset", default="mnist5k", choices=sorted(DATASETS),
+                      help="mnist5k (the embedded sample) or fashion_mnist "
+                           "(the data settings of configs/mae/"
+                           "fashion_mnist_vit_tiny.py); results go to "
+                           "separate files")
+  parser.add_argument("--train-examples", type=int, default=None,
+                      help="first N training images (0 = all; default: "
+                           "all for mnist5k, 10000 for fashion_mnist)")
+  parser.add_argument("--test-examples", type=int, default=None,
+                      help="first N test images (0 = all; default: all for "
+                           "mnist5k, 2000 for fashion_mnist)")
   parser.add_argument("--batch", type=int, default=250)
   parser.add_argument("--repeats", type=int, default=21)
   args = parser.parse_args(argv)
@@ -298,11 +367,19 @@ def main(argv=None):
       parser.error(f"--trained-with {spec!r}: expected METHOD:R with R > 0 "
                    f"and METHOD one of {', '.join(METHODS)}")
     trained_with_specs.append((method, int(r)))
+  for flag in ("train_examples", "test_examples"):
+    if getattr(args, flag) is not None and getattr(args, flag) < 0:
+      parser.error(f"--{flag.replace('_', '-')} must be >= 0 (0 = all)")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
+  suffix = DATASETS[args.dataset][3]
+  workdir = (args.workdir if args.dataset == "mnist5k"
+             else os.path.join(args.workdir, args.dataset))
+  data_args = dict(dataset=args.dataset, train_examples=args.train_examples,
+                   test_examples=args.test_examples)
 
-  params, config = train_classifiers(seeds, args.steps, args.workdir)
-  images, labels = test_set(config)
+  params, config = train_classifiers(seeds, args.steps, workdir, **data_args)
+  images, labels, train_images = test_set(config)
   n0 = build.num_tokens(config)
 
   runs = [("none", 0, (), False)]
@@ -339,8 +416,8 @@ def main(argv=None):
     model_config = build.with_token_reduction(config.model, method,
                                               schedule(keep))
     trained, _ = train_classifiers(seeds, args.steps,
-                                   os.path.join(args.workdir, f"{method}_r{r}"),
-                                   model_config)
+                                   os.path.join(workdir, f"{method}_r{r}"),
+                                   model_config, **data_args)
     # Evaluated as trained (the method's training default for prop_attn),
     # next to the off-the-shelf row with its official default. When both
     # defaults agree the jitted predictor is the same program and is reused.
@@ -364,7 +441,9 @@ def main(argv=None):
           flush=True)
 
   m = config.model
-  meta = dict(width=m.width, depth=m.depth, patch_size=m.patch_size,
+  meta = dict(dataset=args.dataset, data=config.data.name,
+              train_images=train_images,
+              width=m.width, depth=m.depth, patch_size=m.patch_size,
               pool=m.pool,
               num_heads=m.num_heads, num_tokens=n0, train_steps=args.steps,
               seeds=seeds,
@@ -372,14 +451,15 @@ def main(argv=None):
               batch=args.batch, repeats=args.repeats,
               cpu_count=os.cpu_count(), jax=jax.__version__,
               platform=platform.processor() or platform.machine())
-  (out / "results.json").write_text(json.dumps(
+  (out / f"results{suffix}.json").write_text(json.dumps(
       dict(meta=meta, rows=rows, trained_with=trained_with), indent=1) + "\n")
-  write_table(out / "results.md", rows, meta)
+  write_table(out / f"results{suffix}.md", rows, meta)
   if trained_with:
-    write_trained_with(out / "trained_with.md", trained_with, rows[0], meta)
-    print((out / "trained_with.md").read_text())
-  plot(out / "tradeoff.png", rows)
-  print((out / "results.md").read_text())
+    write_trained_with(out / f"trained_with{suffix}.md", trained_with,
+                       rows[0], meta)
+    print((out / f"trained_with{suffix}.md").read_text())
+  plot(out / f"tradeoff{suffix}.png", rows, args.dataset)
+  print((out / f"results{suffix}.md").read_text())
 
 
 if __name__ == "__main__":

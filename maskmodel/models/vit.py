@@ -77,6 +77,12 @@ class TokenReduction:
   def needs(self):
     return tokens.needs(self.method, dict(self.options))
 
+  @property
+  def edit_attn(self):
+    """The method's edit of every block's attention probabilities (GTP-ViT's
+    sparsity), or None."""
+    return tokens.attention_edit(self.method, dict(self.options))
+
 
 def layer_norm(name=None):
   return norm.LayerNorm(epsilon=1e-6, name=name)
@@ -102,13 +108,16 @@ class MultiHeadAttention(nn.Module):
   Returns `(out, k)`, or `(out, k, aux)` when `with_stats` (aux is the
   kernel's `AttentionStats`) or `with_probs` (aux is the per-head
   `[B, H, N, N]` probabilities, computed explicitly, without gradient).
+  `edit_probs` (with `with_probs`) maps the probabilities before the values
+  product (GTP-ViT's sparsification); aux then holds the edited ones.
   """
   num_heads: int
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, bias=None, with_stats=False, with_probs=False):
+  def __call__(self, x, bias=None, with_stats=False, with_probs=False,
+               edit_probs=None):
     b, n, width = x.shape
     head_dim = width // self.num_heads
     qkv = token_dense(nn.Dense(3 * width, dtype=self.dtype,
@@ -116,10 +125,12 @@ class MultiHeadAttention(nn.Module):
     q, k, v = jnp.split(qkv.reshape(b, n, 3 * self.num_heads, head_dim), 3, axis=2)
     aux = None
     if with_probs:
-      # Zero-TPrune (and GTP-ViT's MixedAttnMax) read the whole attention
-      # graph, which the fused kernels never materialize; only they pay for
-      # this explicit softmax.
+      # Zero-TPrune (and GTP-ViT's MixedAttnMax and sparsity) read the whole
+      # attention graph, which the fused kernels never materialize; only
+      # they pay for this explicit softmax.
       probs = attention_probs(q, k, bias=bias)
+      if edit_probs is not None:
+        probs = edit_probs(probs)
       out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype),
                                     jnp.swapaxes(v, 1, 2)), 1, 2)
       aux = jax.lax.stop_gradient(probs)
@@ -159,12 +170,14 @@ class Block(nn.Module):
     plan = self.reduction
     reduces = plan is not None and self.keep < x.shape[1]
     needs = plan.needs if reduces else ()
-    with_probs = "attn" in needs
+    # GTP-ViT's sparsity edits the attention of every block, reducing or not.
+    edit = None if plan is None else plan.edit_attn
+    with_probs = "attn" in needs or edit is not None
     with_stats = not with_probs and bool({"cls_attn", "key_mass"} & set(needs))
     attn = MultiHeadAttention(self.num_heads, self.attn_impl, self.dtype,
                               name="attn")
     y, k, *aux = attn(layer_norm("norm1")(x), bias, with_stats=with_stats,
-                      with_probs=with_probs)
+                      with_probs=with_probs, edit_probs=edit)
     x = x + y
     if reduces:
       stats = aux[0] if with_stats else None

@@ -26,7 +26,8 @@ keyword parameters of its function):
   dart         DART duplication-aware pruning (dart.py; keys).
   atc          Agglomerative Token Clustering (atc.py; metric).
   zero_tprune  Zero-TPrune I' -> S -> I (zero_tprune.py; attn, metric, layer).
-  gtp          GTP-ViT graph propagation (gtp.py; key_mass or attn, graph).
+  gtp          GTP-ViT graph propagation (gtp.py; key_mass or attn, graph;
+               attn in every block with its attention sparsity).
 
 In a ViT block the reducer runs between attention and MLP, as in ToMe:
 
@@ -40,8 +41,10 @@ In a ViT block the reducer runs between attention and MLP, as in ToMe:
                                     source=source, layer=layer, depth=depth)
     x = x + mlp(x)
 
-Only zero_tprune (and gtp's mixed_attn_max) read the full attention matrix,
-which a fused attention kernel does not materialize.
+Only zero_tprune (and gtp's mixed_attn_max and attention sparsity) read the
+full attention matrix, which a fused attention kernel does not materialize.
+gtp's sparsity also edits every block's attention before the values product
+(`attention_edit(method, options)` gives the function a ViT applies).
 """
 from __future__ import annotations
 
@@ -52,13 +55,15 @@ from maskmodel.tokens.common import (PRUNED, Reduced, dense_source, init_size,
 from maskmodel.tokens.dart import dart, dart_select
 from maskmodel.tokens.divprune import divprune, max_min_select
 from maskmodel.tokens.flops import block_flops, vit_flops, vit_flops_breakdown
-from maskmodel.tokens.gtp import attention_rank, gtp, gtp_graph, propagate
+from maskmodel.tokens.gtp import (attention_rank, gtp, gtp_graph, propagate,
+                                  sparsify_attention)
 from maskmodel.tokens.merge import (bipartite_soft_matching, merge_source,
                                     merge_wavg, tome)
 from maskmodel.tokens.pitome import energy_score, pitome
 from maskmodel.tokens.registry import (REDUCERS, STATS, ReducerInfo, Stats,
-                                       check_options, get_reducer, needs,
-                                       option_names, reduce, register)
+                                       attention_edit, check_options,
+                                       get_reducer, needs, option_names,
+                                       reduce, register)
 from maskmodel.tokens.schedules import (constant_r, decreasing_r, inflected_r,
                                         tokens_per_layer)
 from maskmodel.tokens.topk import evit, topk_prune

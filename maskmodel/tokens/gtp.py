@@ -18,9 +18,24 @@ over queries and averaged over heads; the official "IMGAttnMean") and
 "mixed_attn_max" (max over heads of the attention diagonal times max over
 heads of the received attention; "MixedAttnMax").
 
-Not included: the official optional attention sparsification. The source
-map gives each removed token to the kept token it sends the most weight to
-(none when its neighbours were all removed).
+Attention sparsification (`sparsity`, the official `--sparsity` theta,
+default 1 = off as there): in every block, not only the reducing ones, each
+head's attention probabilities below the k-th smallest of its N*N entries,
+k = int(N*N*(1 - sparsity)), are set to zero after the softmax, without
+renormalizing, and the attention output and the token ranking both use the
+sparsified map (`sparsify_attention`; official `Attention.forward`). It
+reads the full attention matrix, so it is unavailable with the fused
+attention kernels, like "mixed_attn_max": the reducer then needs `attn`
+(also with "img_attn_mean"), and a ViT computes the probabilities
+explicitly in every block (`registry.attention_edit`). The official
+README's tuned DeiT-B settings use sparsity 0.5 to 1.0 (0.6 to 0.8 for most
+numbers of propagated tokens). Deviations: a sparsity outside [0, 1], or
+one that zeroes nothing at the block's token count (k = 0, where the
+official `torch.kthvalue` fails), is a one-line error; the official code
+treats values above 1 as off.
+
+The source map gives each removed token to the kept token it sends the most
+weight to (none when its neighbours were all removed).
 """
 from __future__ import annotations
 
@@ -95,6 +110,38 @@ def attention_rank(attn, selection):
   return diag.max(axis=1) * received.max(axis=1)
 
 
+def _check_sparsity(sparsity):
+  sparsity = float(sparsity)
+  if not 0.0 <= sparsity <= 1.0:
+    raise ValueError(f"gtp sparsity={sparsity} is outside [0, 1]; 1 turns "
+                     "attention sparsification off.")
+  return sparsity
+
+
+def sparsify_attention(attn, sparsity=1.0):
+  """GTP-ViT's attention sparsification (official `Attention.forward`).
+
+  Per head, entries of `attn [B, H, N, N]` (or `[B, N, N]`) below the k-th
+  smallest of its N*N entries, k = int(N*N*(1 - sparsity)), become zero; the
+  rest keep their value (and gradient); rows are not renormalized.
+  sparsity >= 1 returns `attn` unchanged. Applying it twice is the same as
+  once, so a reducer may sparsify attention a block has already sparsified.
+  """
+  sparsity = _check_sparsity(sparsity)
+  if sparsity >= 1.0:
+    return attn
+  n = attn.shape[-1]
+  k = int(n * n * (1 - sparsity))    # the official arithmetic, in Python
+  if k < 1:
+    raise ValueError(f"gtp sparsity={sparsity} zeroes no attention entry "
+                     f"with {n} tokens (k = int(N*N*(1 - sparsity)) = 0, "
+                     "where the official torch.kthvalue fails); use "
+                     f"sparsity <= {1 - 1 / (n * n):.6g} or 1.")
+  flat = jax.lax.stop_gradient(attn).reshape(attn.shape[:-2] + (n * n,))
+  threshold = jnp.sort(flat, axis=-1)[..., k - 1, None, None]
+  return jnp.where(attn >= threshold, attn, jnp.zeros((), attn.dtype))
+
+
 def propagate(x, size, importance, graph, *, keep, alpha=0.1,
               class_token=True, source=None):
   """Removes tokens by rank and propagates them over `graph` (GTP-ViT).
@@ -156,20 +203,38 @@ def _init_graph(x, *, class_token=True, graph_type="mixed", num_neighbors=8,
                    class_token=class_token)
 
 
+def _sparse(options):
+  return _check_sparsity(options.get("sparsity", 1.0)) < 1.0
+
+
 def _needs(options):
-  if options.get("selection", "img_attn_mean") == "img_attn_mean":
+  if (options.get("selection", "img_attn_mean") == "img_attn_mean"
+      and not _sparse(options)):
     return ("key_mass",)
   return ("attn",)
 
 
-@register("gtp", needs=_needs, conserves_size=False, init_graph=_init_graph)
+def _edit_attn(options):
+  """The ViT's per-block attention edit: sparsification when sparsity < 1."""
+  if not _sparse(options):
+    return None
+  sparsity = _check_sparsity(options["sparsity"])
+  return lambda probs: sparsify_attention(probs, sparsity)
+
+
+@register("gtp", needs=_needs, conserves_size=False, init_graph=_init_graph,
+          edit_attn=_edit_attn)
 def gtp(x, size, stats, *, keep, class_token=True, source=None,
         selection="img_attn_mean", alpha=0.1, num_neighbors=8,
-        graph_type="mixed"):
+        graph_type="mixed", sparsity=1.0):
   """GTP-ViT's layer: rank by `selection` (`stats.key_mass` for
   "img_attn_mean", else `stats.attn`), then `propagate` over `stats.graph`
-  (built from these tokens by `gtp_graph` when None)."""
-  if selection == "img_attn_mean" and stats.key_mass is not None:
+  (built from these tokens by `gtp_graph` when None). With `sparsity` < 1
+  the ranking reads `stats.attn` sparsified by `sparsify_attention` (a
+  no-op on attention a ViT block already sparsified)."""
+  if _check_sparsity(sparsity) < 1.0:
+    rank = attention_rank(sparsify_attention(stats.attn, sparsity), selection)
+  elif selection == "img_attn_mean" and stats.key_mass is not None:
     rank = stats.key_mass
   else:
     rank = attention_rank(stats.attn, selection)

@@ -11,8 +11,14 @@ the attention logits.
 Semantics and output order follow the reference implementation: the output is
 `[unmerged A tokens, B tokens]`, where the unmerged A tokens come in order of
 decreasing match score, or in their original order when there is a class
-token (which then stays at position 0). As in the reference, r is capped at
-half of the non-class tokens; here the cap also warns.
+token (which then stays at position 0). With DeiT's distillation token
+(`distill_token=True`, token 1) nothing merges into it and it stays right
+after [CLS], as the reference's `merge` places it. As in the reference, r is
+capped at half of the unprotected tokens; here the cap also warns. One
+deviation: the reference's `unmerge` ignores the distillation layout (it
+splits at the unmerged count as if there were none); here `unmerge` inverts
+`merge` in both layouts, so source maps agree with the reference's
+`merge_source` (which merges one-hot maps with amax).
 """
 from __future__ import annotations
 
@@ -52,9 +58,10 @@ def bipartite_soft_matching(metric, r, class_token=False, distill_token=False,
       `(N - class_token) // 2`. r <= 0 gives identity functions.
     class_token: whether token 0 is a [CLS] token that must never merge.
     distill_token: whether token 1 is DeiT's distillation token: nothing
-      merges into it (it is B's first token) and it counts as protected in
-      the cap on r, as in the official code. Like there, it then sits at the
-      first B slot of the output (after the unmerged A tokens), not at 1.
+      merges into it (it is B's first token, whose scores are -inf), it
+      counts as protected in the cap on r, and the output keeps it right
+      after the first unmerged A token (the [CLS] token), as in the official
+      `merge`: `[unm[:1], dst[:1], unm[1:], dst[1:]]`.
     impl: backend of `maskmodel.kernels.token_matching`.
 
   Returns:
@@ -108,11 +115,18 @@ def bipartite_soft_matching(metric, r, class_token=False, distill_token=False,
       dst = total / count[..., None]
     else:
       dst = _scatter(dst, dst_idx, src, mode)
+    if distill_token:   # [CLS], distillation token, then the rest
+      return jnp.concatenate([unm[:, :1], dst[:, :1], unm[:, 1:], dst[:, 1:]],
+                             axis=1)
     return jnp.concatenate([unm, dst], axis=1)
 
   def unmerge(x):
     unm_len = unm_idx.shape[1]
-    unm, dst = x[:, :unm_len], x[:, unm_len:]
+    if distill_token:   # the inverse of merge's layout
+      unm = jnp.concatenate([x[:, :1], x[:, 2:unm_len + 1]], axis=1)
+      dst = jnp.concatenate([x[:, 1:2], x[:, unm_len + 1:]], axis=1)
+    else:
+      unm, dst = x[:, :unm_len], x[:, unm_len:]
     src = gather_tokens(dst, dst_idx)
     out = jnp.zeros((x.shape[0], t) + x.shape[2:], x.dtype)
     out = out.at[:, 1::2].set(dst)

@@ -66,6 +66,11 @@ class ReducerInfo:
     the block or a function of its index.
   init_graph: for methods that carry a token graph across blocks (GTP-ViT),
     `(x, class_token, **options) -> graph`, called once on the encoder input.
+  edit_attn: for methods whose official code also changes the attention
+    itself in every block (GTP-ViT's sparsity), `(options) -> None or
+    fn(probs [B, H, N, N]) -> probs`; with a function, a ViT computes the
+    probabilities explicitly in every block (not with a fused kernel), uses
+    the edited ones for the attention output, and passes them as `attn`.
   """
   fn: Callable[..., Reduced]
   needs: Any
@@ -75,6 +80,7 @@ class ReducerInfo:
   prop_attn_off_the_shelf: bool = False
   layer_options: Tuple[str, ...] = ()
   init_graph: Optional[Callable[..., Any]] = None
+  edit_attn: Optional[Callable[..., Any]] = None
 
   def default_prop_attn(self, off_the_shelf=False):
     return self.prop_attn_off_the_shelf if off_the_shelf else self.prop_attn
@@ -99,7 +105,8 @@ def _options(name, fn):
 
 
 def register(name, *, needs, conserves_size, prop_attn=False,
-             prop_attn_off_the_shelf=None, layer_options=(), init_graph=None):
+             prop_attn_off_the_shelf=None, layer_options=(), init_graph=None,
+             edit_attn=None):
   """Decorator: registers `fn` as the reducer `name` (see `ReducerInfo`)."""
   if not callable(needs):
     unknown = set(needs) - set(STATS)
@@ -117,7 +124,8 @@ def register(name, *, needs, conserves_size, prop_attn=False,
     REDUCERS[name] = ReducerInfo(
         fn, needs, conserves_size, options, prop_attn,
         prop_attn if prop_attn_off_the_shelf is None
-        else prop_attn_off_the_shelf, tuple(layer_options), init_graph)
+        else prop_attn_off_the_shelf, tuple(layer_options), init_graph,
+        edit_attn)
     return fn
   return add
 
@@ -147,6 +155,15 @@ def needs(method, options=None):
   if callable(info.needs):
     return tuple(info.needs(dict(options or {})))
   return info.needs
+
+
+def attention_edit(method, options=None):
+  """The function a ViT applies to every block's attention probabilities
+  for `method` with these options (`ReducerInfo.edit_attn`), or None."""
+  info = _info(method)
+  if info.edit_attn is None:
+    return None
+  return info.edit_attn(dict(options or {}))
 
 
 def get_reducer(name):
@@ -203,6 +220,12 @@ def reduce(method, x, size=None, *, keep, metric=None, keys=None,
   stats = Stats(metric, keys, cls_attn, key_mass, attn, graph, layer, depth)
   for name in needs(method, options):
     if getattr(stats, name) is None:
+      if name == "attn":
+        raise ValueError(
+            f"reducer {method!r} with options {options or '{}'} needs "
+            "attn=[B, H, N, N] attention probabilities, which fused "
+            "attention kernels never materialize; pass them, or choose "
+            "options that do not read them.")
       raise ValueError(f"reducer {method!r} needs {name}=[B, N...] (see "
                        "maskmodel.tokens.Stats); got None.")
   out = info.fn(x, size, stats, keep=keep, class_token=class_token,
