@@ -58,6 +58,31 @@ def _run(script, *args, devices=8, timeout=600):
 
 
 EQUAL_STEPS = """
+def check_fsdp_shards(state, mesh):
+  # Each device holds 1/8 of every fsdp-sharded param, of its Adam moments
+  # and of its EMA teacher (HPM); every kernel is fsdp-sharded.
+  specs = partitioning.param_specs(state["params"], mesh)
+  flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
+  spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  adam = state["opt_state"][1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
+  mirrors = [jax.tree.leaves(adam.mu), jax.tree.leaves(adam.nu)]
+  if "teacher" in state["task_state"]:
+    mirrors.append(jax.tree.leaves(state["task_state"]["teacher"]))
+  sharded = 0
+  for i, ((path, p), spec) in enumerate(zip(flat, spec_leaves)):
+    name, whole = jax.tree_util.keystr(path), int(np.prod(p.shape))
+    expect = whole // 8 if "fsdp" in tuple(spec) else whole
+    for x in [p] + [m[i] for m in mirrors]:
+      assert x.shape == p.shape, name
+      shard = x.addressable_shards[0].data.shape
+      assert int(np.prod(shard)) == expect, (name, spec, shard)
+    sharded += "fsdp" in tuple(spec)
+    if name.endswith("['kernel']"):
+      assert "fsdp" in tuple(spec), (name, spec)
+  assert sharded >= 10, sharded
+  print("fsdp=8:", sharded, "of", len(flat), "params sharded, with",
+        len(mirrors), "mirrors each")
+
 for path in sys.argv[1:]:
   config, task, ds = setup(path)
   def run(devices, shape):
@@ -68,6 +93,8 @@ for path in sys.argv[1:]:
       for i in range(2):  # the first step's lr is 0 (warmup)
         batch = sharding.shard_batch(ds[i], sharding.batch_sharded(mesh))
         state, metrics = step(state, batch)
+    if shape == (1, 8, 1):
+      check_fsdp_shards(state, mesh)
     return init, jax.device_get(state), float(metrics["loss"])
 
   init1, s1, l1 = run(jax.devices()[:1], (1, 1, 1))
@@ -88,42 +115,12 @@ print("OK")
 
 
 def test_step_on_every_mesh_equals_one_device():
-  """MAE, and HPM with its EMA teacher in the task state."""
+  """MAE, and HPM with its EMA teacher in the task state; on the fsdp=8
+  mesh, each device holds 1/8 of every fsdp-sharded param and of its Adam
+  moments and EMA teacher."""
   out = _run(EQUAL_STEPS, MAE, HPM)
-  assert "OK" in out, out
-
-
-FSDP_SHARDS = """
-config, task, ds = setup(sys.argv[1])
-mesh = sharding.make_mesh(None, mesh_config(1, 8, 1))
-with jax.set_mesh(mesh):
-  state, step = sharded_state(config, task, ds[0], mesh)
-  state, _ = step(state, sharding.shard_batch(ds[0], sharding.batch_sharded(mesh)))
-specs = partitioning.param_specs(state["params"], mesh)
-flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
-spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-adam = state["opt_state"][1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
-teacher = state["task_state"]["teacher"]
-mirrors = [jax.tree.leaves(adam.mu), jax.tree.leaves(adam.nu), jax.tree.leaves(teacher)]
-sharded = 0
-for i, ((path, p), spec) in enumerate(zip(flat, spec_leaves)):
-  whole = int(np.prod(p.shape))
-  expect = whole // 8 if "fsdp" in tuple(spec) else whole
-  for x in [p] + [m[i] for m in mirrors]:
-    assert x.shape == p.shape
-    shard = x.addressable_shards[0].data.shape
-    assert int(np.prod(shard)) == expect, (jax.tree_util.keystr(path), spec, shard)
-  sharded += "fsdp" in tuple(spec)
-  if jax.tree_util.keystr(path).endswith("['kernel']"):  # every matrix
-    assert "fsdp" in tuple(spec), (jax.tree_util.keystr(path), spec)
-assert sharded >= 10, sharded
-print("OK", sharded, "of", len(flat))
-"""
-
-
-def test_fsdp_holds_an_eighth_of_params_moments_and_teacher():
-  out = _run(FSDP_SHARDS, HPM)
-  assert "OK" in out, out
+  assert "OK" in out and out.count("fsdp=8:") == 2, out
+  print(out)
 
 
 ELASTIC = """
@@ -149,9 +146,12 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
   (2, 2) data x fsdp mesh; from their step 4, one device. The end state is
   the uninterrupted 8-device run's."""
   wd = tmp_path / "run"
-  _run(ELASTIC, MAE, wd, (1, 8, 1), tmp_path / "a.npz", "4", "6", devices=8)
-  _run(ELASTIC, MAE, wd, (2, 2, 1), tmp_path / "b.npz", "6", devices=4)
-  _run(ELASTIC, MAE, wd, (1, 1, 1), tmp_path / "c.npz", devices=1)
+  out = _run(ELASTIC, MAE, wd, (1, 8, 1), tmp_path / "a.npz", "4", "6", devices=8)
+  assert "resumed" not in out and "mesh={'data': 1, 'fsdp': 8, 'tensor': 1}" in out
+  out = _run(ELASTIC, MAE, wd, (2, 2, 1), tmp_path / "b.npz", "6", devices=4)
+  assert "resumed from step 2" in out and "'fsdp': 2" in out, out
+  out = _run(ELASTIC, MAE, wd, (1, 1, 1), tmp_path / "c.npz", devices=1)
+  assert "resumed from step 4" in out and "devices=1 " in out, out
   a, c = np.load(tmp_path / "a.npz"), np.load(tmp_path / "c.npz")
   assert len(a.files) == len(c.files) > 10
   for k in a.files:
