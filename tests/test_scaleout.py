@@ -226,3 +226,12 @@ def test_bad_partition_rules(smoke_config, rules, needle):
     given, check = partitioning.rules_from_config(smoke_config)
     partitioning.param_specs(PARAMS, MESH, given, check_unused=check)
   assert "\n" not in str(e.value)
+
+
+def test_bad_mesh_through_the_cli(tmp_path):
+  from conftest import SMOKE, run_cli  # pylint: disable=g-import-not-at-top
+  proc = run_cli("--config", SMOKE, "--workdir", str(tmp_path),
+                 "--config.mesh=(('data', 3), ('fsdp', 1))")
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "error: mesh=[('data', 3), ('fsdp', 1)] spans 3 devices"), proc.stderr[-2000:]
