@@ -17,20 +17,26 @@ def _require(cond, msg):
     raise ConfigError(msg)
 
 
-def validate(config, num_devices: int):
-  """Checks the keys the loop relies on; model/task keys are checked by them."""
+def validate(config, num_devices: int, data_parallel: int | None = None):
+  """Checks the keys the loop relies on; model/task keys are checked by them.
+
+  `data_parallel`: how many ways the batch is split (the mesh's data x fsdp,
+  `maskmodel.sharding`); default all `num_devices`."""
   for key in ("seed", "total_steps", "batch_size", "task", "model", "data",
               "optimizer", "log_every", "checkpoint_every"):
     _require(key in config, f"config has no {key!r}; start from a file in "
              "configs/ (e.g. configs/mae/mnist_vit_tiny.py).")
   _require(config.total_steps > 0, f"total_steps={config.total_steps} must be > 0.")
   _require(config.batch_size > 0, f"batch_size={config.batch_size} must be > 0.")
-  _require(config.batch_size % num_devices == 0,
+  n = num_devices if data_parallel is None else data_parallel
+  split = (f"{n} devices" if n == num_devices else
+           f"{n} data-parallel devices (mesh data x fsdp)")
+  _require(config.batch_size % n == 0,
            f"batch_size={config.batch_size} is not divisible by the "
-           f"{num_devices} devices; use a multiple of {num_devices}.")
-  _require(config.evals.batch_size % num_devices == 0,
+           f"{split}; use a multiple of {n}.")
+  _require(config.evals.batch_size % n == 0,
            f"evals.batch_size={config.evals.batch_size} is not divisible by the "
-           f"{num_devices} devices; use a multiple of {num_devices}.")
+           f"{split}; use a multiple of {n}.")
   _require(config.log_every > 0, f"log_every={config.log_every} must be > 0.")
   _require(config.checkpoint_every >= 0,
            f"checkpoint_every={config.checkpoint_every} must be >= 0 (0 = only at the end).")
@@ -76,6 +82,12 @@ def base_config():
   c.log_every = 50
   c.checkpoint_every = 500
   c.checkpoint_keep = 3
+  # The device mesh (maskmodel/sharding.py): (axis, size) pairs, -1 takes
+  # the devices the others leave. The batch is split over data x fsdp.
+  c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
+  # (regex on the "/"-joined param path, spec) pairs, first match wins;
+  # None: maskmodel.partitioning.DEFAULT_RULES.
+  c.partition_rules = ml_collections.FieldReference(None, field_type=object)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "mnist5k"

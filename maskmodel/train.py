@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from maskmodel import checkpoint, config as config_lib, evaluators, optim, sharding
+from maskmodel import checkpoint, config as config_lib, evaluators, optim
+from maskmodel import partitioning, sharding
 from maskmodel import data as data_lib
 from maskmodel import report as report_lib
 from maskmodel.metrics import MetricWriter
@@ -38,9 +39,11 @@ def sources(config):
 
 def train_step(task, tx, schedule, state, batch):
   """One optimizer step; the per-step RNG is fold_in(rng, step). The task's
-  `after_update` sees the new params (`maskmodel/tasks/base.py`)."""
+  `after_update` sees the new params (`maskmodel/tasks/base.py`). Under a
+  mesh (`jax.set_mesh`) the batch stays split over ("data", "fsdp")."""
   step = state["step"]
   rng = jax.random.fold_in(state["rng"], step)
+  batch = sharding.constrain_batch(batch)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
   (_, (metrics, task_state)), grads = grad_fn(state["params"], state["task_state"],
                                               batch, rng, step)
@@ -83,19 +86,41 @@ def frozen_leaves(task, state):
   return mask
 
 
-def initial_state(config, task, example_batch):
+def initial_state(config, task, example_batch, mesh=None):
   """Fresh params, task state and optimizer; no pretrained weights yet
-  (`Task.load_pretrained` runs only when the run does not resume)."""
+  (`Task.load_pretrained` runs only when the run does not resume).
+
+  With a `mesh`, the state is created sharded (`state_shardings`): one jit
+  whose outputs land on their shards, so no device ever holds the whole
+  model. Returns `(state, tx, schedule)`.
+  """
   rng = jax.random.PRNGKey(config.seed)
-  init_rng, train_rng = jax.random.split(rng)
+  abstract_params, _ = jax.eval_shape(task.init, rng, example_batch)
+  tx, schedule = optim.make_optimizer(config, abstract_params,
+                                      task.param_labels(abstract_params))
+
+  def init(rng):
+    init_rng, train_rng = jax.random.split(rng)
+    params, task_state = task.init(init_rng, example_batch)
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": tx.init(params), "task_state": task_state,
+            "rng": train_rng}
+
   # Jitted: run op by op, a model's init compiles each of its ops apart.
-  params, task_state = jax.jit(task.init)(init_rng, example_batch)
-  task_state = _own_buffers(params, task_state)
-  tx, schedule = optim.make_optimizer(config, params, task.param_labels(params))
-  state = {"step": jnp.zeros((), jnp.int32), "params": params,
-           "opt_state": jax.jit(tx.init)(params), "task_state": task_state,
-           "rng": train_rng}
+  out_shardings = None if mesh is None else state_shardings(
+      config, jax.eval_shape(init, rng), mesh)
+  state = jax.jit(init, out_shardings=out_shardings)(rng)
+  state["task_state"] = _own_buffers(state["params"], state["task_state"])
   return state, tx, schedule
+
+
+def state_shardings(config, state, mesh):
+  """NamedShardings for a train state (arrays or shapes) on `mesh`, by
+  `config.partition_rules` (`maskmodel.partitioning`); a rule that does
+  not fit stops with a `ConfigError`."""
+  rules, given = partitioning.rules_from_config(config)
+  return partitioning.to_shardings(
+      partitioning.state_specs(state, mesh, rules, check_unused=given), mesh)
 
 
 def _fmt_time(seconds):
@@ -113,7 +138,7 @@ def train_and_evaluate(config, workdir):
   On a preemption notice (SIGTERM) it checkpoints the step it is at and
   raises `Preempted`.
   """
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(mesh_config=config.get("mesh"))
   # Set as the ambient mesh so that Pallas kernels run per device on their
   # rows of the batch (`maskmodel.kernels.dispatch.per_device_batch`).
   with jax.set_mesh(mesh):
@@ -122,7 +147,7 @@ def train_and_evaluate(config, workdir):
 
 def _train_and_evaluate(config, workdir, mesh):
   os.makedirs(workdir, exist_ok=True)
-  config_lib.validate(config, mesh.size)
+  config_lib.validate(config, mesh.size, sharding.data_parallel_size(mesh))
   task = get_task(config)
   train_src, test_src = sources(config)
 
@@ -132,8 +157,8 @@ def _train_and_evaluate(config, workdir, mesh):
                                                            train=True))
   example = ds[0]
   repl, data_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  state, tx, schedule = initial_state(config, task, example)
-  state = jax.device_put(state, repl)
+  state, tx, schedule = initial_state(config, task, example, mesh)
+  state_sh = jax.tree.map(lambda x: x.sharding, state)
   # A copy: the step donates `state`, and the report compares against init.
   init_params = (jax.tree.map(jnp.copy, state["params"])
                  if config.evals.compare_random_init else None)
@@ -153,18 +178,19 @@ def _train_and_evaluate(config, workdir, mesh):
     params, task_state = task.load_pretrained(state["params"], state["task_state"])
     state = jax.device_put(dict(state, params=params,
                                 task_state=_own_buffers(params, task_state)),
-                           repl)
+                           state_sh)
   start = int(state["step"])
 
   step_fn = jax.jit(functools.partial(train_step, task, tx, schedule),
-                    in_shardings=(repl, data_sharding), out_shardings=(repl, repl),
+                    in_shardings=(state_sh, data_sharding),
+                    out_shardings=(state_sh, repl),
                     donate_argnums=(0,))
   ctx = evaluators.Context(config, task, mesh, train_src, test_src,
                            data_lib.image_spec(config.data), workdir)
   total = config.total_steps
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   log(f"task={config.task.name} data={config.data.name} params={n_params / 1e6:.2f}M "
-      f"devices={mesh.size} batch={config.batch_size} steps={start}->{total}")
+      f"devices={mesh.size} mesh={dict(mesh.shape)} batch={config.batch_size} steps={start}->{total}")
 
   t_last, s_last, t_start = time.time(), start, time.time()
   with checkpoint.PreemptionNotice() as preemption:

@@ -221,14 +221,23 @@ def per_device_batch(fn, *args):
   """`fn(*args)`, run per device on its rows when a mesh is set.
 
   Every array in `args` and in the result has the batch as its leading
-  axis, split over all axes of the mesh set with `jax.set_mesh` (the data
-  parallel layout of `maskmodel.sharding`). With no mesh, a one-device mesh,
-  or a batch the mesh does not divide, it is a plain call.
+  axis, split over the batch axes ("data", "fsdp") of the mesh set with
+  `jax.set_mesh` (`maskmodel.sharding`), the same rows on every device of a
+  "tensor" group; a mesh without those names splits over all its axes. With
+  no mesh, a one-device mesh, or a batch the axes do not divide, it is a
+  plain call.
   """
   mesh = jax.sharding.get_abstract_mesh()
   batch = jax.tree.leaves(args)[0].shape[0]
-  if mesh.empty or mesh.size == 1 or batch % mesh.size:
+  if mesh.empty or mesh.size == 1:
     return fn(*args)
-  spec = P(mesh.axis_names)
+  axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+  axes = axes or tuple(mesh.axis_names)
+  ways = 1
+  for a in axes:
+    ways *= mesh.shape[a]
+  if ways == 1 or batch % ways:
+    return fn(*args)
+  spec = P(axes)
   return jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec,
                        check_vma=False)(*args)
