@@ -51,13 +51,19 @@ def _all_finite(tree):
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else True
 
 
-def diverged_message(step, last_saved):
+def diverged_message(config, step, last_saved):
+  """One line: where it diverged, what was kept, and what to try."""
   kept = (f"the last checkpoint (step {last_saved}) is untouched"
           if last_saved else "no checkpoint was written")
+  o = config.optimizer
+  fixes = [f"lower optimizer.lr (now {o.lr:g})",
+           f"lower optimizer.grad_clip (now {o.grad_clip:g})" if o.grad_clip
+           else "clip gradients (optimizer.grad_clip=1.0)"]
+  if config.model.get("dtype", "float32") != "float32":
+    fixes.append(f"train in float32 (model.dtype=float32, now {config.model.dtype})")
   return (f"training diverged: the loss or gradient norm is NaN or Inf at step "
-          f"{step}; stopped without saving it, {kept}. Lower optimizer.lr, "
-          "set optimizer.grad_clip (e.g. 1.0), or use model.dtype=float32 "
-          "instead of bfloat16.")
+          f"{step}; stopped without saving it, {kept}. Try to "
+          + ", ".join(fixes[:-1]) + f" or {fixes[-1]}.")
 
 
 def log(msg):
@@ -214,7 +220,7 @@ def _train_and_evaluate(config, workdir, mesh):
     if bad:
       ckpt.wait()  # the last good step's save finishes; nothing newer starts
       writer.close()
-      raise Diverged(diverged_message(bad, last_saved))
+      raise Diverged(diverged_message(config, bad, last_saved))
 
   t_last, s_last, t_start = time.time(), start, time.time()
   with checkpoint.PreemptionNotice() as preemption:
