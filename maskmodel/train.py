@@ -154,7 +154,9 @@ def train_and_evaluate(config, workdir):
   initial params (when `evals.compare_random_init`), "pixels": the feature
   evals on raw pixels (when `evals.compare_pixels`), "state": train state}.
   On a preemption notice (SIGTERM) it checkpoints the step it is at and
-  raises `Preempted`.
+  raises `Preempted`. A NaN or Inf loss or gradient norm raises `Diverged`
+  and leaves the last good checkpoint as the newest. `workdir` may be local
+  or a `gs://` URI.
   """
   mesh = sharding.make_mesh()
   # Set as the ambient mesh so that Pallas kernels run per device on their
