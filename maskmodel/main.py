@@ -120,6 +120,11 @@ def main(argv):
   if _CONFIG.value is None or _WORKDIR.value is None:
     _fail("--config and --workdir are required, e.g. --config "
           "configs/mae/mnist_vit_tiny.py --workdir /tmp/mae_mnist.")
+  from maskmodel.paths import workdir_path  # pylint: disable=g-import-not-at-top
+  try:
+    workdir_path(_WORKDIR.value)
+  except ValueError as e:
+    _fail(f"--workdir {e}.")
   init_distributed()
   from maskmodel import checkpoint, train  # pylint: disable=g-import-not-at-top
   from maskmodel.config import ConfigError  # pylint: disable=g-import-not-at-top

@@ -72,6 +72,12 @@ def test_workdir_on_a_uri_scheme_writes_and_resumes(tmp_path):
   assert list(cwd.iterdir()) == []  # nothing went to a local folder "localfs:"
 
 
+def test_workdir_of_an_unknown_scheme_is_one_error_line(tmp_path):
+  proc = run_cli("--config", SMOKE, "--workdir", "nosuch://bucket/run")
+  _assert_one_error_line(proc, "--workdir 'nosuch://bucket/run'", "gs://",
+                         "local path")
+
+
 def test_local_workdir_paths_stay_absolute_local(tmp_path, monkeypatch):
   from maskmodel.paths import workdir_path  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(tmp_path)
