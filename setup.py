@@ -8,6 +8,10 @@ INSTALL_REQUIRES = [
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
+    # Workdir paths, local or gs:// (maskmodel/paths.py). gs:// files other
+    # than orbax's arrays go through TensorFlow's gfile (the tfds extra) or,
+    # without TensorFlow, fsspec with gcsfs installed.
+    "etils[epath]==1.15.0",
     "ml-collections==1.1.0",
     "absl-py==2.5.1",
     "pillow==13.0.0",

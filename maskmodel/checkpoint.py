@@ -16,10 +16,12 @@ their place. A resume reads both, so it never needs the pretraining workdir.
 `PreemptionNotice` turns a scheduler's preemption notice (SIGTERM, as sent by
 Cloud TPU, GKE and SLURM before they evict a job) into a step at which the
 loop saves and stops, so a preempted run loses no steps.
+
+Paths go through `etils.epath` (`maskmodel.paths`): a checkpoint folder may be
+local or on cloud storage (`gs://BUCKET/run/checkpoints`).
 """
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import warnings
@@ -27,6 +29,8 @@ import warnings
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+from maskmodel.paths import workdir_path
 
 
 FROZEN = "frozen"  # the folder of the frozen weights, beside the steps
@@ -83,8 +87,8 @@ class Checkpointer:
   """
 
   def __init__(self, directory, max_to_keep: int = 3, frozen=None):
-    self.directory = os.path.abspath(directory)
-    self.frozen_dir = os.path.join(self.directory, FROZEN)
+    self.directory = workdir_path(directory)
+    self.frozen_dir = self.directory / FROZEN
     self._frozen = frozen if frozen is not None and any(jax.tree.leaves(frozen)) else None
     self._frozen_saved = False
     self._mngr = ocp.CheckpointManager(
@@ -168,13 +172,13 @@ class Checkpointer:
     return reader.restore(self.frozen_dir, abstract)
 
   def _set_aside(self, step, error):
-    path = os.path.join(self.directory, str(step))
-    aside = path + ".corrupt"
+    path = self.directory / str(step)
+    aside = self.directory / f"{step}.corrupt"
     warnings.warn(f"checkpoint step {step} in {self.directory} is unreadable "
                   f"({type(error).__name__}: {str(error)[:200]}); moved it to "
                   f"{aside} and trying the previous step.", stacklevel=2)
-    if jax.process_index() == 0 and os.path.exists(path):
-      os.replace(path, aside)
+    if jax.process_index() == 0 and path.exists():
+      path.replace(aside)
     self._mngr.reload()
 
 
@@ -235,10 +239,10 @@ def load_encoder_params(workdir):
   Accepts a run's workdir or its `checkpoints/` folder. MAE-style params keep
   the encoder under "encoder"; classifier params are the encoder (+ head).
   """
-  directory = workdir
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
-    directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
+  directory = workdir_path(workdir)
+  if (directory / "checkpoints").is_dir():
+    directory = directory / "checkpoints"
+  if not directory.is_dir():
     raise CheckpointError(f"no checkpoint folder at {workdir!r}; set "
                           "task.init_from to the workdir of a finished run.")
   mngr = ocp.CheckpointManager(
@@ -252,13 +256,13 @@ def load_encoder_params(workdir):
     except Exception as e:  # pylint: disable=broad-except
       errors.append(f"step {step}: {type(e).__name__}")
       continue
-    frozen_dir = os.path.join(directory, FROZEN)
-    if os.path.isdir(frozen_dir):
+    frozen_dir = directory / FROZEN
+    if frozen_dir.is_dir():
       reader = ocp.StandardCheckpointer()
       state = fill(state, reader.restore(frozen_dir, _on_this_host(
           reader.metadata(frozen_dir).item_metadata.tree)))
     params = state["params"]
     return params["encoder"] if "patch_embed" not in params else params
   raise CheckpointError(
-      f"no readable checkpoint in {directory!r} ({'; '.join(errors) or 'empty'}); "
+      f"no readable checkpoint in {str(directory)!r} ({'; '.join(errors) or 'empty'}); "
       "point task.init_from at a finished run's workdir.")

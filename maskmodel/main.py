@@ -2,7 +2,19 @@
 [--config.key=value ...]. Rerunning the same command resumes the run.
 
 On SIGTERM (a scheduler's preemption notice) the run checkpoints the step it
-is at and exits with status 143; rerunning resumes from that step."""
+is at and exits with status 143; rerunning resumes from that step.
+
+`--workdir` may be local or on cloud storage (`gs://BUCKET/run`).
+
+Multi-host: pass `--distributed_auto` (TPU pods, SLURM, Open MPI) or
+`--coordinator_address --num_processes --process_id`. A launch whose
+environment says several processes (srun's SLURM_STEP_NUM_TASKS,
+OMPI_COMM_WORLD_SIZE, PMI_SIZE, WORLD_SIZE, TPU_WORKER_HOSTNAMES,
+JAX_COORDINATOR_ADDRESS) while JAX runs as one process stops with one line:
+otherwise each process would train alone and all would write into one workdir.
+
+A run whose loss or gradient norm becomes NaN or Inf stops with one error line
+naming the step (`train.Diverged`); the last good checkpoint is kept."""
 from __future__ import annotations
 
 import os
@@ -55,9 +67,34 @@ def parse_flags(argv):
           "--config FILE --helpfull, or check the config file.")
 
 
+def launched_processes(env=None):
+  """(N, "VAR=value") when the launcher's environment says this is one of
+  N > 1 processes, else None. Read from SLURM, Open MPI, MPICH/PMI,
+  torchrun-style launchers, Cloud TPU pods and JAX's own variables."""
+  env = os.environ if env is None else env
+  # srun's per-step count, not SLURM_NTASKS: a batch script that runs one
+  # process in a many-task allocation is a single-process run.
+  for var in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
+              "WORLD_SIZE"):
+    value = env.get(var, "").strip()
+    if value.isdigit() and int(value) > 1:
+      return int(value), f"{var}={value}"
+  hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+  if len(hosts) > 1:
+    return len(hosts), f"TPU_WORKER_HOSTNAMES lists {len(hosts)} hosts"
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return 0, f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']}"
+  return None
+
+
 def init_distributed():
-  """Joins a multi-process run before any JAX computation."""
+  """Joins a multi-process run before any JAX computation; stops with one
+  line when the environment says multi-process but JAX runs as one."""
   import jax  # pylint: disable=g-import-not-at-top
+  if _NUM_PROCESSES.value and _NUM_PROCESSES.value > 1 and not _COORDINATOR.value \
+      and not _DISTRIBUTED_AUTO.value:
+    _fail(f"--num_processes={_NUM_PROCESSES.value} needs --coordinator_address "
+          "host:port of process 0 (and --process_id), or --distributed_auto.")
   if _DISTRIBUTED_AUTO.value:
     jax.distributed.initialize()
   elif _COORDINATOR.value:
@@ -67,6 +104,14 @@ def init_distributed():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
+  launched = launched_processes()
+  if launched and jax.process_count() == 1:
+    n, why = launched
+    many = f"one of {n} processes" if n else "part of a multi-process launch"
+    _fail(f"this looks like {many} ({why}), but JAX runs as a single process, "
+          "so each would train alone and write into one workdir; pass "
+          "--distributed_auto (TPU pods, SLURM, Open MPI) or --coordinator_address "
+          "HOST:PORT --num_processes N --process_id I.")
 
 
 def main(argv):
@@ -75,13 +120,18 @@ def main(argv):
   if _CONFIG.value is None or _WORKDIR.value is None:
     _fail("--config and --workdir are required, e.g. --config "
           "configs/mae/mnist_vit_tiny.py --workdir /tmp/mae_mnist.")
+  from maskmodel.paths import workdir_path  # pylint: disable=g-import-not-at-top
+  try:
+    workdir_path(_WORKDIR.value)
+  except ValueError as e:
+    _fail(f"--workdir {e}.")
   init_distributed()
   from maskmodel import checkpoint, train  # pylint: disable=g-import-not-at-top
   from maskmodel.config import ConfigError  # pylint: disable=g-import-not-at-top
   from maskmodel.data import DataError  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, DataError, checkpoint.CheckpointError) as e:
+  except (ConfigError, DataError, checkpoint.CheckpointError, train.Diverged) as e:
     _fail(str(e))
   except train.Preempted as e:
     print(e, flush=True)

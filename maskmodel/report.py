@@ -1,10 +1,12 @@
-"""The run report: `report.md` with the loss-curve PNG and eval numbers."""
-from __future__ import annotations
+"""The run report: `report.md` with the loss-curve PNG and eval numbers.
 
-import os
+Written through `etils.epath`, so the workdir may be on cloud storage.
+"""
+from __future__ import annotations
 
 from maskmodel.evaluators.plots import loss_curve
 from maskmodel.models import get_model
+from maskmodel.paths import workdir_path
 
 
 # Column titles of the baselines, in the order the table shows them.
@@ -42,8 +44,8 @@ def pixels_verdicts(final: dict, pixels: dict) -> list[str]:
 def write(workdir, config, final: dict, baselines: dict, *, train_seconds: float,
           steps_run: int):
   """`baselines` maps a key of BASELINES to that baseline's eval metrics."""
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  loss_curve(metrics_path, os.path.join(workdir, "loss_curve.png"))
+  workdir = workdir_path(workdir)
+  loss_curve(workdir / "metrics.jsonl", workdir / "loss_curve.png")
   lines = [
       f"# {config.task.name} on {config.data.name}",
       "",
@@ -70,7 +72,6 @@ def write(workdir, config, final: dict, baselines: dict, *, train_seconds: float
   if verdicts:
     lines += [""] + verdicts
   lines += ["", "![loss curve](loss_curve.png)", ""]
-  if os.path.exists(os.path.join(workdir, "reconstructions.png")):
+  if (workdir / "reconstructions.png").exists():
     lines += ["![original / masked / reconstructed](reconstructions.png)", ""]
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write("\n".join(lines))
+  (workdir / "report.md").write_text("\n".join(lines))

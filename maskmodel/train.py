@@ -1,15 +1,25 @@
 """THE train/eval loop. Tasks plug in through `init` and `loss`; the loop owns
 the mesh, the input pipeline, the optimizer, the jitted step, evals,
 checkpoints and metrics.
+
+The workdir may be local or on cloud storage (`gs://BUCKET/run`): every file
+goes through `etils.epath` (`maskmodel.paths`).
+
+Divergence guard: the first step whose loss or gradient norm is NaN or Inf is
+tracked on device (one small asynchronous op per step, no host sync) and
+checked where the loop waits for the device anyway: at log steps, and before
+evals and checkpoints (which also check that the params are finite). A
+diverged run stops with `Diverged`, naming the step, and never saves the
+bad state: the last checkpoint on disk is the last good one.
 """
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from maskmodel import checkpoint, config as config_lib, evaluators, optim
@@ -17,11 +27,44 @@ from maskmodel import partitioning, sharding
 from maskmodel import data as data_lib
 from maskmodel import report as report_lib
 from maskmodel.metrics import MetricWriter
+from maskmodel.paths import workdir_path
 from maskmodel.tasks import get_task
 
 
 class Preempted(Exception):
   """A preemption notice stopped the run after checkpointing its step."""
+
+
+class Diverged(Exception):
+  """The loss or gradient norm became NaN or Inf; the bad state was not saved."""
+
+
+@jax.jit
+def _first_nonfinite(first, step, loss, grad_norm):
+  """`step` if it is the first whose loss or gradient norm is not finite."""
+  bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+  return jnp.where((first == 0) & bad, step, first)
+
+
+@jax.jit
+def _all_finite(tree):
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else True
+
+
+def diverged_message(config, step, last_saved):
+  """One line: where it diverged, what was kept, and what to try."""
+  kept = (f"the last checkpoint (step {last_saved}) is untouched"
+          if last_saved else "no checkpoint was written")
+  o = config.optimizer
+  fixes = [f"lower optimizer.lr (now {o.lr:g})",
+           f"lower optimizer.grad_clip (now {o.grad_clip:g})" if o.grad_clip
+           else "clip gradients (optimizer.grad_clip=1.0)"]
+  if config.model.get("dtype", "float32") != "float32":
+    fixes.append(f"train in float32 (model.dtype=float32, now {config.model.dtype})")
+  return (f"training diverged: the loss or gradient norm is NaN or Inf at step "
+          f"{step}; stopped without saving it, {kept}. Try to "
+          + ", ".join(fixes[:-1]) + f" or {fixes[-1]}.")
 
 
 def log(msg):
@@ -136,7 +179,9 @@ def train_and_evaluate(config, workdir):
   initial params (when `evals.compare_random_init`), "pixels": the feature
   evals on raw pixels (when `evals.compare_pixels`), "state": train state}.
   On a preemption notice (SIGTERM) it checkpoints the step it is at and
-  raises `Preempted`.
+  raises `Preempted`. A NaN or Inf loss or gradient norm raises `Diverged`
+  and leaves the last good checkpoint as the newest. `workdir` may be local
+  or a `gs://` URI.
   """
   mesh = sharding.make_mesh(mesh_config=config.get("mesh"))
   # Set as the ambient mesh so that Pallas kernels run per device on their
@@ -146,7 +191,8 @@ def train_and_evaluate(config, workdir):
 
 
 def _train_and_evaluate(config, workdir, mesh):
-  os.makedirs(workdir, exist_ok=True)
+  workdir = workdir_path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   config_lib.validate(config, mesh.size, sharding.data_parallel_size(mesh))
   task = get_task(config)
   train_src, test_src = sources(config)
@@ -163,7 +209,7 @@ def _train_and_evaluate(config, workdir, mesh):
   init_params = (jax.tree.map(jnp.copy, state["params"])
                  if config.evals.compare_random_init else None)
 
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints",
                                  max_to_keep=config.checkpoint_keep,
                                  frozen=frozen_leaves(task, state))
   data_iter = data_lib.train_iterator(ds)
@@ -192,13 +238,28 @@ def _train_and_evaluate(config, workdir, mesh):
   log(f"task={config.task.name} data={config.data.name} params={n_params / 1e6:.2f}M "
       f"devices={mesh.size} mesh={dict(mesh.shape)} batch={config.batch_size} steps={start}->{total}")
 
+  first_bad = jax.device_put(np.int32(0), repl)  # 0: no step diverged yet
+  last_saved = start if restored is not None else None
+
+  def stop_if_diverged(step, params=None):
+    bad = int(first_bad)
+    if not bad and params is not None and not bool(_all_finite(params)):
+      bad = step  # this step's update made the params NaN or Inf
+    if bad:
+      ckpt.wait()  # the last good step's save finishes; nothing newer starts
+      writer.close()
+      raise Diverged(diverged_message(config, bad, last_saved))
+
   t_last, s_last, t_start = time.time(), start, time.time()
   with checkpoint.PreemptionNotice() as preemption:
     for step in range(start + 1, total + 1):
       batch = sharding.shard_batch(next(data_iter), data_sharding)
       state, metrics = step_fn(state, batch)
+      first_bad = _first_nonfinite(first_bad, step, metrics["loss"],
+                                   metrics["grad_norm"])
       if step % config.log_every == 0 or step == total:
         metrics = jax.device_get(metrics)
+        stop_if_diverged(step)
         now = time.time()
         rate = (step - s_last) / max(now - t_last, 1e-9)
         t_last, s_last = now, step
@@ -207,13 +268,16 @@ def _train_and_evaluate(config, workdir, mesh):
             f"{rate:.1f} steps/s  ETA {_fmt_time((total - step) / max(rate, 1e-9))}")
       names = evaluators.due(config, step, final=False, task=task) if step < total else []
       if names:
+        stop_if_diverged(step)
         results = evaluators.run(ctx, names, state["params"], state["task_state"])
         writer.write(step, {f"eval/{k}": v for k, v in results.items()})
         log(f"eval @ {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
       preempted = step < total and preemption.reached(step)
       if (preempted or step == total or
           (config.checkpoint_every and step % config.checkpoint_every == 0)):
+        stop_if_diverged(step, state["params"])
         ckpt.save(step, state, data_iter.get_state())
+        last_saved = step
       if preempted:
         ckpt.wait()
         writer.close()

@@ -80,3 +80,40 @@ def test_init_from_of_another_model(shape, needle):
   params = {"encoder": {"b": np.zeros(4), "w": np.zeros(shape or 4)}, "head": np.zeros(2)}
   with pytest.raises(checkpoint.CheckpointError, match=needle + ".*model config of the"):
     transfer_encoder(params, pretrained)
+
+
+def test_diverged_run_stops_and_keeps_only_good_checkpoints(tmp_path):
+  import re  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from conftest import checkpoint_steps  # pylint: disable=g-import-not-at-top
+  wd = tmp_path / "run"
+  # lr 1e30: the first update sends the weights to ~1e30, the next loss is NaN.
+  proc = run_cli("--config", SMOKE, "--workdir", str(wd), "--config.total_steps=10",
+                 "--config.checkpoint_every=1", "--config.log_every=5",
+                 "--config.optimizer.warmup_steps=0", "--config.optimizer.lr=1e30",
+                 "--config.evals.names=()")
+  _assert_clean_error(proc, "training diverged", "NaN or Inf at step",
+                      "lower optimizer.lr (now 1e+30)", "optimizer.grad_clip")
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  bad = int(re.search(r"at step (\d+)", proc.stderr).group(1))
+  steps = checkpoint_steps(wd)
+  assert steps and max(steps) < bad
+  assert f"the last checkpoint (step {max(steps)}) is untouched" in proc.stderr
+  mngr = ocp.CheckpointManager(str(wd / "checkpoints"))
+  for step in steps:  # every saved step is finite
+    state = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+    for leaf in jax.tree.leaves(state["params"]):
+      assert np.isfinite(leaf).all(), step
+
+
+def test_divergence_guard_keeps_the_first_bad_step():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from maskmodel import train  # pylint: disable=g-import-not-at-top
+  first = jnp.int32(0)
+  for step, loss, norm in [(1, 1.0, 2.0), (2, 1.0, jnp.inf), (3, jnp.nan, 1.0)]:
+    first = train._first_nonfinite(first, step, jnp.float32(loss), jnp.float32(norm))
+  assert int(first) == 2
+  assert bool(train._all_finite({"a": jnp.ones(3), "n": jnp.arange(3)}))
+  assert not bool(train._all_finite({"a": jnp.array([1.0, jnp.nan])}))

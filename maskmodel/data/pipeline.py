@@ -5,6 +5,13 @@ random_map(preprocess) -> batch`, where `preprocess` is the task's
 (`Task.preprocess`; images by default). Every random choice is derived from the seed
 and the element index, so the iterator state (`{"next_index": k}`) restores
 the exact same stream after a restart.
+
+Across processes: each process reads its own shard (every
+`process_count`-th record), and its random crops and flips are drawn from
+`augment_seed(seed, process_index)`. grain seeds an element's random map
+from the seed and the *local* index, so with one seed for all, element k of
+every host would get the same crop and flip. Process 0 keeps `seed` itself,
+so single-process runs draw exactly what they drew before.
 """
 from __future__ import annotations
 
@@ -93,27 +100,38 @@ def train_augment(record, rng, spec: ImageSpec, crop_scale, flip):
   return {"image": normalize(image, spec), "label": record["label"]}
 
 
-def _process_shard(ds):
-  if jax.process_count() > 1:
-    ds = ds[jax.process_index()::jax.process_count()]
-  return ds
+def augment_seed(seed: int, process_index: int) -> int:
+  """The seed of process `process_index`'s random augmentations: `seed`
+  itself for process 0 (single-process runs are unchanged), a distinct
+  32-bit seed derived from (seed, process_index) for the others."""
+  if process_index == 0:
+    return seed
+  return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
 
 
 def train_dataset(source, *, batch_size: int, seed: int, spec: ImageSpec = None,
-                  crop_scale=None, flip=False, preprocess=None) -> grain.MapDataset:
+                  crop_scale=None, flip=False, preprocess=None,
+                  process_index: int = None, process_count: int = None
+                  ) -> grain.MapDataset:
   """Infinite, reshuffled-per-epoch, preprocessed batches of this process's
   share. `batch_size` is per process.
 
   `preprocess(record, rng) -> dict` makes one example from a source record
-  with a numpy Generator seeded by `seed` and the element's index (a task's
-  `preprocess`, which may return several views or token ids). Without it,
-  `train_augment` with `spec`, `crop_scale` and `flip`.
+  with a numpy Generator seeded by `augment_seed(seed, process_index)` and
+  the element's index (a task's `preprocess`, which may return several views
+  or token ids). Without it, `train_augment` with `spec`, `crop_scale` and
+  `flip`. `process_index` and `process_count` default to JAX's.
   """
   if preprocess is None:
     preprocess = lambda r, rng: train_augment(r, rng, spec, crop_scale, flip)
-  ds = _process_shard(grain.MapDataset.source(source))
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  ds = grain.MapDataset.source(source)
+  if count > 1:
+    ds = ds[index::count]
+  # The shuffle needs no per-process seed: each process shuffles its own shard.
   ds = ds.shuffle(seed=seed).repeat(None)
-  ds = ds.random_map(preprocess, seed=seed)
+  ds = ds.random_map(preprocess, seed=augment_seed(seed, index))
   return ds.batch(batch_size, drop_remainder=True)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any
 
 import jax
@@ -24,6 +23,7 @@ from maskmodel.evaluators import low_label as low_label_lib
 from maskmodel.evaluators.knn import knn_accuracy
 from maskmodel.evaluators.linear_probe import linear_probe
 from maskmodel.evaluators.plots import image_grid
+from maskmodel.paths import workdir_path
 
 
 @dataclasses.dataclass
@@ -34,7 +34,7 @@ class Context:
   train_source: Any
   test_source: Any
   spec: Any
-  workdir: str
+  workdir: Any  # an etils.epath.Path or str, local or gs://
 
   def example(self, record):
     """One eval example: the task's `preprocess` with train=False, or the
@@ -153,10 +153,11 @@ def reconstruction(ctx, params, task_state, cache):
   images = np.stack([ctx.example(ctx.test_source[i])["image"] for i in range(n)])
   out = {k: np.asarray(v) for k, v in _task_reconstruction(
       ctx.task, params, task_state, images, jax.random.PRNGKey(ctx.config.seed)).items()}
-  path = os.path.join(ctx.workdir, "reconstructions.png")
-  image_grid({"original": out["original"], "masked": out["masked"],
-              "reconstructed": out["reconstruction"]}, path,
-             ctx.config.data.mean, ctx.config.data.std)
+  if jax.process_index() == 0:  # one writer for the shared workdir
+    image_grid({"original": out["original"], "masked": out["masked"],
+                "reconstructed": out["reconstruction"]},
+               workdir_path(ctx.workdir) / "reconstructions.png",
+               ctx.config.data.mean, ctx.config.data.std)
   hidden = out["mask"]  # [B, H, W, 1]: the mean over hidden pixels, channels
   err = float(((out["reconstruction"] - out["original"]) ** 2 * hidden).sum()
               / (hidden.sum() * out["original"].shape[-1]))

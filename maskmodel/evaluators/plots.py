@@ -1,4 +1,7 @@
-"""Figures for the run report: loss curve and reconstruction grid."""
+"""Figures for the run report: loss curve and reconstruction grid.
+
+Paths are `etils.epath` paths or strings, local or on cloud storage.
+"""
 from __future__ import annotations
 
 import json
@@ -8,10 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from maskmodel.paths import workdir_path
+
 
 def loss_curve(metrics_jsonl, out_png, key="loss"):
   steps, values = [], []
-  with open(metrics_jsonl) as f:
+  with workdir_path(metrics_jsonl).open() as f:
     for line in f:
       rec = json.loads(line)
       if f"train/{key}" in rec:
@@ -23,8 +28,7 @@ def loss_curve(metrics_jsonl, out_png, key="loss"):
   ax.set_ylabel(f"train {key}")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(out_png)
-  plt.close(fig)
+  _save(fig, out_png)
 
 
 def image_grid(rows: dict, out_png, mean, std):
@@ -44,5 +48,11 @@ def image_grid(rows: dict, out_png, mean, std):
       ax.set_yticks([])
     axes[r, 0].set_ylabel(name, fontsize=8)
   fig.tight_layout()
-  fig.savefig(out_png)
+  _save(fig, out_png)
+
+
+def _save(fig, out_png):
+  """Saves and closes `fig` as a PNG through epath (a local or gs:// path)."""
+  with workdir_path(out_png).open("wb") as f:
+    fig.savefig(f, format="png")
   plt.close(fig)
