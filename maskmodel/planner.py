@@ -99,6 +99,14 @@ def per_device_bytes(tree) -> int:
              for x in jax.tree.leaves(tree))
 
 
+def sharded_bytes(tree) -> tuple[int, int]:
+  """(bytes per device, global bytes) of the leaves that are split over at
+  least one mesh axis; the other leaves are whole on every device."""
+  split = [x for x in jax.tree.leaves(tree) if not x.sharding.is_fully_replicated]
+  return (per_device_bytes(split),
+          sum(x.size * x.dtype.itemsize for x in split))
+
+
 def rule_usage(params, rules):
   """[(regex, spec, number of params it decided)] in rule order."""
   compiled = [re.compile(r) for r, _ in rules]
@@ -163,6 +171,9 @@ def plan(config, topology: str) -> dict:
                  optimizer=per_device_bytes(state["opt_state"]),
                  other_state=per_device_bytes(other),
                  batch=per_device_bytes(batch)),
+      # Params and optimizer state: the split leaves, per device and whole.
+      sharded=dict(zip(("per_device", "global"), sharded_bytes(
+          (state["params"], state["opt_state"])))),
       hbm_bytes=hbm,
       rules=[dict(regex=r, spec=s, params=n)
              for r, s, n in rule_usage(state["params"], rules)],
@@ -204,7 +215,10 @@ def format_plan(p: dict) -> str:
       f"  params                 {_gib(b['params'])}",
       f"  optimizer state        {_gib(b['optimizer'])}",
       f"  other state            {_gib(b['other_state'])}",
-      f"  batch                  {_gib(b['batch'])}"]
+      f"  batch                  {_gib(b['batch'])}",
+      f"  (params and optimizer leaves split over the mesh: "
+      f"{_gib(p['sharded']['per_device']).strip()} here of "
+      f"{_gib(p['sharded']['global']).strip()} whole)"]
   if p["fits"] is False and "compile_error" in p:
     lines.append(f"does NOT fit: XLA says: {p['compile_error']}")
   else:
