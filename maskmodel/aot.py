@@ -73,10 +73,12 @@ def libtpu_available() -> bool:
 
 
 @functools.cache
-def tpu_topology(name: str):
+def tpu_topology(name: str, chip_config_name: str | None = None):
   """The compile-only devices of the TPU slice `name` ("v5e:4x4",
   "v5p:4x4x4"), as `jax.experimental.topologies` describes it; raises
-  `JaxRuntimeError` for a name libtpu does not know."""
+  `JaxRuntimeError` for a name libtpu does not know. `chip_config_name=
+  "megacore"` makes one device of a v4 chip's two TensorCores, as a v4 VM
+  runs (without it each core is a device)."""
   if importlib.util.find_spec("libtpu") is None and libtpu_dir() is not None:
     jax.devices()  # this process's own backends first, without libtpu
     if libtpu_dir() not in sys.path:
@@ -90,7 +92,9 @@ def tpu_topology(name: str):
   # second one fails on libtpu's lockfile.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
-    return topologies.get_topology_desc(name, "tpu")
+    kwargs = {} if chip_config_name is None else dict(
+        chip_config_name=chip_config_name)
+    return topologies.get_topology_desc(name, "tpu", **kwargs)
   finally:
     # Loading libtpu sets TPU_LIBRARY_PATH: a child process would inherit it
     # and initialize libtpu as its backend, with libtpu's warnings.

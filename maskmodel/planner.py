@@ -15,8 +15,9 @@ exactly as the loop does (`train.jit_train_step`), then traces, lowers and
 compiles it with the real XLA:TPU compiler. Nothing is materialized: the
 batch and the state are ShapeDtypeStructs that carry their shardings.
 
-It prints, per chip (per device: TPU7x has two devices per chip, and each
-gets half the chip's HBM): the params and the optimizer state as the
+It prints, per chip (per device: TPU7x's slices have two devices per chip,
+and each gets half the chip's HBM; v4 is planned as megacore, one device a
+chip): the params and the optimizer state as the
 shardings lay them out, then XLA's `memory_analysis()` of the compiled
 step (arguments, outputs, aliased donated state, temporaries, which are
 the activations and the gradients, and generated code), their total against
@@ -53,6 +54,10 @@ from maskmodel.config import ConfigError
 # v4's 32 GiB and TPU7x's 192 GiB are not rechecked here.
 HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "tpu7x": 192}
 
+# v4 runs its two TensorCores per chip as one device (megacore), as a v4 VM
+# does; the other generations' slices need no chip config.
+_CHIP_CONFIG = {"v4": "megacore"}
+
 _TOPOLOGY = re.compile(r"^([a-z0-9]+):(\d+(?:x\d+)+)$")
 
 
@@ -71,7 +76,8 @@ def slice_devices(name: str):
   """The compile-only devices of the slice `name`."""
   generation, _ = parse_topology(name)
   try:
-    return aot.tpu_topology(name.strip().lower()).devices
+    return aot.tpu_topology(name.strip().lower(),
+                            _CHIP_CONFIG.get(generation)).devices
   except Exception as e:  # pylint: disable=broad-except
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise ConfigError(
