@@ -30,9 +30,20 @@ slice's devices, a batch the data x fsdp axes do not divide) is one
 `error:` line naming the fix, exit status 2. A step that XLA cannot fit in
 HBM is not an error: the plan says so, with the compiler's own message.
 
-Measured on the development host (2 shared CPU cores, `nice -n 15`,
-jax 0.10.2 with the libtpu that `make install` puts in `.venv/libtpu-aot`):
-see README "The planner" for the figures and their commands.
+Measured on the development host (2 CPU cores shared with another job,
+`nice -n 15`, jax 0.10.2, the libtpu of `.venv/libtpu-aot`), MAE ViT-B/16
+at batch 4096 with the default mesh (README "The planner" has the memory):
+
+  python -m maskmodel.aot --config configs/mae/imagenet_vit_b16.py --topology v5e:2x2
+      does not fit (XLA: 95.46G of temporaries); 22 s, peak RSS 0.96 GiB
+  ... --topology v5e:4x4     does not fit (17.48G); 17 s, 0.99 GiB
+  ... --topology v5e:8x8     fits, 9.88 of 16 GiB; 211 s, 4.5 GiB
+  python benchmarks/pod_plan.py --only vit_b16@v5e:16x16
+      fits, 3.94 of 16 GiB; 191 s, 3.9 GiB
+
+libtpu describes slices up to v5e:32x32, v6e:32x32 and v5p:16x16x24 at
+once; v5e:16x16 is the largest compiled here. ViT-L/16 and ViT-H/14 have not
+been compiled on this host (a ViT-B/16 step that fits already takes minutes).
 """
 from __future__ import annotations
 
