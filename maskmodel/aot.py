@@ -20,6 +20,10 @@ memory per arch (sm_80, sm_86, sm_89, sm_90a):
 
 This needs the plugin registered (`cuda_compiler_available`), which on a
 host without CUDA takes `JAX_PLATFORMS=cpu` (`cuda_compile_env`).
+
+`python -m maskmodel.aot --config FILE.py --topology v5e:16x16` compiles a
+config's whole train step for a TPU slice and prints the memory per chip:
+it runs the planner, `maskmodel/planner.py` (`python -m maskmodel.planner`).
 """
 from __future__ import annotations
 
@@ -69,14 +73,16 @@ def libtpu_available() -> bool:
 
 
 @functools.cache
-def tpu_device(generation: str):
-  """A compile-only device of a TPU `generation` (a key of TPU_TOPOLOGIES)."""
-  if generation not in TPU_TOPOLOGIES:
-    raise ValueError(f"unknown TPU generation {generation!r}; use one of "
-                     f"{sorted(TPU_TOPOLOGIES)}.")
+def tpu_topology(name: str, chip_config_name: str | None = None):
+  """The compile-only devices of the TPU slice `name` ("v5e:4x4",
+  "v5p:4x4x4"), as `jax.experimental.topologies` describes it; raises
+  `JaxRuntimeError` for a name libtpu does not know. `chip_config_name=
+  "megacore"` makes one device of a v4 chip's two TensorCores, as a v4 VM
+  runs (without it each core is a device)."""
   if importlib.util.find_spec("libtpu") is None and libtpu_dir() is not None:
     jax.devices()  # this process's own backends first, without libtpu
-    sys.path.append(libtpu_dir())
+    if libtpu_dir() not in sys.path:
+      sys.path.append(libtpu_dir())
   saved = dict(os.environ)
   # Off a TPU VM, libtpu would otherwise ask the metadata server for a
   # topology, which does not exist.
@@ -86,13 +92,22 @@ def tpu_device(generation: str):
   # second one fails on libtpu's lockfile.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
-    topology = topologies.get_topology_desc(TPU_TOPOLOGIES[generation], "tpu")
+    kwargs = {} if chip_config_name is None else dict(
+        chip_config_name=chip_config_name)
+    return topologies.get_topology_desc(name, "tpu", **kwargs)
   finally:
     # Loading libtpu sets TPU_LIBRARY_PATH: a child process would inherit it
     # and initialize libtpu as its backend, with libtpu's warnings.
     os.environ.clear()
     os.environ.update(saved)
-  return topology.devices[0]
+
+
+def tpu_device(generation: str):
+  """A compile-only device of a TPU `generation` (a key of TPU_TOPOLOGIES)."""
+  if generation not in TPU_TOPOLOGIES:
+    raise ValueError(f"unknown TPU generation {generation!r}; use one of "
+                     f"{sorted(TPU_TOPOLOGIES)}.")
+  return tpu_topology(TPU_TOPOLOGIES[generation]).devices[0]
 
 
 def compile_for(device, fn, *args):
@@ -271,3 +286,10 @@ def gpu_kernel_report(kernel: TritonKernel, arch: str) -> dict:
                 smem_limit=GPU_ARCHS[arch].smem_per_block)
   report.update(ptxas_report(ptx, arch))
   return report
+
+
+if __name__ == "__main__":
+  # The planner lives in its own module; `python -m maskmodel.aot` is its
+  # other name.
+  from maskmodel import planner  # pylint: disable=g-import-not-at-top
+  planner.run()

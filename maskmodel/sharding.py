@@ -70,18 +70,22 @@ def mesh_shape(mesh_config, num_devices: int) -> dict:
   return {a: int(sizes.get(a, 1)) for a in AXES}
 
 
-def make_mesh(devices=None, mesh_config=None) -> Mesh:
+def make_mesh(devices=None, mesh_config=None, whole_slice=None) -> Mesh:
   """The ("data", "fsdp", "tensor") mesh over `devices` (default: all).
 
-  With all devices, `jax.make_mesh` lays the axes out on the physical
-  topology (the last axis on the fastest links); a subset is reshaped in
-  the given order. `make_mesh(devices)` with no config is pure data
-  parallelism: (len(devices), 1, 1).
+  With all devices, or `whole_slice=True` (the devices of a whole slice
+  that this process does not own, such as a compile-only TPU topology's),
+  `jax.make_mesh` lays the axes out on the physical topology (the last axis
+  on the fastest links); a subset is reshaped in the given order.
+  `make_mesh(devices)` with no config is pure data parallelism:
+  (len(devices), 1, 1).
   """
   devices = list(devices) if devices is not None else jax.devices()
   shape = mesh_shape(mesh_config, len(devices))
   dims = tuple(shape[a] for a in AXES)
-  if len(devices) == jax.device_count():
+  if whole_slice is None:
+    whole_slice = len(devices) == jax.device_count()
+  if whole_slice:
     return jax.make_mesh(dims, AXES, axis_types=(AxisType.Auto,) * len(AXES),
                          devices=devices)
   return Mesh(np.asarray(devices).reshape(dims), AXES,

@@ -129,6 +129,26 @@ def frozen_leaves(task, state):
   return mask
 
 
+def _state_init(config, task, example_batch):
+  """`(init, tx, schedule)`: `init(rng, batch)` makes the fresh train state. Only
+  shapes are traced here (`jax.eval_shape`); nothing is computed."""
+  # The key is made inside: under a mesh of compile-only devices
+  # (`abstract_state`) nothing may run eagerly.
+  abstract_params, _ = jax.eval_shape(
+      lambda batch: task.init(jax.random.PRNGKey(config.seed), batch),
+      example_batch)
+  tx, schedule = optim.make_optimizer(config, abstract_params,
+                                      task.param_labels(abstract_params))
+
+  def init(rng, batch):
+    init_rng, train_rng = jax.random.split(rng)
+    params, task_state = task.init(init_rng, batch)
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": tx.init(params), "task_state": task_state,
+            "rng": train_rng}
+  return init, tx, schedule
+
+
 def initial_state(config, task, example_batch, mesh=None):
   """Fresh params, task state and optimizer; no pretrained weights yet
   (`Task.load_pretrained` runs only when the run does not resume).
@@ -138,23 +158,39 @@ def initial_state(config, task, example_batch, mesh=None):
   model. Returns `(state, tx, schedule)`.
   """
   rng = jax.random.PRNGKey(config.seed)
-  abstract_params, _ = jax.eval_shape(task.init, rng, example_batch)
-  tx, schedule = optim.make_optimizer(config, abstract_params,
-                                      task.param_labels(abstract_params))
-
-  def init(rng):
-    init_rng, train_rng = jax.random.split(rng)
-    params, task_state = task.init(init_rng, example_batch)
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": tx.init(params), "task_state": task_state,
-            "rng": train_rng}
-
+  init, tx, schedule = _state_init(config, task, example_batch)
+  init = functools.partial(init, batch=example_batch)
   # Jitted: run op by op, a model's init compiles each of its ops apart.
   out_shardings = None if mesh is None else state_shardings(
       config, jax.eval_shape(init, rng), mesh)
   state = jax.jit(init, out_shardings=out_shardings)(rng)
   state["task_state"] = _own_buffers(state["params"], state["task_state"])
   return state, tx, schedule
+
+
+def abstract_state(config, task, example_batch, mesh):
+  """What `initial_state` would make on `mesh`, as ShapeDtypeStructs that
+  carry their shardings; no array is created, so `mesh` may be made of
+  compile-only devices (`maskmodel.planner`). Returns `(state, tx,
+  schedule)`."""
+  init, tx, schedule = _state_init(config, task, example_batch)
+  shapes = jax.eval_shape(
+      lambda batch: init(jax.random.PRNGKey(config.seed), batch), example_batch)
+  shardings = state_shardings(config, shapes, mesh)
+  state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      shapes, shardings)
+  return state, tx, schedule
+
+
+def jit_train_step(task, tx, schedule, state_sharding, mesh):
+  """`train_step` jitted as the loop runs it: the state keeps
+  `state_sharding` and is donated, the batch is split over the batch axes,
+  the metrics are replicated. The loop and `maskmodel.planner` both use it."""
+  return jax.jit(functools.partial(train_step, task, tx, schedule),
+                 in_shardings=(state_sharding, sharding.batch_sharded(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)),
+                 donate_argnums=(0,))
 
 
 def state_shardings(config, state, mesh):
@@ -227,10 +263,7 @@ def _train_and_evaluate(config, workdir, mesh):
                            state_sh)
   start = int(state["step"])
 
-  step_fn = jax.jit(functools.partial(train_step, task, tx, schedule),
-                    in_shardings=(state_sh, data_sharding),
-                    out_shardings=(state_sh, repl),
-                    donate_argnums=(0,))
+  step_fn = jit_train_step(task, tx, schedule, state_sh, mesh)
   ctx = evaluators.Context(config, task, mesh, train_src, test_src,
                            data_lib.image_spec(config.data), workdir)
   total = config.total_steps
