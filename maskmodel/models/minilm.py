@@ -116,7 +116,7 @@ def _bert_names(model: seq.SeqModel):
 def _torch_shapes(kind, shape):
   """The shape each source tensor must have, for a Flax param of `shape`."""
   if kind == "copy":
-    return [tuple(shape)] * 1
+    return [tuple(shape)]
   if kind == "linear":
     return [tuple(shape[::-1])]
   if kind == "qkv":        # [D, 3D] <- three [D, D]

@@ -36,7 +36,7 @@ ids are tracers and an out-of-range id would silently read a clipped row.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
