@@ -242,7 +242,8 @@ def test_two_processes_train_together(tmp_path):
        "--num_processes=2", f"--process_id={i}", "--config.total_steps=4",
        "--config.log_every=1", "--config.checkpoint_every=0",
        "--config.batch_size=8", "--config.optimizer.warmup_steps=1",
-       "--config.evals.names=()"],
+       "--config.evals.names=('knn',)", "--config.evals.compare_random_init=False",
+       "--config.evals.compare_pixels=False"],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
   outs = []
@@ -269,6 +270,9 @@ def test_two_processes_train_together(tmp_path):
   assert r0["images"] and r1["images"]
   assert not set(r0["images"]) & set(r1["images"])
   assert r0["rngs"] and not set(r0["rngs"]) & set(r1["rngs"])
-  # One workdir: process 0 wrote the metrics, both wrote the checkpoint.
+  # One workdir: process 0 logged, evaluated the run together with process
+  # 1 and wrote the metrics and the report; both wrote the checkpoint.
+  assert "final: knn_accuracy=" in outs[0] and "step 2/4" not in outs[1]
+  assert (wd / "report.md").exists()
   assert checkpoint_steps(wd) == [4]
   assert sum("train/loss" in l for l in open(wd / "metrics.jsonl")) == 4
