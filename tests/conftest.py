@@ -7,6 +7,21 @@ import sys
 
 import pytest
 
+# One persistent XLA compilation cache for the whole session, this process,
+# the xdist workers and every subprocess a test starts: many tests compile
+# the same small programs (the smoke configs' steps and evals, a resumed run
+# the program its first run compiled). Set before anything imports jax; a
+# cache the caller chose is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  _CACHE = tempfile.mkdtemp(prefix="maskmodel-tests-xla-cache-")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "mae", "mnist_vit_tiny.py") + ":smoke"
 
