@@ -117,6 +117,9 @@ def base_config():
   c.model.pool = "cls"
   c.model.attn_impl = "auto"
   c.model.dtype = "float32"
+  # Rematerialize each encoder block in the backward pass: "none", "full"
+  # or "dots" (maskmodel.models.vit.REMAT_POLICIES); for large models.
+  c.model.remat = "none"
   c.model.token_reduction = token_reduction()
 
   c.optimizer = ml_collections.ConfigDict()

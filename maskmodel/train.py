@@ -287,7 +287,11 @@ def _train_and_evaluate(config, workdir, mesh):
   with checkpoint.PreemptionNotice() as preemption:
     for step in range(start + 1, total + 1):
       batch = sharding.shard_batch(next(data_iter), data_sharding)
-      state, metrics = step_fn(state, batch)
+      # The batch is placed explicitly above; the step itself moves nothing
+      # between host and devices, and an implicit transfer (a host array
+      # reaching the step) is an error rather than a silent copy per step.
+      with jax.transfer_guard("disallow"):
+        state, metrics = step_fn(state, batch)
       first_bad = _first_nonfinite(first_bad, step, metrics["loss"],
                                    metrics["grad_norm"])
       if step % config.log_every == 0 or step == total:

@@ -117,3 +117,16 @@ def test_divergence_guard_keeps_the_first_bad_step():
   assert int(first) == 2
   assert bool(train._all_finite({"a": jnp.ones(3), "n": jnp.arange(3)}))
   assert not bool(train._all_finite({"a": jnp.array([1.0, jnp.nan])}))
+
+
+def test_the_step_refuses_implicit_host_transfers(tmp_path, smoke_config,
+                                                  monkeypatch):
+  """The loop places each batch on the mesh itself; a batch that reached the
+  step as a host array would be copied silently at every step, so the step
+  runs under a transfer guard and stops instead."""
+  from maskmodel import sharding, train  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sharding, "shard_batch", lambda batch, _: batch)
+  c = smoke_config
+  c.total_steps, c.optimizer.warmup_steps, c.evals.names = 1, 0, ()
+  with pytest.raises(Exception, match="[Dd]isallowed host-to-device transfer"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))

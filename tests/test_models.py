@@ -168,3 +168,35 @@ def test_models_tasks_and_data_never_import_the_loop():
   loop = [m for m in out if m.split(".")[1:2] and m.split(".")[1] in
           ("train", "main", "evaluators", "report", "experiments")]
   assert not loop, loop
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_keeps_params_and_gradients_and_recomputes_the_blocks(policy):
+  """`model.remat` rematerializes the encoder blocks: the same params (names
+  and values), the same loss and gradients, and a `checkpoint` (remat) in the
+  gradient's program, which plain blocks do not have."""
+  m = load_config("configs/mae/mnist_vit_tiny.py:smoke").model
+  plain = build.vit(m, num_classes=10)
+  with m.unlocked():
+    m.remat = policy
+  remat = build.vit(m, num_classes=10)
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 1))
+  params = plain.init(jax.random.PRNGKey(1), images)
+  assert (jax.tree.structure(remat.init(jax.random.PRNGKey(1), images))
+          == jax.tree.structure(params))
+  loss = lambda model: lambda p: (model.apply(p, images)["logits"] ** 2).sum()
+  grads = [jax.grad(loss(model))(params) for model in (plain, remat)]
+  for a, b in zip(*map(jax.tree.leaves, grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  programs = [str(jax.make_jaxpr(jax.grad(loss(model)))(params))
+              for model in (plain, remat)]
+  assert "checkpoint" not in programs[0] and "remat" not in programs[0]
+  assert "checkpoint" in programs[1] or "remat" in programs[1]
+
+
+def test_unknown_remat_policy_is_a_config_error():
+  m = load_config("configs/mae/mnist_vit_tiny.py:smoke").model
+  with m.unlocked():
+    m.remat = "everything"
+  with pytest.raises(ConfigError, match="model.remat='everything' is unknown"):
+    build.vit(m)

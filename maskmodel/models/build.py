@@ -11,7 +11,7 @@ from maskmodel import config as config_lib
 from maskmodel import tokens
 from maskmodel.config import ConfigError
 from maskmodel.models import registry
-from maskmodel.models.vit import TokenReduction, ViT
+from maskmodel.models.vit import REMAT_POLICIES, TokenReduction, ViT
 
 # Bipartite matching can remove at most half of the non-class tokens a layer
 # gets (ToMe Sec. 3; PiToMe merges within the same bipartite split).
@@ -137,11 +137,15 @@ def vit(model_config, num_classes: int = 0, *, num_tokens=None) -> ViT:
                       f"model.num_heads={m.num_heads}.")
   if m.pool not in ("cls", "gap"):
     raise ConfigError(f"model.pool={m.pool!r} is unknown; use 'cls' or 'gap'.")
+  remat = m.get("remat", "none")
+  if remat not in REMAT_POLICIES:
+    raise ConfigError(f"model.remat={remat!r} is unknown; use one of "
+                      f"{sorted(REMAT_POLICIES)}.")
   plan = token_reduction(m, num_tokens)
   return ViT(patch_size=m.patch_size, width=m.width, depth=m.depth,
              num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
              num_classes=num_classes, pool=m.pool, attn_impl=m.attn_impl,
-             dtype=dtype(m), token_reduction=plan)
+             dtype=dtype(m), token_reduction=plan, remat=remat)
 
 
 def vit_layer_ids(params, depth: int):

@@ -26,6 +26,17 @@ from maskmodel.models import norm
 from maskmodel.models.patches import patchify, sincos_2d_posemb
 
 Dtype = Any
+# Rematerialization per block (`model.remat`): what the backward pass keeps
+# from each block's forward, the rest being recomputed. "none" keeps
+# everything; "full" keeps only the block's input (activation memory
+# O(depth * B * N * D), one more forward of compute); "dots" keeps the
+# matmul outputs without a batch dimension (the weights' products), and
+# recomputes the elementwise ops, softmax and LayerNorms.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 dense_init = nn.initializers.xavier_uniform()
 token_init = nn.initializers.normal(stddev=0.02)
 
@@ -198,6 +209,9 @@ class Transformer(nn.Module):
   """`depth` blocks and a final LayerNorm:
   `transformer(x, source=None) -> tokens.Reduced(x, size, source, None)`.
 
+  `remat` names a policy of `REMAT_POLICIES` under which every block is
+  rematerialized (`nn.remat`); the params and the outputs are the same.
+
   With a `TokenReduction` the blocks reduce the tokens along the plan's
   schedule; `size` tracks the patches each token holds and `source`, when
   given (start from `tokens.init_source(x)`), which input token each output
@@ -209,10 +223,13 @@ class Transformer(nn.Module):
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
   reduction: Optional[TokenReduction] = None
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, source=None):
     plan = self.reduction
+    block = Block if self.remat == "none" else nn.remat(
+        Block, policy=REMAT_POLICIES[self.remat])
     if plan is not None and (len(plan.keep) != self.depth
                              or x.shape[1] != plan.num_tokens):
       raise ValueError(
@@ -231,7 +248,7 @@ class Transformer(nn.Module):
       # Proportional attention only once some block has merged tokens (all
       # sizes are 1 before that, and log(1) = 0).
       prop = plan is not None and plan.prop_attn and x.shape[1] < n0
-      x, size, source, graph = Block(
+      x, size, source, graph = block(
           self.num_heads, self.mlp_dim, self.attn_impl, self.dtype,
           reduction=plan, keep=None if plan is None else plan.keep[i],
           layer=i, depth=self.depth, name=f"block_{i}")(
@@ -293,6 +310,7 @@ class ViT(nn.Module):
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
   token_reduction: Optional[TokenReduction] = None
+  remat: str = "none"        # a policy of REMAT_POLICIES, for the encoder
 
   @nn.compact
   def __call__(self, images, ids_keep: Optional[jax.Array] = None,
@@ -316,7 +334,7 @@ class ViT(nn.Module):
     encoder = Transformer(self.depth, self.num_heads,
                           int(self.width * self.mlp_ratio), self.attn_impl,
                           self.dtype, reduction=self.token_reduction,
-                          name="encoder")
+                          remat=self.remat, name="encoder")
     track = return_source or restore_tokens
     x, size, source, _ = encoder(x, tokens.init_source(x) if track else None)
     if self.pool == "cls":
