@@ -11,7 +11,8 @@ from conftest import ROOT
 # (notebook, text its last markdown table must contain)
 NOTEBOOKS = [("mae_quickstart.ipynb", "MAE-pretrained"),
              ("token_merging.ipynb", "| tome |"),
-             ("mim_zoo.ipynb", "| ColorMAE |")]
+             ("mim_zoo.ipynb", "| ColorMAE |"),
+             ("scale_to_a_pod.ipynb", "| vit_b16 | v5e:16x16 |")]
 
 
 @pytest.mark.parametrize("name,table_text", NOTEBOOKS)
