@@ -175,3 +175,37 @@ def test_knn_in_chunks_equals_knn_at_once():
   for chunk in (1, 7, 100):
     assert knn_accuracy(train_x, train_y, test_x, test_y, num_classes=4,
                         chunk=chunk) == whole
+
+
+KNN_8_DEVICES = """
+import jax, numpy as np
+from maskmodel import sharding
+from maskmodel.evaluators.knn import knn_accuracy
+assert jax.device_count() == 8
+rng = np.random.default_rng(1)
+train_x, test_x = rng.normal(size=(301, 8)), rng.normal(size=(50, 8))
+train_y, test_y = rng.integers(0, 4, 301), rng.integers(0, 4, 50)
+split = sharding.batch_sharded(sharding.make_mesh())
+for k in (1, 20):
+  kw = dict(num_classes=4, k=k, chunk=16)
+  one = knn_accuracy(train_x, train_y, test_x, test_y, **kw)
+  assert 0 < one < 1
+  assert knn_accuracy(train_x, train_y, test_x, test_y, sharding=split, **kw) == one
+# One real row and 7 padding rows: the real row wins every vote.
+far = knn_accuracy(train_x[:1], train_y[:1], test_x, test_y, num_classes=4,
+                   k=1, sharding=split)
+assert far == np.mean(test_y == train_y[0]), far
+print("ok")
+"""
+
+
+def test_knn_with_train_rows_split_over_8_devices_equals_one_device():
+  """The train features split by rows over 8 devices (301 rows: the last
+  shard is padded, and padding never votes) give the same predictions as
+  on one device."""
+  import os, subprocess, sys  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, "-c", KNN_8_DEVICES], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

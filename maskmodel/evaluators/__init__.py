@@ -86,8 +86,9 @@ def _features(ctx, params, task_state, cache):
 def knn(ctx, params, task_state, cache):
   (xtr, ytr), (xte, yte) = _features(ctx, params, task_state, cache)
   c = ctx.config.evals.knn
-  return {"knn_accuracy": knn_accuracy(xtr, ytr, xte, yte, k=c.k,
-                                       num_classes=ctx.config.data.num_classes)}
+  return {"knn_accuracy": knn_accuracy(
+      xtr, ytr, xte, yte, k=c.k, num_classes=ctx.config.data.num_classes,
+      sharding=sharding.batch_sharded(ctx.mesh))}
 
 
 def probe(ctx, params, task_state, cache):
