@@ -10,6 +10,11 @@ step over the whole slice, and the compile's wall time and peak memory.
 
   python benchmarks/pod_plan.py --only vit_b16@v5e:16x16 --out pod_plan.json --md pod_plan.md
   python benchmarks/pod_plan.py --out pod_plan.json --md pod_plan.md   # all nine
+  python benchmarks/pod_plan.py --combine a.json,b.json --out pod_plan.json --md pod_plan.md
+
+`--combine` compiles nothing: it joins the plans of earlier runs' JSON
+(one plan per process, so a long series can run a plan at a time), in the
+order of `PLANS`.
 
 Only the ViT-B/16 plans have been run on the 2-core development host
 (README "The planner" has the measured figures and commands); the L/16 and
@@ -123,7 +128,16 @@ def main(argv=None):
                  help="seconds per plan")
   p.add_argument("--out", default=None, help="also write the JSON here")
   p.add_argument("--md", default=None, help="write the markdown table here")
+  p.add_argument("--combine", default=None,
+                 help="comma-separated JSON files of earlier runs: join their "
+                      "plans instead of compiling")
   args = p.parse_args(argv)
+  if args.combine:
+    order = [f"{m}@{t}" for m, t, _ in PLANS]
+    rows = [r for f in args.combine.split(",")
+            for r in json.loads(pathlib.Path(f).read_text())["plans"]]
+    rows.sort(key=lambda r: order.index(f"{r['model']}@{r['topology']}"))
+    return _write(rows, args)
   chosen = PLANS
   if args.only:
     wanted = set(args.only.split(","))
@@ -139,6 +153,10 @@ def main(argv=None):
     print(model, topology, plan.get("error") or
           f"fits={plan.get('fits')} compile {plan.get('compile_s')} s",
           file=sys.stderr, flush=True)
+  return _write(rows, args)
+
+
+def _write(rows, args):
   table = markdown(rows)
   if args.md:
     pathlib.Path(args.md).write_text(table)
