@@ -166,6 +166,45 @@ def _clamp_blocks(blocks: BlockSizes, backend: str, nq: int,
                     fit_q(blocks.block_q_bwd), fit_k(blocks.block_k_bwd))
 
 
+def _padded_lengths(blocks: BlockSizes, nq: int, nk: int) -> tuple[int, int]:
+  return (_round_up(nq, math.lcm(blocks.block_q, blocks.block_q_bwd)),
+          _round_up(nk, math.lcm(blocks.block_k, blocks.block_k_bwd)))
+
+
+# Mosaic counts the steps of a kernel's grid in an int32: the compiler
+# refuses a grid of 2**31 steps or more ("Iteration bounds are too large").
+_MOSAIC_MAX_GRID_STEPS = 2**31 - 1
+# The largest tiles `_fit_mosaic_grid` picks by itself.
+_MOSAIC_MAX_AUTO_BLOCK = 512
+
+
+def _fit_mosaic_grid(blocks: BlockSizes, batch_heads: int, nq: int, nk: int,
+                     explicit: bool) -> BlockSizes:
+  """Doubles the Mosaic tiles until every kernel's grid (batch x heads x
+  query tiles x key tiles) stays within Mosaic's int32 step count.
+
+  Only very long sequences need it: with 128 x 128 tiles the bound is
+  reached at Nq = Nk = 4,194,304 for batch x heads = 2, and at 605,000 for
+  batch x heads = 96. Tiles given by the caller are not changed: a
+  `ValueError` says to pass larger ones.
+  """
+  def steps(b):
+    nq_pad, nk_pad = _padded_lengths(b, nq, nk)
+    return batch_heads * max(
+        (nq_pad // b.block_q) * (nk_pad // b.block_k),
+        (nq_pad // b.block_q_bwd) * (nk_pad // b.block_k_bwd))
+
+  while steps(blocks) > _MOSAIC_MAX_GRID_STEPS:
+    if explicit or max(dataclasses.astuple(blocks)) >= _MOSAIC_MAX_AUTO_BLOCK:
+      raise ValueError(
+          f"flash attention on TPU: {steps(blocks):,} grid steps for "
+          f"batch x heads = {batch_heads}, Nq = {nq}, Nk = {nk} and {blocks}, "
+          "over Mosaic's int32 bound; pass larger block_sizes or split the "
+          "batch.")
+    blocks = BlockSizes(*(2 * b for b in dataclasses.astuple(blocks)))
+  return blocks
+
+
 # ----------------------------------------------------------------------------
 # Kernel bodies (shared by Triton, Mosaic and the interpreter).
 # ----------------------------------------------------------------------------
@@ -588,8 +627,6 @@ def _pallas(kernel, cfg, grid, in_specs, out_specs, out_shape, name,
 # and v6e 128 MiB). The generation a program will run on is not known when
 # it is lowered, so no kernel asks for more than this.
 _SMALLEST_VMEM_BYTES = 16 * 2**20
-# Left to Mosaic for the intermediates of a tile (scores, probabilities).
-_VMEM_HEADROOM_BYTES = 4 * 2**20
 # Below this the compiler's default scoped VMEM limit is kept.
 _DEFAULT_SCOPED_VMEM_BYTES = 8 * 2**20
 
@@ -610,30 +647,32 @@ def _vmem_bytes(shape, dtype) -> int:
           * itemsize)
 
 
-def _mosaic_vmem_limit(name, in_specs, args, out_specs, out_shape, scratch):
+def _mosaic_vmem_limit(name, in_specs, args, out_specs, out_shape, scratch,
+                       score_tiles):
   """The `vmem_limit_bytes` for a streamed Mosaic kernel, or None.
 
-  Every input and output block is double-buffered by the pipeline; scratch
-  is held once. With the default tiles (128 x 128) a kernel needs well under
-  2 MiB, whatever the sequence length.
+  An estimate: every input and output block double-buffered by the
+  pipeline, scratch once, and `score_tiles` = (count, block_q, block_k) f32
+  tiles of intermediates (scores, probabilities, dP, dS). With the default
+  tiles (128 x 128) a kernel needs about 1-2 MiB whatever the sequence
+  length, and the compiler's default scoped limit is kept. Larger tiles get
+  the VMEM of the smallest TPU, never more; tiles that need more than that
+  fail in Mosaic ("Ran out of memory in memory space vmem").
   """
+  del name
   blocks = ([(s.block_shape, a.dtype) for s, a in zip(in_specs, args)]
             + [(s.block_shape, o.dtype) for s, o in zip(out_specs, out_shape)])
+  count, block_q, block_k = score_tiles
   need = (2 * sum(_vmem_bytes(shape, dtype) for shape, dtype in blocks)
-          + sum(_vmem_bytes(s.shape, s.dtype) for s in scratch))
-  if need > _SMALLEST_VMEM_BYTES - _VMEM_HEADROOM_BYTES:
-    raise ValueError(
-        f"{name}: these block_sizes need about {need / 2**20:.1f} MiB of VMEM "
-        f"on TPU, more than the "
-        f"{(_SMALLEST_VMEM_BYTES - _VMEM_HEADROOM_BYTES) // 2**20} MiB that "
-        "fit every TPU generation (v4 has 16 MiB); use smaller block_sizes.")
+          + sum(_vmem_bytes(s.shape, s.dtype) for s in scratch)
+          + count * _vmem_bytes((block_q, block_k), jnp.float32))
   if need <= _DEFAULT_SCOPED_VMEM_BYTES:
     return None
   return _SMALLEST_VMEM_BYTES
 
 
-def _mosaic(kernel, cfg, grid, in_specs, out_specs, out_shape, scratch, name,
-            *args):
+def _mosaic(kernel, cfg, grid, in_specs, out_specs, out_shape, scratch,
+            score_tiles, name, *args):
   """A streamed Mosaic kernel: the last grid axis is the reduction."""
   if cfg.interpret:
     params = None
@@ -643,7 +682,8 @@ def _mosaic(kernel, cfg, grid, in_specs, out_specs, out_shape, scratch, name,
         dimension_semantics=("parallel", "parallel", "parallel",
                              "arbitrary"),
         vmem_limit_bytes=_mosaic_vmem_limit(
-            name, in_specs, args, out_specs, out_shape, scratch))
+            name, in_specs, args, out_specs, out_shape, scratch,
+            score_tiles))
   return pl.pallas_call(
       functools.partial(kernel, cfg=cfg),
       grid=grid,
@@ -737,7 +777,7 @@ def _forward(q, k, v, key_bias, key_valid, cfg: _Config):
          _inner_spec(bk, dim, key_tile), _key_vector_spec(bk, key_tile),
          _key_vector_spec(bk, key_tile)],
         [_outer_spec(bq, dim), _outer_spec(bq, 1)], out_shape,
-        [_vmem((bq, dim)), _vmem((bq, 1)), _vmem((bq, 1))],
+        [_vmem((bq, dim)), _vmem((bq, 1)), _vmem((bq, 1))], (2, bq, bk),
         "flash_attention_forward", *args)
   return _pallas(
       _forward_kernel, cfg,
@@ -792,7 +832,7 @@ def _backward(q, k, v, key_bias, key_valid, out, lse, dout, cfg: _Config):
          _inner_spec(bq, 1, query_tile), _inner_spec(bq, 1, query_tile)],
         [_outer_spec(bk, dim), _outer_spec(bk, dim), _per_head_key_spec(bk)],
         dkdv_shape,
-        [_vmem((bk, dim)), _vmem((bk, dim)), _vmem((1, bk))],
+        [_vmem((bk, dim)), _vmem((bk, dim)), _vmem((1, bk))], (2, bq, bk),
         "flash_attention_dkdv", *args)
     dq = _mosaic(
         _dq_kernel_streamed, cfg, (batch, heads, nqb, nkb),
@@ -800,7 +840,7 @@ def _backward(q, k, v, key_bias, key_valid, out, lse, dout, cfg: _Config):
          _inner_spec(bk, dim, key_tile), _key_vector_spec(bk, key_tile),
          _key_vector_spec(bk, key_tile), _outer_spec(bq, dim),
          _outer_spec(bq, 1), _outer_spec(bq, 1)],
-        [_outer_spec(bq, dim)], [dq_shape], [_vmem((bq, dim))],
+        [_outer_spec(bq, dim)], [dq_shape], [_vmem((bq, dim))], (2, bq, bk),
         "flash_attention_dq", *args)[0]
   else:
     dk, dv, dbias = _pallas(
@@ -858,7 +898,7 @@ def _key_mass(q, k, key_bias, key_valid, lse, cfg: _Config):
         [_inner_spec(bq, dim, query_tile), _outer_spec(bk, dim),
          _key_vector_spec(bk, own), _key_vector_spec(bk, own),
          _inner_spec(bq, 1, query_tile)],
-        [_per_head_key_spec(bk)], [out_shape], [_vmem((1, bk))],
+        [_per_head_key_spec(bk)], [out_shape], [_vmem((1, bk))], (2, bq, bk),
         "flash_attention_key_mass", *args)[0]
   else:
     mass = _pallas(
@@ -960,8 +1000,10 @@ def _flash_attention(q, k, v, bias, kv_mask, *, causal, backend, interpret,
   else:
     blocks = block_sizes or DEFAULT_BLOCK_SIZES[backend]
   blocks = _clamp_blocks(blocks, backend, nq, nk)
-  nq_pad = _round_up(nq, math.lcm(blocks.block_q, blocks.block_q_bwd))
-  nk_pad = _round_up(nk, math.lcm(blocks.block_k, blocks.block_k_bwd))
+  if backend == "mosaic":
+    blocks = _fit_mosaic_grid(blocks, batch * heads, nq, nk,
+                              explicit=block_sizes is not None)
+  nq_pad, nk_pad = _padded_lengths(blocks, nq, nk)
   cfg = _Config(backend=backend, interpret=interpret, causal=causal,
                 has_kv_mask=kv_mask is not None, nq=nq, nk=nk, nq_pad=nq_pad,
                 nk_pad=nk_pad, scale=dim ** -0.5, blocks=blocks,
