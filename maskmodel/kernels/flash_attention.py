@@ -16,16 +16,22 @@ reference does (the kernel skips causal blocks, so such rows are patched after
 it). Padding added here to reach a whole number of blocks gets -inf and so
 never counts.
 
-One kernel body serves both compiled backends; only the array layout, block
-sizes and compiler parameters differ:
+The work on one (query tile, key tile) pair is shared by both compiled
+backends (`_forward_tile`, `_dkdv_tile`, `_dq_tile`, `_key_mass_tile`); how
+the tiles are walked differs:
 
 - Triton (GPU): arrays stay `[B, N, H, D]`; the head dim is zero-padded to a
-  power of two >= 16 (Triton's `dot` needs it). K/V tiles are loaded from HBM
-  as the loop reaches them.
+  power of two >= 16 (Triton's `dot` needs it). The grid is (batch, head,
+  tile); each program loops over the streamed operand (K/V, or Q/dO), whose
+  tiles it loads from HBM as the loop reaches them.
 - Mosaic (TPU): arrays are transposed to `[B, H, N, D]` so that every block's
-  last two dims are `(tokens, D)`; `block_k` is a multiple of 128 lanes. Each
-  program's whole-sequence operands (K and V, or Q and dO) are copied to VMEM,
-  which bounds the sequence length by VMEM size.
+  last two dims are `(tokens, D)`; `block_k` is a multiple of 128 lanes. The
+  grid is (batch, head, tile, streamed tile): the streamed operand moves
+  along the last axis ("arbitrary", i.e. sequential), the pipeline copying
+  each step's tiles from HBM to VMEM, and the running state (row max,
+  normaliser, accumulators) lives in VMEM scratch, set at the first step and
+  written out at the last. VMEM holds a few tiles, so the sequence length is
+  bounded by HBM, not VMEM.
 
 Per-query vectors are stored as `[B, H, N, 1]` columns and per-key vectors as
 `[B, N // block, 1, block]`, so a key tile's vector is picked by a leading
@@ -174,8 +180,10 @@ def _padded_lengths(blocks: BlockSizes, nq: int, nk: int) -> tuple[int, int]:
 # Mosaic counts the steps of a kernel's grid in an int32: the compiler
 # refuses a grid of 2**31 steps or more ("Iteration bounds are too large").
 _MOSAIC_MAX_GRID_STEPS = 2**31 - 1
-# The largest tiles `_fit_mosaic_grid` picks by itself.
-_MOSAIC_MAX_AUTO_BLOCK = 512
+# The largest tiles `_fit_mosaic_grid` picks by itself: 1024 x 1024 tiles
+# compile for v4 (16 MiB of VMEM) in f32 at D = 128, causal, with the
+# statistics and gradients.
+_MOSAIC_MAX_AUTO_BLOCK = 1024
 
 
 def _fit_mosaic_grid(blocks: BlockSizes, batch_heads: int, nq: int, nk: int,
