@@ -38,13 +38,17 @@ import common  # pylint: disable=g-bad-import-order,g-import-not-at-top
 
 
 def attention_grad(q, k, v, bias):
-  """Forward, statistics and the gradients of q, k, v and the bias."""
+  """Forward, statistics and the gradients of q, k, v and the bias.
+
+  The loss is returned too: the statistics carry no gradient, so without it
+  their kernel (key mass) would be dead code and never compiled.
+  """
   def loss(q, k, v, bias):
     out, stats = attention(q, k, v, bias=bias, impl="pallas",
                            return_stats=True)
     return (out.astype(jnp.float32).sum() + stats.cls_probs.sum()
             + stats.key_mass.sum())
-  return jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias)
+  return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias)
 
 
 def matching(a, b):
