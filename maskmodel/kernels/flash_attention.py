@@ -192,8 +192,8 @@ def _fit_mosaic_grid(blocks: BlockSizes, batch_heads: int, nq: int, nk: int,
   query tiles x key tiles) stays within Mosaic's int32 step count.
 
   Only very long sequences need it: with 128 x 128 tiles the bound is
-  reached at Nq = Nk = 4,194,304 for batch x heads = 2, and at 605,000 for
-  batch x heads = 96. Tiles given by the caller are not changed: a
+  reached at Nq = Nk = 4,194,304 for batch x heads = 2, and at about 605,000
+  for batch x heads = 96. Tiles given by the caller are not changed: a
   `ValueError` says to pass larger ones.
   """
   def steps(b):
@@ -209,7 +209,9 @@ def _fit_mosaic_grid(blocks: BlockSizes, batch_heads: int, nq: int, nk: int,
           f"batch x heads = {batch_heads}, Nq = {nq}, Nk = {nk} and {blocks}, "
           "over Mosaic's int32 bound; pass larger block_sizes or split the "
           "batch.")
-    blocks = BlockSizes(*(2 * b for b in dataclasses.astuple(blocks)))
+    blocks = _clamp_blocks(
+        BlockSizes(*(2 * b for b in dataclasses.astuple(blocks))), "mosaic",
+        nq, nk)
   return blocks
 
 
