@@ -16,6 +16,7 @@ import pytest
 
 from maskmodel import aot  # pylint: disable=g-import-not-at-top
 from maskmodel.kernels import attention, token_matching  # pylint: disable=g-import-not-at-top
+from maskmodel.kernels import flash_attention as flash  # pylint: disable=g-import-not-at-top
 
 if not aot.libtpu_available():
   pytest.skip("compile-only TPU checks need libtpu: make install puts it in "
@@ -93,6 +94,25 @@ def test_longest_sequence_per_generation(generation):
   with pytest.raises(Exception, match="Ran out of memory on HBM"):
     aot.compile_for(device, _attention_grad,
                     *_args(1, 2 * n, 2, 64, jnp.bfloat16))
+
+
+def test_largest_automatic_tiles_fit_v4():
+  """The largest tiles `_fit_mosaic_grid` picks by itself (1024 x 1024)
+  compile for the TPU with the least VMEM, at the widest validated head dim
+  in f32, with the causal skip, gradients and statistics."""
+  n = flash._MOSAIC_MAX_AUTO_BLOCK
+  blocks = flash.BlockSizes(n, n, n, n)
+
+  def grads(q, k, v, bias):
+    def loss(q, k, v, bias):
+      out, cls_probs, key_mass = flash.flash_attention(
+          q, k, v, bias, causal=True, backend="mosaic", block_sizes=blocks,
+          return_stats=True)
+      return out.sum() + cls_probs.sum() + key_mass.sum()
+    return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias)
+
+  _assert_all_kernels(aot.compile_for(
+      aot.tpu_device("v4"), grads, *_args(1, 4 * n, 2, 128, jnp.float32)))
 
 
 def test_unknown_generation():
