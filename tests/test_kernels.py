@@ -246,23 +246,35 @@ def test_mosaic_kernels_hold_tiles_not_sequences():
   q = jax.ShapeDtypeStruct((1, n, 2, dim), jnp.bfloat16)
   bias = jax.ShapeDtypeStruct((1, n), jnp.float32)
 
-  def loss(q, k, v, b):
+  def loss(q, k, v, b, blocks):
     out, cls_probs, key_mass = flash.flash_attention(
-        q, k, v, b, causal=True, backend="mosaic", return_stats=True)
+        q, k, v, b, causal=True, backend="mosaic", block_sizes=blocks,
+        return_stats=True)
     return out.astype(jnp.float32).sum() + cls_probs.sum() + key_mass.sum()
 
-  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3)))(q, q, q, bias)
-  calls = {e.params["name"]: e for e in _pallas_calls(jaxpr.jaxpr)}
-  assert set(calls) == {"flash_attention_forward", "flash_attention_dkdv",
-                        "flash_attention_dq", "flash_attention_key_mass"}
-  for name, eqn in calls.items():
+  def calls(blocks=None):
+    run = functools.partial(loss, blocks=blocks)
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(run, argnums=(0, 1, 2, 3)))(
+        q, q, q, bias)
+    return {e.params["name"]: e for e in _pallas_calls(jaxpr.jaxpr)}
+
+  default = calls()
+  assert set(default) == {"flash_attention_forward", "flash_attention_dkdv",
+                          "flash_attention_dq", "flash_attention_key_mass"}
+  for name, eqn in default.items():
     mapping = eqn.params["grid_mapping"]
     assert mapping.grid == (1, 2, n // 128, n // 128), name
-    assert eqn.params["compiler_params"].dimension_semantics == (
+    params = eqn.params["compiler_params"]
+    assert params.dimension_semantics == (
         "parallel", "parallel", "parallel", "arbitrary"), name
+    # The VMEM estimate stays under 8 MiB: the default scoped limit is kept.
+    assert params.vmem_limit_bytes is None, name
     for block in mapping.block_mappings:
       tile = block.transformed_block_aval.shape  # Squeezed dims dropped.
       assert math.prod(tile) <= 128 * dim, (name, tile)
+  # 1024 x 1024 tiles ask for the VMEM of the smallest TPU (v4), no more.
+  for name, eqn in calls(flash.BlockSizes(1024, 1024, 1024, 1024)).items():
+    assert eqn.params["compiler_params"].vmem_limit_bytes == 16 * 2**20, name
   # Tiles grow only where the grid would pass Mosaic's int32 step count.
   assert flash._fit_mosaic_grid(flash.DEFAULT_BLOCK_SIZES["mosaic"], 2, n, n,
                                 explicit=False).block_q == 128
