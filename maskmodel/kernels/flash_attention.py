@@ -446,8 +446,9 @@ def _key_mass_kernel(q_ref, k_ref, bias_ref, valid_ref, lse_ref, mass_ref, *,
 # pipeline copies each step's tiles from HBM to VMEM, so VMEM holds a few
 # tiles whatever the sequence length. The running state lives in VMEM
 # scratch, set at the first inner step and written out at the last. Causal
-# tiles that a program cannot see are skipped, and their index maps repeat
-# the previous tile so that no copy is issued for them (`_mosaic_grid`).
+# tiles that a program cannot see are skipped, and their index maps fetch
+# the nearest visible tile instead, so that consecutive steps share one copy
+# (`_visible_key_tile`, `_visible_query_tile`).
 
 
 def _when(cond, fn):
@@ -961,7 +962,8 @@ def flash_attention(q, k, v, bias=None, kv_mask=None, *, causal=False,
     causal: query i sees key j iff `j <= i + Nk - Nq`.
     backend: "triton" or "mosaic": layout, tile sizes and compiler params.
     interpret: run the kernels in the Pallas interpreter (any platform).
-    block_sizes: optional `BlockSizes`; defaults per backend.
+    block_sizes: optional `BlockSizes`; defaults per backend (on TPU the
+      default tiles double where a grid would pass Mosaic's 2**31 steps).
     return_stats: also return `(cls_probs, key_mass)`, both `[B, H, Nk]` f32
       and without gradient.
 
