@@ -8,11 +8,13 @@ for gradients, about a few bf16 ulps (2**-8 relative) after accumulation.
 import functools
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
 
 import jax
+import jax.extend  # noqa: F401  (jax.extend.core in the jaxpr walks)
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -168,23 +170,120 @@ def test_flash_bf16_within_documented_tolerance():
     assert _max_abs(g, w) <= 0.05 * scale, (name, _max_abs(g, w), scale)
 
 
-def test_flash_mosaic_layout_in_interpreter():
-  """The TPU variant ([B, H, N, D] layout, 128-wide key tiles) computes the
-  same function; compiled Mosaic is not exercised here."""
-  q, k, v, bias, mask = _inputs(7, 1, 37, 150, 2, 32)
-  blocks = flash.BlockSizes(block_q=8, block_k=128, block_q_bwd=16,
-                            block_k_bwd=128)
+MOSAIC_CASES = [
+    # Not causal: 3 key tiles streamed per query tile, 3 query tiles per key
+    # tile, odd lengths.
+    pytest.param(37, 300, 32, False,
+                 flash.BlockSizes(block_q=8, block_k=128, block_q_bwd=16,
+                                  block_k_bwd=128), id="nq<nk"),
+    # Nq > Nk causal: the first 10 queries see no key, and each kernel skips
+    # whole tiles (the dK/dV kernel 8 of 10 query tiles for the last keys).
+    pytest.param(300, 290, 16, True,
+                 flash.BlockSizes(block_q=64, block_k=128, block_q_bwd=32,
+                                  block_k_bwd=128),
+                 id="nq>nk-causal-rows-without-keys"),
+]
+
+
+@pytest.mark.parametrize("nq,nk,dim,causal,blocks", MOSAIC_CASES)
+def test_flash_mosaic_streamed_grid_in_interpreter(nq, nk, dim, causal,
+                                                   blocks):
+  """The TPU variant ([B, H, N, D] layout, 128-wide key tiles, the streamed
+  operand on an inner grid axis with scratch accumulators) computes the same
+  function, with bias, key mask, statistics and gradients; compiled Mosaic
+  is not run here (tests/test_tpu_compile.py compiles it)."""
+  q, k, v, bias, mask = _inputs(7, 1, nq, nk, 2, dim)
   cot = jnp.asarray(np.random.default_rng(8).normal(size=q.shape), jnp.float32)
-  kernel = lambda q, k, v, b: flash.flash_attention(
-      q, k, v, b, mask, causal=True, backend="mosaic", interpret=True,
-      block_sizes=blocks)
-  reference = lambda q, k, v, b: attention_reference(
-      q, k, v, bias=b, kv_mask=mask, causal=True)
-  np.testing.assert_allclose(kernel(q, k, v, bias), reference(q, k, v, bias),
-                             atol=F32_ATOL)
-  for g, w in zip(_grads(kernel, q, k, v, bias, cot),
-                  _grads(reference, q, k, v, bias, cot)):
-    np.testing.assert_allclose(g, w, atol=2e-5, rtol=0)
+
+  @jax.jit  # One program: the forward runs once for outputs and gradients.
+  def kernel(q, k, v, b):
+    (out, cls_probs, key_mass), pullback = jax.vjp(
+        lambda *a: flash.flash_attention(
+            *a, kv_mask=mask, causal=causal, backend="mosaic", interpret=True,
+            block_sizes=blocks, return_stats=True), q, k, v, b)
+    grads = pullback((cot, jnp.zeros_like(cls_probs),
+                      jnp.zeros_like(key_mass)))
+    return out, cls_probs, key_mass, grads
+
+  @jax.jit
+  def reference(q, k, v, b):
+    out, pullback = jax.vjp(lambda *a: attention_reference(
+        *a[:3], bias=a[3], kv_mask=mask, causal=causal), q, k, v, b)
+    return out, pullback(cot)
+
+  out, cls_probs, key_mass, grads = kernel(q, k, v, bias)
+  ref_out, ref_grads = reference(q, k, v, bias)
+  np.testing.assert_allclose(out, ref_out, atol=F32_ATOL)
+  ref_cls, ref_mass = _reference_stats(q, k, bias, mask, causal)
+  np.testing.assert_allclose(cls_probs, ref_cls, atol=F32_ATOL)
+  np.testing.assert_allclose(key_mass, ref_mass, atol=1e-4, rtol=1e-5)
+  for name, g, w in zip(("dq", "dk", "dv", "dbias"), grads, ref_grads):
+    assert float(jnp.abs(w).max()) > 1e-2, name
+    np.testing.assert_allclose(g, w, atol=2e-5, rtol=0, err_msg=name)
+
+
+def _pallas_calls(jaxpr):
+  """Every pallas_call equation in a jaxpr, nested ones included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "pallas_call":
+      found.append(eqn)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          found += _pallas_calls(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          found += _pallas_calls(sub)
+  return found
+
+
+def test_mosaic_kernels_hold_tiles_not_sequences():
+  """On TPU every kernel's blocks are tiles, whatever N: the streamed
+  operand moves along a last, sequential ("arbitrary") grid axis, so VMEM
+  does not grow with the sequence (the kernels used to keep K and V, or Q
+  and dO, whole in VMEM)."""
+  n, dim = 65536, 64
+  q = jax.ShapeDtypeStruct((1, n, 2, dim), jnp.bfloat16)
+  bias = jax.ShapeDtypeStruct((1, n), jnp.float32)
+
+  def loss(q, k, v, b, blocks):
+    out, cls_probs, key_mass = flash.flash_attention(
+        q, k, v, b, causal=True, backend="mosaic", block_sizes=blocks,
+        return_stats=True)
+    return out.astype(jnp.float32).sum() + cls_probs.sum() + key_mass.sum()
+
+  def calls(blocks=None):
+    run = functools.partial(loss, blocks=blocks)
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(run, argnums=(0, 1, 2, 3)))(
+        q, q, q, bias)
+    return {e.params["name"]: e for e in _pallas_calls(jaxpr.jaxpr)}
+
+  default = calls()
+  assert set(default) == {"flash_attention_forward", "flash_attention_dkdv",
+                          "flash_attention_dq", "flash_attention_key_mass"}
+  for name, eqn in default.items():
+    mapping = eqn.params["grid_mapping"]
+    assert mapping.grid == (1, 2, n // 128, n // 128), name
+    params = eqn.params["compiler_params"]
+    assert params.dimension_semantics == (
+        "parallel", "parallel", "parallel", "arbitrary"), name
+    # The VMEM estimate stays under 8 MiB: the default scoped limit is kept.
+    assert params.vmem_limit_bytes is None, name
+    for block in mapping.block_mappings:
+      tile = block.transformed_block_aval.shape  # Squeezed dims dropped.
+      assert math.prod(tile) <= 128 * dim, (name, tile)
+  # 1024 x 1024 tiles ask for the VMEM of the smallest TPU (v4), no more.
+  for name, eqn in calls(flash.BlockSizes(1024, 1024, 1024, 1024)).items():
+    assert eqn.params["compiler_params"].vmem_limit_bytes == 16 * 2**20, name
+  # Tiles grow only where the grid would pass Mosaic's int32 step count.
+  assert flash._fit_mosaic_grid(flash.DEFAULT_BLOCK_SIZES["mosaic"], 2, n, n,
+                                explicit=False).block_q == 128
+  bigger = flash._fit_mosaic_grid(flash.DEFAULT_BLOCK_SIZES["mosaic"], 2,
+                                  2**22, 2**22, explicit=False)
+  assert bigger == flash.BlockSizes(256, 256, 256, 256)
+  with pytest.raises(ValueError, match="pass larger block_sizes"):
+    flash._fit_mosaic_grid(flash.DEFAULT_BLOCK_SIZES["mosaic"], 2, 2**22,
+                           2**22, explicit=True)
 
 
 def test_attention_entry_point_interpret_with_stats():
