@@ -45,7 +45,10 @@ class Tokenizer:
     mask bool [L])`, mask True on real tokens. A window that does not fit
     is a one-line ValueError."""
     ids = np.asarray(ids)
-    seq_lib.check_length(len(ids) + 2, seq_len)
+    if len(ids) + 2 > seq_len:
+      raise ValueError(f"{len(ids)} tokens and [CLS], [SEP] do not fit a "
+                       f"window of seq_len={seq_len}; cut them to "
+                       f"{seq_len - 2}.")
     self.check(ids)
     tokens = np.full(seq_len, self.pad_id, np.int32)
     tokens[0], tokens[1:len(ids) + 1], tokens[len(ids) + 1] = (
