@@ -12,7 +12,7 @@ Hardware / time: 2 CPU cores, a few minutes including evals.
 
   python -m maskmodel.main --config configs/mlm/pycode_tiny.py --workdir /tmp/mlm_pycode
 
-Variants: `:ngram` masks n-grams, each collapsed to one [MASK]
+Variants (comma-separated): `:ngram` masks n-grams, each collapsed to one [MASK]
 (task "ngram_mlm"); `:smoke` runs a few steps with a smaller model, for
 tests.
 
@@ -25,6 +25,7 @@ from maskmodel.models import seq
 
 
 def get_config(arg=None):
+  args = set((arg or "").split(","))   # e.g. "smoke,ngram"
   c = mm.base_config()
   c.data.name = "pycode"
   c.data.tokenizer = "bytes"
@@ -52,11 +53,11 @@ def get_config(arg=None):
   c.evals.raw_kmer = 1     # the no-encoder baseline: a bag of bytes
   c.evals.mlm = dict(every=200)
 
-  if arg == "ngram":
+  if "ngram" in args:
     c.task = ml_collections.ConfigDict(dict(
         name="ngram_mlm", mask_rate=0.15, max_predictions=0, ngram_p=0.2,
         ngram_max=3))
-  if arg == "smoke":
+  if "smoke" in args:
     c.total_steps = 20
     c.batch_size = 16
     c.log_every = 5

@@ -45,6 +45,7 @@ import importlib.resources
 import importlib.util
 import os
 import sysconfig
+import threading
 
 import numpy as np
 
@@ -60,6 +61,10 @@ GENOME_LABELS = {"coding": ("non-coding", "coding"),
                  "strand": ("non-coding", "forward", "reverse")}
 INSTALL = "run `make install` (it installs the package's [data] extra)"
 _ORDER_SEED = 0
+# CPython 3.11's parser is not safe to run from several threads at once (the
+# grain pipeline's readers): it fails with "AST constructor recursion depth
+# mismatch" (python/cpython#106905). One parse at a time.
+_AST_LOCK = threading.Lock()
 
 
 class CorpusError(ValueError):
@@ -167,8 +172,9 @@ def line_constructs(text: str) -> np.ndarray:
   n_lines = text.count("\n") + 1
   kinds = np.full(n_lines, PYCODE_LABELS.index("other"), np.int32)
   try:
-    tree = ast.parse(text)
-  except (SyntaxError, ValueError):
+    with _AST_LOCK:
+      tree = ast.parse(text)
+  except (SyntaxError, ValueError, RecursionError):
     return kinds
   kind_of = {ast.FunctionDef: "def", ast.AsyncFunctionDef: "def",
              ast.ClassDef: "class", ast.Import: "import",

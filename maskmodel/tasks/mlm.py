@@ -348,10 +348,10 @@ def _masked_metrics(task, params, tokens, mask, row_weight, rng):
 
 
 def mlm_eval(ctx, params, task_state, cache):
-  """Masked-token loss and accuracy over all predictions of the test
-  split (for n-gram masking, over every token of every n-gram), each batch masked
-  with a key folded from the run's seed and the batch index (the same masks
-  at every eval round)."""
+  """Masked-token loss and accuracy over all predictions of the test split
+  (for n-gram masking, every token of every n-gram), each batch masked with
+  a key folded from the run's seed and the batch index: the same masks at
+  every eval round."""
   del task_state, cache
   data = sharding.batch_sharded(ctx.mesh)
   rng = jax.random.PRNGKey(ctx.config.seed)
