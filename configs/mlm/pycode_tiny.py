@@ -8,15 +8,30 @@ at CPU scale. The report compares k-NN and linear-probe accuracy on the
 construct label against the same encoder at random init and against a bag
 of bytes (no encoder).
 Expected: see "Measured" below.
-Hardware / time: 2 CPU cores, a few minutes including evals.
+Hardware / time: 2 CPU cores, about 7 minutes including evals.
 
-  python -m maskmodel.main --config configs/mlm/pycode_tiny.py --workdir /tmp/mlm_pycode
+  python -m maskmodel.main --config configs/mlm/pycode_tiny.py --workdir workdirs/mlm_pycode
 
 Variants (comma-separated): `:ngram` masks n-grams, each collapsed to one [MASK]
 (task "ngram_mlm"); `:smoke` runs a few steps with a smaller model, for
 tests.
 
-Measured: (to be filled in from the command above)
+Measured (seed 0, the command above, 400 steps at batch 64; 2 CPU cores
+shared with other jobs, load average ~15: 6 min 57 s wall, 309 s of it
+training). Test split: its first 2,048 windows, 54.9% def, 3.8% class,
+0.9% import, 40.4% other (the labels of `data.get_source("pycode", "test",
+seq_len=128, num_classes=4, limit=2048)`); train: 8,192 windows.
+
+| eval                  | MLM    | random init | bag of bytes |
+|-----------------------|--------|-------------|--------------|
+| k-NN                  | 0.6284 | 0.6201      | 0.6191       |
+| linear probe          | 0.6270 | 0.6240      | 0.6230       |
+
+Masked-byte accuracy on the test split 0.3675 (loss 2.867; 0.3559 at step
+200). At this budget MLM is barely above its random init and the bag of
+bytes (the report's "raw pixels" column), and all three beat the majority
+class (0.549) by only ~7 points: the claim that MLM learns features of code
+is not shown at this scale.
 """
 import ml_collections
 

@@ -244,7 +244,15 @@ def pycode(split, *, seq_len=128, tokenizer="bytes", label="construct",
     raise CorpusError(f"pycode: data.tokenizer={tokenizer!r} does not fit "
                       "source code; use 'bytes' or 'wordpiece'.")
   _check_seq_len(seq_len)
+  _tokenizer(tokenizer)   # a missing MiniLM package is named here
   return _pycode(root or stdlib_dir(), split, tokenizer, seq_len)
+
+
+def _tokenizer(name) -> Tokenizer:
+  try:
+    return get_tokenizer(name)
+  except ValueError as e:
+    raise CorpusError(f"data.tokenizer: {e}") from None
 
 
 def _check_seq_len(seq_len):
@@ -370,8 +378,5 @@ def get_corpus(name, split, *, seq_len=128, tokenizer=None, label=None):
 def corpus_tokenizer(data_config) -> Tokenizer:
   """The tokenizer of a config's `data` section (its corpus' default when
   `data.tokenizer` is not set)."""
-  name = data_config.get("tokenizer") or CORPORA[data_config.name][1]
-  try:
-    return get_tokenizer(name)
-  except ValueError as e:
-    raise CorpusError(f"data.tokenizer: {e}") from None
+  return _tokenizer(data_config.get("tokenizer") or
+                    CORPORA[data_config.name][1])
