@@ -14,7 +14,7 @@ held out of pretraining. The report compares k-NN and linear-probe
 accuracy against the same encoder at random init and against codon (3-mer)
 counts with no encoder.
 Expected: see "Measured" below.
-Hardware / time: 2 CPU cores, a few minutes including evals.
+Hardware / time: 2 CPU cores, 6-10 minutes including evals.
 
   python -m maskmodel.main --config configs/mlm/genome_tiny.py --workdir workdirs/mlm_genome
 
@@ -22,7 +22,35 @@ Variants (comma-separated): `:ngram` masks n-grams, each collapsed to one [MASK]
 (task "ngram_mlm"); `:coding` labels coding vs non-coding (2 classes);
 `:smoke` runs a few steps with a smaller model, for tests.
 
-Measured: (to be filled in from the command above)
+Measured (seed 0, 400 steps at batch 64; 2 CPU cores shared with other
+jobs, load average ~15). Both labels see the same pretraining (it does
+not read labels): masked-base accuracy on the test windows 0.3598 (loss
+1.2925; ln 4 = 1.386 is a uniform guess over the four bases). Train: 8,192
+windows; test: all 1,952 held-out windows.
+
+The command above (`data.label = "strand"`; 6 min 05 s wall, 257 s of it
+training). Test shares: 8.5% non-coding, 36.3% forward, 55.3% reverse.
+
+| eval                  | MLM    | random init | codon counts |
+|-----------------------|--------|-------------|--------------|
+| k-NN                  | 0.5231 | 0.5128      | 0.6696       |
+| linear probe          | 0.4974 | 0.4836      | 0.6819       |
+
+`:coding` (the same command with `genome_tiny.py:coding`; 9 min 32 s wall,
+418 s of it training). Test shares: 8.5% non-coding, 91.5% coding.
+
+| eval                  | MLM    | random init | codon counts |
+|-----------------------|--------|-------------|--------------|
+| k-NN                  | 0.9165 | 0.9155      | 0.9170       |
+| linear probe          | 0.9165 | 0.9160      | 0.9211       |
+
+(Test shares: `data.get_source("genome", "test", seq_len=128,
+num_classes=3, label="strand").labels()`, and with label "coding".) At
+this budget MLM on single bases learns next to nothing a probe can use:
+on the strand label the encoder, trained or not, is below the majority
+class (0.553), and codon counts (the report's "raw pixels" column) beat it
+by ~15 points; on the binary label every row is at the majority class.
+The claim is not shown at this scale.
 """
 import ml_collections
 
