@@ -232,10 +232,11 @@ class MLMTask(TaskBase):
                         f"{self.tokenizer.vocab_size} ids; set "
                         f"model.vocab_size={self.tokenizer.vocab_size}.")
     self.seq_len = d.get("seq_len", 128)
-    try:
-      seq_lib.check_length(self.seq_len, m.max_len)
-    except ValueError as e:
-      raise ConfigError(f"data.seq_len: {e}") from None
+    if self.seq_len > m.max_len:   # the model's own check_length, as config
+      raise ConfigError(f"data.seq_len={self.seq_len} is longer than the "
+                        f"model's model.max_len={m.max_len} positions; set "
+                        f"data.seq_len <= {m.max_len} or model.max_len >= "
+                        f"{self.seq_len}.")
     self.rate = t.get("mask_rate", 0.15)
     if not 0 < self.rate < 1:
       raise ConfigError(f"task.mask_rate={self.rate} must be in (0, 1).")
