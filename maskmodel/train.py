@@ -76,6 +76,8 @@ def sources(config):
   d = config.data
   kw = dict(data_dir=d.data_dir, image_size=d.image_size, channels=d.channels,
             num_classes=d.num_classes)
+  # The sequence corpora's options, where the config sets them.
+  kw.update({k: d[k] for k in ("seq_len", "tokenizer", "label") if k in d})
   return (data_lib.get_source(d.name, d.train_split, limit=d.train_examples, **kw),
           data_lib.get_source(d.name, d.test_split, limit=d.test_examples, **kw))
 

@@ -41,8 +41,13 @@ def test_config_builds(path):
   config_lib.validate(config, num_devices=1)
   task = get_task(config)
   d = config.data
-  batch = {"image": jax.ShapeDtypeStruct((2, d.image_size, d.image_size, d.channels), jnp.float32),
-           "label": jax.ShapeDtypeStruct((2,), jnp.int32)}
+  if "seq_len" in d:   # a sequence corpus: windows of token ids
+    batch = {"tokens": jax.ShapeDtypeStruct((2, d.seq_len), jnp.int32),
+             "mask": jax.ShapeDtypeStruct((2, d.seq_len), jnp.bool_)}
+  else:
+    batch = {"image": jax.ShapeDtypeStruct((2, d.image_size, d.image_size, d.channels),
+                                           jnp.float32)}
+  batch["label"] = jax.ShapeDtypeStruct((2,), jnp.int32)
   params, _ = jax.eval_shape(lambda b: task.init(jax.random.PRNGKey(0), b), batch)
   n = sum(x.size for x in jax.tree.leaves(params))
   assert n > 0

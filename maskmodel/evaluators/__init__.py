@@ -3,7 +3,8 @@
 `config.evals.NAME.every` sets how often one runs (0 = only at the end).
 Feature-based evaluators share one feature extraction per round via `cache`,
 and read the network from `cache["feature_fn"]` when it is there (the raw
-pixels of `run_on_pixels`), else from `task.features`.
+pixels of `run_on_pixels`), else from `task.features`. A network reads
+`features_lib.model_input(batch)`: images, or a sequence's tokens and mask.
 """
 from __future__ import annotations
 
@@ -140,8 +141,8 @@ def accuracy(ctx, params, task_state, cache):
   data_sharding = sharding.batch_sharded(ctx.mesh)
   for batch, n in eval_batches(ctx.test_source, batch_size=ctx.config.evals.batch_size,
                                preprocess=ctx.example):
-    pred = sharding.to_host(fn(sharding.shard_replicated_batch(batch["image"],
-                                                               data_sharding)))[:n]
+    pred = sharding.to_host(fn(sharding.shard_replicated_batch(
+        features_lib.model_input(batch), data_sharding)))[:n]
     correct += int((pred == batch["label"][:n]).sum())
     total += n
   return {"test_accuracy": correct / total}
@@ -209,10 +210,16 @@ def run(ctx, names, params, task_state, cache=None):
 def run_on_pixels(ctx, names):
   """The feature evaluators among `names`, on the flattened, normalized
   pixels of the same train/test split instead of an encoder's features: the
-  baseline a learned representation has to beat (DESIGN.md, Baselines)."""
+  baseline a learned representation has to beat (DESIGN.md, Baselines).
+  For sequences the raw input is a bag of k-mers of the token ids
+  (`features_lib.bag_of_kmers`, k = `evals.raw_kmer`)."""
   names = [n for n in names if n in FEATURE_EVALUATORS]
   if not names:
     return {}
   # The pixel "network" has no params: k-NN and the probe read pixels, and
   # the low-label fine-tune trains only its linear head.
-  return run(ctx, names, {}, None, {"feature_fn": features_lib.pixel_features})
+  try:
+    fn = features_lib.raw_features(ctx.example(ctx.test_source[0]), ctx.config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return run(ctx, names, {}, None, {"feature_fn": fn})

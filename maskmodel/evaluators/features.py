@@ -1,11 +1,28 @@
-"""Frozen-feature extraction over a whole split."""
+"""Frozen-feature extraction over a whole split.
+
+A feature function takes what `model_input` gives it: the images of an
+image batch, or, for a sequence batch (`{"tokens", "mask", "label"}`), the
+dict of its tokens and mask. The no-encoder baseline (`raw_features`) is the
+flattened pixels of an image, and a bag of k-mers of a sequence.
+"""
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from maskmodel import sharding
 from maskmodel.data import eval_batches
+
+
+def model_input(batch):
+  """What a network reads of a batch: `batch["image"]` for images; for
+  sequences, everything but the label (`{"tokens", "mask"}`)."""
+  if "image" in batch:
+    return batch["image"]
+  return {k: v for k, v in batch.items() if k != "label"}
 
 
 def extract(feature_fn, source, *, batch_size, mesh, spec=None, preprocess=None):
@@ -18,7 +35,7 @@ def extract(feature_fn, source, *, batch_size, mesh, spec=None, preprocess=None)
   feats, labels = [], []
   for batch, n_valid in eval_batches(source, batch_size=batch_size, spec=spec,
                                      preprocess=preprocess):
-    images = sharding.shard_replicated_batch(batch["image"], data_sharding)
+    images = sharding.shard_replicated_batch(model_input(batch), data_sharding)
     feats.append(sharding.to_host(feature_fn(images))[:n_valid])
     labels.append(batch["label"][:n_valid])
   return np.concatenate(feats).astype(np.float32), np.concatenate(labels)
@@ -40,3 +57,42 @@ def pixel_features(params, task_state, images):
   evaluators that take a network (it has no params and no state)."""
   del params, task_state
   return images.reshape(images.shape[0], -1)
+
+
+# At most this many features per example in the bag-of-k-mers baseline.
+MAX_KMER_FEATURES = 2**15
+
+
+@functools.lru_cache(maxsize=None)   # one function (one jit) per (V, k)
+def bag_of_kmers(vocab_size: int, k: int = 1):
+  """The no-encoder baseline for sequences, in the shape of `Task.features`:
+  the frequency of each k-mer of token ids among a sequence's real tokens
+  (`mask`; [CLS] and [SEP] count as tokens), `[B, vocab_size ** k]`. k = 1
+  is a bag of tokens; on DNA, k = 3 counts codons."""
+  dim = vocab_size ** k
+  if dim > MAX_KMER_FEATURES:
+    raise ValueError(f"a bag of {k}-mers over {vocab_size} token ids has "
+                     f"{dim} features, more than {MAX_KMER_FEATURES}; lower "
+                     "evals.raw_kmer.")
+
+  def features(params, task_state, inputs):
+    del params, task_state
+    tokens, mask = inputs["tokens"], inputs["mask"]
+    b, n = tokens.shape
+    m = n - k + 1
+    ids = sum(tokens[:, j:j + m] * vocab_size ** (k - 1 - j) for j in range(k))
+    real = jnp.stack([mask[:, j:j + m] for j in range(k)]).all(0)
+    counts = jnp.zeros((b, dim), jnp.float32).at[
+        jnp.arange(b)[:, None], ids].add(real.astype(jnp.float32))
+    return counts / jnp.maximum(counts.sum(1, keepdims=True), 1.0)
+  return features
+
+
+def raw_features(example, config):
+  """The no-encoder feature function for records like `example`: the
+  pixels of an image, a bag of `evals.raw_kmer`-mers (default 1) over
+  `model.vocab_size` token ids of a sequence."""
+  if "image" in example:
+    return pixel_features
+  return bag_of_kmers(int(config.model.vocab_size),
+                      int(config.evals.get("raw_kmer", 1)))

@@ -20,6 +20,7 @@ import optax
 
 from maskmodel import sharding
 from maskmodel.config import ConfigError
+from maskmodel.evaluators import features as features_lib
 
 
 def metric_name(fraction: float) -> str:
@@ -110,10 +111,12 @@ def _predict(trainable, task_state, images, *, features_fn):
   return _logits(features_fn, trainable, task_state, images).argmax(-1)
 
 
-def _images(source, indices, preprocess):
+def _examples(source, indices, preprocess):
+  """The network's inputs (`model_input`, stacked) and the labels."""
   recs = [preprocess(source[int(i)]) for i in indices]
-  return (np.stack([r["image"] for r in recs]),
-          np.asarray([r["label"] for r in recs], np.int32))
+  batch = {k: np.stack([r[k] for r in recs]) for k in recs[0]}
+  return (features_lib.model_input(batch),
+          np.asarray(batch["label"], np.int32))
 
 
 def finetune(features_fn, params, task_state, train_source, indices, *,
@@ -126,9 +129,9 @@ def finetune(features_fn, params, task_state, train_source, indices, *,
   was. The subset's images are held in host memory."""
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   # The subset is decoded once and held on the host; each step gathers rows.
-  images, labels = _images(train_source, indices, preprocess)
-  feature_dim = jax.eval_shape(features_fn, params, task_state,
-                               images[:1]).shape[-1]
+  inputs, labels = _examples(train_source, indices, preprocess)
+  feature_dim = jax.eval_shape(features_fn, params, task_state, jax.tree.map(
+      lambda x: x[:1], inputs)).shape[-1]
   # A copy: the step donates its params, and the caller's are still in use.
   trainable = jax.device_put(
       {"net": jax.tree.map(jnp.copy, params),
@@ -138,9 +141,10 @@ def finetune(features_fn, params, task_state, train_source, indices, *,
   opt_state = _init(trainable, lr, head_lr, weight_decay, steps=steps)
   for idx in batch_indices(len(indices), batch_size, steps, seed):
     batch = sharding.shard_replicated_batch(
-        {"image": images[idx], "label": labels[idx]}, data)
+        {"input": jax.tree.map(lambda x: x[idx], inputs),  # pylint: disable=cell-var-from-loop
+         "label": labels[idx]}, data)
     trainable, opt_state, _ = _step(trainable, opt_state, task_state,
-                                    batch["image"], batch["label"], lr,
+                                    batch["input"], batch["label"], lr,
                                     head_lr, weight_decay, **kw)
   return trainable
 
@@ -150,7 +154,8 @@ def split_accuracy(features_fn, trainable, task_state, batches, mesh):
   data = sharding.batch_sharded(mesh)
   correct = total = 0
   for batch, n in batches:
-    images = sharding.shard_replicated_batch(batch["image"], data)
+    images = sharding.shard_replicated_batch(features_lib.model_input(batch),
+                                             data)
     pred = sharding.to_host(_predict(trainable, task_state, images,
                                      features_fn=features_fn))[:n]
     correct += int((pred == batch["label"][:n]).sum())

@@ -10,13 +10,14 @@ from maskmodel.tasks.hpm import HPMTask
 from maskmodel.tasks.lut import LUTTask
 from maskmodel.tasks.mae import MAETask
 from maskmodel.tasks.maskfeat import MaskFeatTask
+from maskmodel.tasks.mlm import MLMTask, NgramMLMTask
 from maskmodel.tasks.simmim import SimMIMTask
 from maskmodel.tasks.spark import SparKTask
 
 TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "maskfeat": MaskFeatTask, "cropmae": CropMAETask,
          "colormae": ColorMAETask, "spark": SparKTask, "lut": LUTTask,
-         "classify": ClassifyTask}
+         "classify": ClassifyTask, "mlm": MLMTask, "ngram_mlm": NgramMLMTask}
 
 
 def get_task(config):
