@@ -22,10 +22,20 @@ def eval_name(metric: str) -> str:
   return _EVAL_NAMES.get(metric, metric)
 
 
-def pixels_verdicts(final: dict, pixels: dict) -> list[str]:
-  """One sentence per metric with a raw-pixel value: who wins, with numbers.
+def raw_input_name(config) -> str:
+  """What the no-encoder baseline ("pixels") is for this data: the raw
+  pixels of an image, or a bag of k-mers of a sequence's token ids
+  (`maskmodel.evaluators.features.raw_features`)."""
+  if config.data.get("seq_len"):
+    return f"bag of {int(config.evals.get('raw_kmer', 1))}-mers"
+  return BASELINES["pixels"]
 
-  Every pixel metric is an accuracy, so higher is better.
+
+def pixels_verdicts(final: dict, pixels: dict, raw: str = "raw pixels") -> list[str]:
+  """One sentence per metric with a no-encoder value (`raw` names it): who
+  wins, with numbers.
+
+  Every such metric is an accuracy, so higher is better.
   """
   out = []
   for k, p in pixels.items():
@@ -33,11 +43,12 @@ def pixels_verdicts(final: dict, pixels: dict) -> list[str]:
       continue
     name, t = eval_name(k), final[k]
     if p > t:
-      out.append(f"Raw pixels beat the trained encoder on {name} ({p:.4f} vs {t:.4f}).")
+      out.append(f"{raw[0].upper()}{raw[1:]} beat the trained encoder on {name} "
+                 f"({p:.4f} vs {t:.4f}).")
     elif t > p:
-      out.append(f"The trained encoder beats raw pixels on {name} ({t:.4f} vs {p:.4f}).")
+      out.append(f"The trained encoder beats {raw} on {name} ({t:.4f} vs {p:.4f}).")
     else:
-      out.append(f"The trained encoder and raw pixels tie on {name} ({t:.4f}).")
+      out.append(f"The trained encoder and {raw} tie on {name} ({t:.4f}).")
   return out
 
 
@@ -57,7 +68,8 @@ def write(workdir, config, final: dict, baselines: dict, *, train_seconds: float
       "",
   ]
   cols = [b for b in BASELINES if baselines.get(b)]
-  lines += ["| metric | " + " | ".join(["trained"] + [BASELINES[b] for b in cols]) + " |",
+  titles = dict(BASELINES, pixels=raw_input_name(config))
+  lines += ["| metric | " + " | ".join(["trained"] + [titles[b] for b in cols]) + " |",
             "|---|---|" + "---|" * len(cols)]
   for k, v in final.items():
     row = [f"{v:.4f}"] + [f"{baselines[b][k]:.4f}" if k in baselines[b] else "-"
@@ -67,8 +79,8 @@ def write(workdir, config, final: dict, baselines: dict, *, train_seconds: float
     lines += ["", "low_label_N%: test accuracy after fine-tuning the network "
               "and a new linear head on N% of the training labels "
               "(class-balanced), the same steps from the trained and the "
-              "initial params; on raw pixels, the linear head alone."]
-  verdicts = pixels_verdicts(final, baselines.get("pixels", {}))
+              f"initial params; on {titles['pixels']}, the linear head alone."]
+  verdicts = pixels_verdicts(final, baselines.get("pixels", {}), titles["pixels"])
   if verdicts:
     lines += [""] + verdicts
   lines += ["", "![loss curve](loss_curve.png)", ""]

@@ -6,11 +6,11 @@ from conftest import SMOKE, load_config
 from maskmodel import report
 
 
-def _write(tmp_path, final, baselines):
+def _write(tmp_path, final, baselines, config=SMOKE):
   with open(tmp_path / "metrics.jsonl", "w") as f:
     for step, loss in ((1, 1.0), (2, 0.5)):
       f.write(json.dumps({"step": step, "train/loss": loss}) + "\n")
-  report.write(str(tmp_path), load_config(SMOKE), final, baselines,
+  report.write(str(tmp_path), load_config(config), final, baselines,
                train_seconds=1.0, steps_run=2)
   return (tmp_path / "report.md").read_text()
 
@@ -62,3 +62,16 @@ def test_report_has_the_low_label_rows_in_every_column(tmp_path):
   assert ("The trained encoder beats raw pixels on the 10%-label fine-tune "
           "(0.9000 vs 0.8530).") in text
   assert "on raw pixels, the linear head alone" in text
+
+
+def test_a_sequence_run_names_its_no_encoder_baseline(tmp_path):
+  """For sequences the no-encoder baseline is a bag of k-mers of the token
+  ids, and the report says so instead of "raw pixels"."""
+  import os  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT  # pylint: disable=g-import-not-at-top
+  text = _write(tmp_path, {"knn_accuracy": 0.6},
+                {"pixels": {"knn_accuracy": 0.7}},
+                os.path.join(ROOT, "configs", "mlm", "genome_tiny.py"))
+  assert "| metric | trained | bag of 3-mers |" in text, text
+  assert "Bag of 3-mers beat the trained encoder on k-NN (0.7000 vs 0.6000)." in text
+  assert "pixels" not in text.replace("reconstruction_mse_pixels", "")
