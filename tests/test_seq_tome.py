@@ -244,3 +244,22 @@ def test_model_registry_builds_the_plan():
   assert not model.token_reduction.class_token
   c.token_reduction.class_token = True
   assert seq.seq(c, num_tokens=12).token_reduction.keep == (8, 5)
+
+
+def test_minilm_embeds_with_tome():
+  """The real model: r = 0 is bit-identical, merging stays close."""
+  minilm = pytest.importorskip("maskmodel.models.minilm")
+  try:
+    minilm.minilm_dir()
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
+  texts = ["Token merging combines similar tokens inside the transformer.",
+           "A list is a mutable sequence type."]
+  plain = minilm.embed_sentences(texts)
+  zero = minilm.embed_sentences(texts, token_reduction=config_lib.token_reduction(
+      "tome", 0, off_the_shelf=True))
+  np.testing.assert_array_equal(zero, plain)
+  merged = minilm.embed_sentences(texts, token_reduction=config_lib.token_reduction(
+      "tome", 1, off_the_shelf=True))
+  cos = (merged * plain).sum(1)
+  assert np.all(cos > 0.95) and np.all(cos < 1.0), cos
