@@ -110,8 +110,6 @@ def rope(x, positions, base: float = 10000.0):
                          axis=-1).astype(x.dtype)
 
 
-# Sentence models pool every token, [CLS] included, so by default no token
-# is protected from merging; the plan's `class_token` protects token 0.
 # The size a padded token carries through a reduction. Merging averages
 # tokens weighted by size, so a pad that meets a real token adds
 # `PAD_SIZE * x_pad` to `x_real`, below float32's resolution of any real
@@ -179,7 +177,9 @@ def reduce_block_tokens(plan: SeqTokenReduction, x, size, mask, keys, source,
   Padding: pads enter with size `PAD_SIZE` (real tokens 1), so any
   size-weighted merge leaves real tokens as they are; with `padded`, the
   metric is `pad_separated_metric`, so matching pairs pads with pads first.
-  Pruning methods keep or drop a pad with its size. The mask that follows
+  Pruning methods keep or drop a pad with its size; DART ranks by the keys
+  and tokens, which carry no mask, so on padded rows it may keep pads and
+  drop real tokens (wasteful, never wrong). The mask that follows
   is `size >= REAL_SIZE_MIN`: a token is real when it holds a real token.
 
   Returns `(x, size, source, mask)`.
