@@ -263,3 +263,33 @@ def test_minilm_embeds_with_tome():
       "tome", 1, off_the_shelf=True))
   cos = (merged * plain).sum(1)
   assert np.all(cos > 0.95) and np.all(cos < 1.0), cos
+
+
+def _runner():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  path = (pathlib.Path(__file__).resolve().parents[1] / "experiments" /
+          "sequences" / "run.py")
+  spec = importlib.util.spec_from_file_location("sequences_run", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_experiment_texts():
+  """experiments/sequences/run.py's texts are real prose, deterministic, in
+  the framing its docstring states (the runner itself is the recorded run;
+  a smoke of it, `--smoke`, takes minutes)."""
+  run = _runner()
+  paragraphs = run.prose_paragraphs()
+  assert len(paragraphs) > 500 and paragraphs == run.prose_paragraphs()
+  assert not any(text[:1].isspace() for _, text in paragraphs)
+  try:
+    tok = run.raw_tokenizer()
+  except FileNotFoundError:
+    tok = None
+  if tok is not None:
+    ids, texts = run.passages(tok, paragraphs, 32, 6)
+    assert ids.shape == (6, 32) and len(set(texts)) == 6
+    assert (ids[:, 0] == tok.token_to_id("[CLS]")).all()
+    assert (ids[:, -1] == tok.token_to_id("[SEP]")).all()
