@@ -14,7 +14,9 @@ metadata pulls in torch).
   model: WordPiece (the `tokenizers` package, from `tokenizer.json`),
   truncation at 256 tokens, the encoder, mean pooling over real tokens, L2
   normalization. `tests/test_minilm.py` holds it to sentence-transformers'
-  own output within 1e-4.
+  own output within 1e-4. With `token_reduction=` the blocks merge or
+  prune tokens (ToMe and the reducers of `seq.SEQ_REDUCERS`);
+  `experiments/sequences/` measures what that costs and buys.
 """
 from __future__ import annotations
 
@@ -242,10 +244,28 @@ def _sentence_embeddings(model, params, ids, mask, token_types):
                               1e-12)
 
 
-def embed_sentences(texts, batch_size: int = 32) -> np.ndarray:
+def reduced_model(model: seq.SeqModel, token_reduction, num_tokens: int):
+  """`model` with the token reduction `token_reduction` (a
+  `maskmodel.config.token_reduction(...)`, e.g. `token_reduction("tome", 4,
+  off_the_shelf=True)`) planned for inputs of `num_tokens` tokens; the
+  params stay the same. `None` or method "none" gives `model` itself."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(dict(depth=model.depth))
+  config.token_reduction = token_reduction
+  plan = seq.seq_token_reduction(config, num_tokens)
+  return model if plan is None else model.clone(token_reduction=plan)
+
+
+def embed_sentences(texts, batch_size: int = 32,
+                    token_reduction=None) -> np.ndarray:
   """Mean-pooled, L2-normalized all-MiniLM-L6-v2 embeddings, `[len(texts),
   384]` float32: sentence-transformers' `model.encode(texts,
-  normalize_embeddings=...)` for this model (its modules already normalize)."""
+  normalize_embeddings=...)` for this model (its modules already normalize).
+
+  `token_reduction` (a `maskmodel.config.token_reduction(...)`) merges or
+  prunes tokens inside the blocks (`reduced_model`), planned for each
+  batch's padded length; the mean pooling is then weighted by token size.
+  """
   if isinstance(texts, str):
     texts = [texts]
   model, params, tokenizer, _ = load_minilm()
@@ -253,6 +273,8 @@ def embed_sentences(texts, batch_size: int = 32) -> np.ndarray:
   for start in range(0, len(texts), batch_size):
     batch = tokenize(texts[start:start + batch_size], tokenizer,
                      model.vocab_size)
+    m = model if token_reduction is None else reduced_model(
+        model, token_reduction, batch["ids"].shape[1])
     out.append(np.asarray(_sentence_embeddings(
-        model, params, batch["ids"], batch["mask"], batch["token_types"])))
+        m, params, batch["ids"], batch["mask"], batch["token_types"])))
   return np.concatenate(out) if out else np.zeros((0, model.width), np.float32)

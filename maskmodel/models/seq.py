@@ -30,24 +30,37 @@ attention kernel as `kv_mask`, so no query ever reads a padded key. Shapes
 are static; nothing depends on the data. Attention goes through
 `maskmodel.kernels.attention`, like every model.
 
+Token reduction (`maskmodel.tokens`: ToMe and the reducers that need no
+[CLS] attention) runs inside the blocks when the model is given a
+`SeqTokenReduction` plan, as the ViT's blocks do (`vit.py`): the reducer
+is called once per block with the head-averaged keys as ToMe's metric,
+proportional attention adds log(size) to every key's logit, and the mean
+pooling is weighted by token sizes. Without a plan (the default) nothing
+changes. `reduce_block_tokens` says where the merge sits in a post-LN
+block and how padding is kept out of real tokens.
+
 Token ids are checked on the host (`check_token_ids`): the model checks
 them when it gets concrete ids, and skips the check under `jit`, where the
 ids are tracers and an out-of-range id would silently read a clipped row.
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import math
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskmodel import tokens
 from maskmodel.kernels import attention
 from maskmodel.config import ConfigError
 from maskmodel.models import norm as norm_lib
 from maskmodel.models import registry
-from maskmodel.models.vit import gelu, token_dense
+from maskmodel.models.vit import TokenReduction, gelu, token_dense
+from maskmodel.tokens.common import l2_normalize
 
 Dtype = Any
 POSITIONS = ("learned", "rope")
@@ -97,15 +110,103 @@ def rope(x, positions, base: float = 10000.0):
                          axis=-1).astype(x.dtype)
 
 
+# The size a padded token carries through a reduction. Merging averages
+# tokens weighted by size, so a pad that meets a real token adds
+# `PAD_SIZE * x_pad` to `x_real`, below float32's resolution of any real
+# activation, and `1 + PAD_SIZE` rounds to 1: the real token comes out
+# unchanged. A merged token is real when its size is >= 1/2.
+PAD_SIZE = 2.0 ** -100
+REAL_SIZE_MIN = 0.5
+# Reducers that read [CLS] attention (topk, evit) or a 2-D patch graph
+# (gtp) have nothing to read in a mean-pooled sentence model; zero_tprune
+# needs the explicit attention matrix, which the fused kernel never forms.
+SEQ_REDUCERS = ("tome", "pitome", "atc", "divprune", "dart")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeqTokenReduction(TokenReduction):
+  """The ViT's static `TokenReduction` plan, plus `class_token`: whether
+  token 0 ([CLS]) is protected from reduction (default False: mean pooling
+  reads it like any other token). `num_tokens` is the padded length the
+  plan was built for; `keep` counts tokens, pads included."""
+  class_token: bool = False
+
+
+def pad_separated_metric(metric, mask):
+  """ToMe's matching metric `[B, N, C]`, made to keep pads among pads.
+
+  Rows without padding get the metric unchanged (with a zero feature
+  appended, which changes no cosine similarity). In a row with padding,
+  real token i becomes `[m_i / |m_i|, 1] / sqrt(2)` and every pad
+  `[0, ..., 0, -1]`. Cosine similarities are then
+    real-real  (1 + cos(m_i, m_j)) / 2   in [0, 1], same order as cos,
+    pad-pad    1, the highest score,
+    real-pad   -1 / sqrt(2), below every real-real score,
+  so bipartite matching (ToMe, PiToMe's bsm step) pairs a pad with a pad
+  and a real token with a real token whenever the other side holds one,
+  and spends its first merges on pad pairs, which cost no accuracy. The
+  order of real-real pairs is that of the plain metric up to float32
+  rounding; ATC's linkages and DivPrune's max-min distances keep it too,
+  while PiToMe's energies (margins on the cosine) change on padded rows.
+  """
+  c = metric.shape[-1]
+  metric = metric.astype(jnp.float32)
+  unit = l2_normalize(metric)
+  half = jnp.float32(math.sqrt(0.5))
+  real = jnp.concatenate([unit * half, jnp.full(unit.shape[:2] + (1,), half)],
+                         axis=-1)
+  pad = jnp.zeros_like(real).at[..., c].set(-1.0)
+  separated = jnp.where(mask[..., None], real, pad)
+  plain = jnp.concatenate([metric, jnp.zeros(metric.shape[:2] + (1,))], axis=-1)
+  has_pad = ~mask.all(axis=1)
+  return jnp.where(has_pad[:, None, None], separated, plain)
+
+
+def reduce_block_tokens(plan: SeqTokenReduction, x, size, mask, keys, source,
+                        *, keep, layer, depth, padded):
+  """One block's token reduction (ToMe Sec. 3, Eq. 1 and its `merge_wavg`).
+
+  Called where ToMe merges, between attention and MLP. In a post-LN
+  (BERT) block that is after the first LayerNorm, `h = LN1(x + Attn(x))`:
+  `h` is what a post-LN block carries on, both the MLP's input and its
+  residual (`LN2(h + MLP(h))`), as `x` is in ToMe's pre-LN block. Merging
+  `x + Attn(x)` before LN1 would average un-normalized sums that LN1 then
+  rescales, so a merged token would not be the size-weighted mean of the
+  tokens it holds.
+
+  Padding: pads enter with size `PAD_SIZE` (real tokens 1), so any
+  size-weighted merge leaves real tokens as they are; with `padded`, the
+  metric is `pad_separated_metric`, so matching pairs pads with pads first.
+  Pruning methods keep or drop a pad with its size; DART ranks by the keys
+  and tokens, which carry no mask, so on padded rows it may keep pads and
+  drop real tokens (wasteful, never wrong). The mask that follows
+  is `size >= REAL_SIZE_MIN`: a token is real when it holds a real token.
+
+  Returns `(x, size, source, mask)`.
+  """
+  metric = keys.mean(axis=2)   # ToMe's metric: the keys, averaged over heads
+  if padded:
+    metric = pad_separated_metric(metric, mask)
+  x, size, source, _ = tokens.reduce(
+      plan.method, x, size, keep=keep, metric=metric, keys=keys,
+      class_token=plan.class_token, source=source, layer=layer, depth=depth,
+      **dict(plan.options))
+  return x, size, source, size[..., 0] >= REAL_SIZE_MIN
+
+
 class SeqAttention(nn.Module):
-  """Fused-qkv self-attention with a key mask, causal option and RoPE."""
+  """Fused-qkv self-attention with a key mask, causal option and RoPE.
+
+  `bias [B, N]` is added to every key's logit (ToMe's proportional
+  attention passes log(size)). Returns `(out, k)`: the keys are ToMe's
+  matching metric."""
   num_heads: int
   use_rope: bool = False
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask, causal):
+  def __call__(self, x, mask, causal, bias=None):
     b, n, width = x.shape
     head_dim = width // self.num_heads
     qkv = token_dense(nn.Dense(3 * width, dtype=self.dtype,
@@ -115,13 +216,20 @@ class SeqAttention(nn.Module):
     if self.use_rope:
       positions = jnp.arange(n)
       q, k = rope(q, positions), rope(k, positions)
-    out = attention(q, k, v, kv_mask=mask, causal=causal, impl=self.attn_impl)
+    out = attention(q, k, v, bias=bias, kv_mask=mask, causal=causal,
+                    impl=self.attn_impl)
     return token_dense(nn.Dense(width, dtype=self.dtype, kernel_init=dense_init,
-                                name="proj"), out.reshape(b, n, width))
+                                name="proj"), out.reshape(b, n, width)), k
 
 
 class SeqBlock(nn.Module):
-  """One Transformer block, pre-LN or post-LN (BERT's `BertLayer`)."""
+  """One Transformer block, pre-LN or post-LN (BERT's `BertLayer`).
+
+  `block(x, mask, causal, bias=None, size=None, source=None, padded=False)
+  -> (x, size, source, mask)`. With `reduction` and `keep` below the token
+  count, the tokens are reduced between attention and MLP
+  (`reduce_block_tokens`); otherwise size, source and mask pass through.
+  """
   num_heads: int
   mlp_dim: int
   norm: str = "pre"
@@ -129,18 +237,33 @@ class SeqBlock(nn.Module):
   layer_norm_eps: float = 1e-6
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
+  reduction: Optional[SeqTokenReduction] = None
+  keep: Optional[int] = None
+  layer: Optional[int] = None
+  depth: Optional[int] = None
 
   @nn.compact
-  def __call__(self, x, mask, causal):
+  def __call__(self, x, mask, causal, bias=None, size=None, source=None,
+               padded=False):
     ln = lambda name: norm_lib.LayerNorm(epsilon=self.layer_norm_eps, name=name)
     attn = SeqAttention(self.num_heads, self.use_rope, self.attn_impl, self.dtype,
                         name="attn")
     mlp = _Mlp(self.mlp_dim, self.dtype, name="mlp")
+    reduces = self.reduction is not None and self.keep < x.shape[1]
+    reduce = lambda x, k: reduce_block_tokens(
+        self.reduction, x, size, mask, k, source, keep=self.keep,
+        layer=self.layer, depth=self.depth, padded=padded)
     if self.norm == "pre":
-      x = x + attn(ln("norm1")(x), mask, causal)
-      return x + mlp(ln("norm2")(x))
-    x = ln("norm1")(x + attn(x, mask, causal))
-    return ln("norm2")(x + mlp(x))
+      y, k = attn(ln("norm1")(x), mask, causal, bias)
+      x = x + y
+      if reduces:
+        x, size, source, mask = reduce(x, k)
+      return x + mlp(ln("norm2")(x)), size, source, mask
+    y, k = attn(x, mask, causal, bias)
+    x = ln("norm1")(x + y)
+    if reduces:
+      x, size, source, mask = reduce(x, k)
+    return ln("norm2")(x + mlp(x)), size, source, mask
 
 
 class _Mlp(nn.Module):
@@ -173,6 +296,19 @@ class SeqModel(nn.Module):
   `mask [B, N]` bool, True = real token (default: all real); padded keys
   are never attended. `token_types [B, N]` are BERT's segment ids (default
   zeros), used only when `type_vocab_size` > 0.
+
+  With `token_reduction` (a `SeqTokenReduction` plan, built for inputs of
+  `plan.num_tokens` tokens) the blocks merge or prune tokens along the
+  plan's schedule: `tokens` then has the last block's count of tokens,
+  `pooled` is their mean weighted by token size over real tokens (with no
+  merge, exactly the plain mean), and the output adds `size [B, K]` (the
+  real input tokens each token holds, 0 for pads) and `mask [B, K]` (real
+  tokens); `return_source=True` adds `source [B, N]`, the output token
+  holding each input token (-1 if pruned). Proportional attention (the
+  plan's `prop_attn`) adds log(size) to the logits once a block has
+  reduced. A reduction needs bidirectional attention, learned positions
+  (RoPE would rotate merged tokens by their new index) and no
+  `mlm_positions`.
   """
   vocab_size: int
   max_len: int
@@ -190,6 +326,7 @@ class SeqModel(nn.Module):
   num_classes: int = 0
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
+  token_reduction: Optional[SeqTokenReduction] = None
 
   def setup(self):
     if self.positions not in POSITIONS:
@@ -200,6 +337,9 @@ class SeqModel(nn.Module):
     if self.width % self.num_heads:
       raise ValueError(f"width={self.width} is not divisible by "
                        f"num_heads={self.num_heads}.")
+    plan = self.token_reduction
+    if plan is not None:
+      check_plan(plan, self.depth, self.positions)
     self.token_embed = nn.Embed(self.vocab_size, self.width,
                                 embedding_init=embed_init, name="token_embed")
     if self.positions == "learned":
@@ -214,7 +354,10 @@ class SeqModel(nn.Module):
     self.blocks = [
         SeqBlock(self.num_heads, self.mlp_dim, self.norm,
                  self.positions == "rope", self.layer_norm_eps, self.attn_impl,
-                 self.dtype, name=f"block_{i}") for i in range(self.depth)]
+                 self.dtype, reduction=plan,
+                 keep=None if plan is None else plan.keep[i], layer=i,
+                 depth=self.depth, name=f"block_{i}")
+        for i in range(self.depth)]
     if self.norm == "pre":
       self.final_norm = ln("norm")
     if self.mlm_head:
@@ -234,15 +377,19 @@ class SeqModel(nn.Module):
     return logits.astype(jnp.float32) + self.mlm_bias
 
   def __call__(self, ids, mask=None, token_types=None, causal=None,
-               mlm_positions=None):
+               mlm_positions=None, return_source=False):
     b, n = ids.shape
     check_length(n, self.max_len)
     if not isinstance(ids, jax.core.Tracer):
       check_token_ids(ids, self.vocab_size)
+    plan = self.token_reduction
+    causal = self.causal if causal is None else causal
+    if plan is not None:
+      check_call(plan, n, causal, mlm_positions)
+    padded = mask is not None
     if mask is None:
       mask = jnp.ones((b, n), bool)
     mask = mask.astype(bool)
-    causal = self.causal if causal is None else causal
     x = self.token_embed(ids).astype(jnp.float32)
     if self.positions == "learned":
       x = x + self.pos_embed[None, :n]
@@ -251,13 +398,29 @@ class SeqModel(nn.Module):
       x = x + self.type_embed(types)
     if self.embed_norm:
       x = self.embed_ln(x)
+    size = source = None
+    if plan is not None:
+      size = jnp.where(mask, 1.0, PAD_SIZE)[..., None].astype(jnp.float32)
+      source = tokens.init_source(x) if return_source else None
     for block in self.blocks:
-      x = block(x, mask, causal)
+      # Proportional attention once some block has reduced (log 1 = 0).
+      prop = plan is not None and plan.prop_attn and x.shape[1] < n
+      x, size, source, mask = block(
+          x, mask, causal, jnp.log(size[..., 0]) if prop else None, size,
+          source, padded)
     if self.norm == "pre":
       x = self.final_norm(x)
-    weight = mask[..., None].astype(x.dtype)
+    if plan is None:
+      weight = mask[..., None].astype(x.dtype)
+    else:   # size-weighted over real tokens: the plain mean when unmerged
+      weight = jnp.where(mask[..., None], size, 0.0).astype(x.dtype)
     pooled = (x * weight).sum(1) / jnp.maximum(weight.sum(1), 1.0)
     out = {"tokens": x, "pooled": pooled}
+    if plan is not None:
+      out["size"] = weight[..., 0]
+      out["mask"] = mask
+      if return_source:
+        out["source"] = source
     if self.num_classes:
       out["logits"] = self.head(pooled)
     if self.mlm_head:
@@ -267,14 +430,104 @@ class SeqModel(nn.Module):
     return out
 
 
+def check_plan(plan: SeqTokenReduction, depth: int, positions: str):
+  """One-line errors for a plan this model cannot follow."""
+  if not isinstance(plan, SeqTokenReduction):
+    raise ValueError("SeqModel.token_reduction must be a SeqTokenReduction "
+                     "(build it with maskmodel.models.seq.seq_token_reduction"
+                     f"), got {type(plan).__name__}.")
+  if len(plan.keep) != depth:
+    raise ValueError(f"token reduction plan is for {len(plan.keep)} blocks; "
+                     f"this model has {depth}. Build the plan for it "
+                     "(maskmodel.models.seq.seq_token_reduction).")
+  if positions == "rope":
+    raise ValueError("token reduction needs positions='learned': RoPE would "
+                     "rotate merged tokens by their new index; drop the "
+                     "reduction or use learned positions.")
+
+
+def check_call(plan: SeqTokenReduction, n: int, causal: bool, mlm_positions):
+  """One-line errors for a call that a token reduction cannot serve."""
+  if n != plan.num_tokens:
+    raise ValueError(f"token reduction plan is for {plan.num_tokens} input "
+                     f"tokens; this call has {n}. Pad the batch to "
+                     f"{plan.num_tokens} or build a plan for {n} "
+                     "(maskmodel.models.seq.seq_token_reduction).")
+  if causal:
+    raise ValueError("token reduction merges tokens across positions, which "
+                     "breaks causal attention; call with causal=False or "
+                     "without a reduction.")
+  if mlm_positions is not None:
+    raise ValueError("mlm_positions index input positions, which a token "
+                     "reduction moves; predict without a reduction.")
+
+
+def seq_token_reduction(model_config, num_tokens: int):
+  """The static `SeqTokenReduction` plan of `model_config.token_reduction`
+  (a `maskmodel.config.token_reduction`, plus an optional `class_token`,
+  default False) for inputs of `num_tokens` tokens, or None for "none".
+
+  The schedule counts every token, pads included; bipartite methods (ToMe,
+  PiToMe) remove at most half of the unprotected tokens per block. A
+  method outside `SEQ_REDUCERS`, an unknown option or a schedule that
+  cannot be followed is a one-line `ConfigError`.
+  """
+  t = model_config.get("token_reduction")
+  if t is None or t.method in ("none", None, ""):
+    return None
+  key = "model.token_reduction"
+  if t.method not in SEQ_REDUCERS:
+    why = ("unknown" if t.method not in tokens.REDUCERS else
+           "not applicable to a mean-pooled sequence model (it reads [CLS] "
+           "attention, a 2-D patch graph or the full attention matrix)")
+    raise ConfigError(f"{key}.method={t.method!r} is {why}; use 'none' or one "
+                      f"of {list(SEQ_REDUCERS)}.")
+  options = dict(t.get("options") or {})
+  valid = tokens.option_names(t.method)
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise ConfigError(f"{key}.options has {unknown}, which {t.method!r} does "
+                      f"not take; it accepts {valid or 'none'}.")
+  class_token = bool(t.get("class_token", False))
+  schedule = t.schedule
+  if isinstance(schedule, str) and schedule.strip().lstrip("-").isdigit():
+    schedule = int(schedule)
+  bipartite = t.method in ("tome", "pitome")
+  try:
+    keep = tokens.tokens_per_layer(schedule, model_config.depth, num_tokens,
+                                   class_token=class_token, bipartite=bipartite)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{key}.schedule={t.schedule!r} cannot be used with "
+                      f"{model_config.depth} blocks and {num_tokens} tokens: "
+                      f"{e}") from None
+  prev, protected = num_tokens, int(class_token)
+  for layer, k in enumerate(keep):
+    if bipartite and prev - k > (prev - protected) // 2:
+      raise ConfigError(
+          f"{key}.schedule keeps {k} of {prev} tokens at block {layer}, but "
+          f"{t.method} merges at most half of the {prev - protected} "
+          "mergeable tokens per block; use a gentler schedule.")
+    prev = k
+  prop_attn = t.get("prop_attn")
+  if prop_attn is None:
+    prop_attn = tokens.REDUCERS[t.method].default_prop_attn(
+        bool(t.get("off_the_shelf", False)))
+  options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                         for k, v in options.items()))
+  return SeqTokenReduction(method=t.method, keep=tuple(keep),
+                           num_tokens=num_tokens, options=options,
+                           prop_attn=bool(prop_attn), class_token=class_token)
+
+
 def seq(model_config, *, num_classes=0, num_tokens=None) -> SeqModel:
   """The `SeqModel` of `config.model` (`model.name = "seq"`).
 
   Needs vocab_size, max_len, width, depth, num_heads; mlp_dim defaults to
   4 x width, and every other field to `SeqModel`'s default (a pre-LN
-  encoder with learned positions).
+  encoder with learned positions). An optional `model.token_reduction`
+  (`seq_token_reduction`) is planned for `num_tokens` input tokens
+  (default `max_len`): the batches must be padded to that length.
   """
-  del num_tokens   # the model's shapes follow its input
   m = model_config
   missing = [k for k in ("vocab_size", "max_len", "width", "depth",
                          "num_heads") if k not in m]
@@ -289,6 +542,14 @@ def seq(model_config, *, num_classes=0, num_tokens=None) -> SeqModel:
     raise ConfigError(f"model.width={m.width} is not divisible by "
                       f"model.num_heads={m.num_heads}.")
   from maskmodel.models import build  # pylint: disable=g-import-not-at-top
+  plan = None
+  if m.get("token_reduction") is not None:
+    if m.get("positions", "learned") == "rope" or m.get("causal", False):
+      raise ConfigError("model.token_reduction needs learned positions and "
+                        "bidirectional attention (model.positions='learned', "
+                        "model.causal=False).")
+    plan = seq_token_reduction(m, num_tokens if num_tokens is not None
+                               else m.max_len)
   return SeqModel(
       vocab_size=m.vocab_size, max_len=m.max_len, width=m.width,
       depth=m.depth, num_heads=m.num_heads,
@@ -299,7 +560,8 @@ def seq(model_config, *, num_classes=0, num_tokens=None) -> SeqModel:
       layer_norm_eps=m.get("layer_norm_eps", 1e-6),
       causal=m.get("causal", False), mlm_head=m.get("mlm_head", False),
       num_classes=num_classes, attn_impl=m.get("attn_impl", "auto"),
-      dtype=build.dtype(m) if "dtype" in m else jnp.float32)
+      dtype=build.dtype(m) if "dtype" in m else jnp.float32,
+      token_reduction=plan)
 
 
 def seq_config(**overrides):
