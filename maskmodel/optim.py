@@ -28,8 +28,12 @@ def lr_schedule(config):
 
 
 def decay_mask(params):
-  """Weight decay on matrices only: no decay on biases, norms, tokens."""
-  return jax.tree.map(lambda p: p.ndim > 1 and p.size > p.shape[-1], params)
+  """Weight decay on matrices only: no decay on biases (whatever their
+  shape: the fused qkv bias is [3, H, Dh]), norms, tokens."""
+  def decays(path, p):
+    name = getattr(path[-1], "key", None) if path else None
+    return p.ndim > 1 and p.size > p.shape[-1] and name != "bias"
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def weight_decay_schedule(config):

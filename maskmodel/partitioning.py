@@ -22,13 +22,14 @@ models of every family, so only their coverage is checked.)
 
 The default rules: norms, biases, tokens and position embeddings are
 replicated; FSDP shards every other param's largest divisible dim; tensor
-parallelism splits the attention heads (the fused qkv kernel's output, the
-projection's input) and the MLP's hidden units (first layer's output,
-second layer's input), in ViT blocks (encoder and MAE/HPM decoders), the
-cross-attention decoder and ConvNeXt's pointwise convs. The fused qkv
-output is ordered (q|k|v, head, dim): split over "tensor" it is correct for
-any size dividing 3 x width, and aligned with whole heads when "tensor"
-divides the number of heads.
+parallelism splits the attention heads (the head axis of the fused qkv
+kernel `[D, 3, H, Dh]`, the projection's input, which is head-major) and
+the MLP's hidden units (first layer's output, second layer's input), in
+ViT blocks (encoder and MAE/HPM decoders), the sequence model's blocks, the
+cross-attention decoder and ConvNeXt's pointwise convs. Each device then
+holds the queries, keys and values of whole heads ("tensor" must divide the
+number of heads), and attention needs no communication until the
+projection's reduction.
 
 The optimizer state and the task state follow the params
 (`mirror_specs`): a leaf whose path ends with a param's path and has its
@@ -48,14 +49,15 @@ AUTO_FSDP = "auto_fsdp"
 
 _TENSOR_IN = ("fsdp", "tensor")    # [in, out]: out split over tensor
 _TENSOR_OUT = ("tensor", "fsdp")   # [in, out]: in split over tensor
+_HEADS_IN = ("fsdp", None, "tensor")   # fused qkv [in, 3, heads, head dim]
 
 DEFAULT_RULES = (
     # Small leaves: replicated on every device.
     (r"(^|/)(\w*norm\w*|bn_\d+)/(scale|bias)$", ()),
     (r"(^|/)(cls_token|dist_token|mask_token\w*|pos_embed\w*|gamma)$", ()),
     # ViT blocks (encoder, MAE/HPM decoders): heads and MLP units over tensor.
-    (r"/attn/qkv/kernel$", _TENSOR_IN),
-    (r"/attn/qkv/bias$", ("tensor",)),
+    (r"/attn/qkv/kernel$", _HEADS_IN),
+    (r"/attn/qkv/bias$", (None, "tensor")),
     (r"/attn/proj/kernel$", _TENSOR_OUT),
     (r"/mlp/Dense_0/kernel$", _TENSOR_IN),
     (r"/mlp/Dense_0/bias$", ("tensor",)),
@@ -89,7 +91,7 @@ def rules_from_config(config):
     if (not isinstance(rule, (tuple, list)) or len(rule) != 2
         or not isinstance(rule[0], str)):
       raise ConfigError(f"partition rule {rule!r} must be (regex, spec), e.g. "
-                        "(r'attn/qkv/kernel$', ('fsdp', 'tensor')).")
+                        "(r'mlp/Dense_0/kernel$', ('fsdp', 'tensor')).")
     regex, spec = rule
     try:
       re.compile(regex)

@@ -84,7 +84,7 @@ def test_missing_unexpected_and_misshapen_tensors_are_one_line_errors(
     minilm.bert_params(missing, small_bert, source="model.safetensors")
   assert str(e.value) == (
       "model.safetensors: tensor 'encoder.layer.0.attention.self.key.weight' "
-      "is missing (needed for param block_0/attn/qkv/kernel (384, 1152)).")
+      "is missing (needed for param block_0/attn/qkv/kernel (384, 3, 12, 32)).")
 
   renamed = dict(tensors)
   renamed["encoder.layer.0.attention.self.kee.weight"] = renamed.pop(

@@ -194,8 +194,8 @@ def test_batch_not_divisible_by_data_parallel_size(smoke_config):
 
 
 PARAMS = {"encoder": {
-    "block_0": {"attn": {"qkv": {"kernel": jax.ShapeDtypeStruct((32, 96), np.float32),
-                                 "bias": jax.ShapeDtypeStruct((96,), np.float32)}},
+    "block_0": {"attn": {"qkv": {"kernel": jax.ShapeDtypeStruct((32, 3, 4, 8), np.float32),
+                                 "bias": jax.ShapeDtypeStruct((3, 4, 8), np.float32)}},
                 "norm1": {"scale": jax.ShapeDtypeStruct((32,), np.float32)}},
     "patch_embed": {"kernel": jax.ShapeDtypeStruct((16, 32), np.float32)},
     "odd": jax.ShapeDtypeStruct((7, 5), np.float32)}}
@@ -205,8 +205,9 @@ MESH = AbstractMesh((2, 4, 2), sharding.AXES)
 def test_default_rules():
   specs = partitioning.param_specs(PARAMS, MESH)
   enc = specs["encoder"]
-  assert enc["block_0"]["attn"]["qkv"]["kernel"] == P("fsdp", "tensor")
-  assert enc["block_0"]["attn"]["qkv"]["bias"] == P("tensor")
+  # Whole heads over "tensor": each device has the q, k and v of its heads.
+  assert enc["block_0"]["attn"]["qkv"]["kernel"] == P("fsdp", None, "tensor")
+  assert enc["block_0"]["attn"]["qkv"]["bias"] == P(None, "tensor")
   assert enc["block_0"]["norm1"]["scale"] == P()
   assert enc["patch_embed"]["kernel"] == P(None, "fsdp")  # its largest dim
   assert enc["odd"] == P()  # no dim divisible by fsdp: replicated
@@ -220,7 +221,7 @@ def test_default_rules():
     (((r"qkv", ()),), "no partition rule covers param encoder/block_0/norm1/scale"),
     (((r"nothing_here", ()), (r".*", "auto_fsdp")),
      "partition rule 'nothing_here' matches no param"),
-    (((r"qkv/kernel", (None, "tensor", "fsdp")), (r".*", ())), "has 3 entries"),
+    (((r"qkv/kernel", (None, None, "tensor", None, "fsdp")), (r".*", ())), "has 5 entries"),
     (((r"qkv/kernel", ("fsdp", "model")), (r".*", ())), "axis 'model' is not a mesh axis"),
     (((r"odd", ("fsdp",)), (r".*", ())), r"encoder/odd dim 0 \(7\) is not divisible"),
     (((r"(", ()),), "is not a regex"),

@@ -184,7 +184,9 @@ def np_bert_tome(params, ids, keep, heads, eps, prop_attn=True):
     blk = p[f"block_{i}"]
     t, d = x.shape[1], x.shape[2]
     hd = d // heads
-    qkv = _dense(x, blk["attn"]["qkv"]).reshape(b, t, 3 * heads, hd)
+    fused = blk["attn"]["qkv"]   # kernel [D, 3, H, Dh], bias [3, H, Dh]
+    qkv = _dense(x, {"kernel": fused["kernel"].reshape(d, -1),
+                     "bias": fused["bias"].reshape(-1)}).reshape(b, t, 3 * heads, hd)
     q, k, v = qkv[:, :, :heads], qkv[:, :, heads:2 * heads], qkv[:, :, 2 * heads:]
     logits = np.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
     if prop_attn and t < n:

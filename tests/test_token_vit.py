@@ -384,7 +384,7 @@ def _official_attention_numpy(x, params, num_heads, sparsity):
   b, n, c = x.shape
   hd = c // num_heads
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-  qkv = (x @ p["qkv"]["kernel"] + p["qkv"]["bias"]).reshape(
+  qkv = (x @ p["qkv"]["kernel"].reshape(c, -1) + p["qkv"]["bias"].reshape(-1)).reshape(
       b, n, 3, num_heads, hd).transpose(2, 0, 3, 1, 4)
   q, k, v = qkv
   attn = (q * hd ** -0.5) @ k.transpose(0, 1, 3, 2)

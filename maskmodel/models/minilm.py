@@ -80,8 +80,9 @@ def _bert_names(model: seq.SeqModel):
   """Flax param path -> (BERT tensor names, how to combine them).
 
   Kinds: "copy" (same layout), "linear" (torch `[out, in]` -> Flax
-  `[in, out]`), "qkv" (query, key, value weights fused into one kernel,
-  in the q | k | v order `SeqAttention` splits), "qkv_bias".
+  `[in, out]`), "qkv" (query, key, value weights fused into one
+  `[D, 3, H, Dh]` kernel, `vit.fused_qkv`'s layout: BERT's output rows are
+  head-major, H x Dh), "qkv_bias" (`[3, H, Dh]`).
   """
   names = {
       ("token_embed", "embedding"): (["embeddings.word_embeddings.weight"], "copy"),
@@ -121,19 +122,19 @@ def _torch_shapes(kind, shape):
     return [tuple(shape)]
   if kind == "linear":
     return [tuple(shape[::-1])]
-  if kind == "qkv":        # [D, 3D] <- three [D, D]
-    return [(shape[1] // 3, shape[0])] * 3
-  return [(shape[0] // 3,)] * 3   # qkv_bias
+  if kind == "qkv":        # [D, 3, H, Dh] <- three [H * Dh, D]
+    return [(shape[2] * shape[3], shape[0])] * 3
+  return [(shape[1] * shape[2],)] * 3   # qkv_bias [3, H, Dh] <- three [H * Dh]
 
 
-def _combine(kind, tensors):
+def _combine(kind, tensors, shape):
   if kind == "copy":
     return tensors[0]
   if kind == "linear":
     return tensors[0].T
   if kind == "qkv":
-    return np.concatenate([t.T for t in tensors], axis=1)
-  return np.concatenate(tensors)
+    return np.stack([t.T for t in tensors], axis=1).reshape(shape)
+  return np.stack(tensors).reshape(shape)
 
 
 def bert_params(tensors: dict, model: seq.SeqModel, source: str = "checkpoint"):
@@ -178,7 +179,8 @@ def bert_params(tensors: dict, model: seq.SeqModel, source: str = "checkpoint"):
     for key in path[:-1]:
       node = node.setdefault(key, {})
     node[path[-1]] = jnp.asarray(
-        _combine(kind, [np.asarray(tensors[n], np.float32) for n in names]))
+        _combine(kind, [np.asarray(tensors[n], np.float32) for n in names],
+                 shape))
   decoder = "cls.predictions.decoder.weight"
   if model.mlm_head and decoder in tensors:
     if not np.array_equal(tensors[decoder],

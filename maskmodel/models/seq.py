@@ -59,7 +59,7 @@ from maskmodel.kernels import attention
 from maskmodel.config import ConfigError
 from maskmodel.models import norm as norm_lib
 from maskmodel.models import registry
-from maskmodel.models.vit import TokenReduction, gelu, token_dense
+from maskmodel.models.vit import TokenReduction, fused_qkv, gelu, token_dense
 from maskmodel.tokens.common import l2_normalize
 
 Dtype = Any
@@ -208,11 +208,7 @@ class SeqAttention(nn.Module):
   @nn.compact
   def __call__(self, x, mask, causal, bias=None):
     b, n, width = x.shape
-    head_dim = width // self.num_heads
-    qkv = token_dense(nn.Dense(3 * width, dtype=self.dtype,
-                               kernel_init=dense_init, name="qkv"), x)
-    q, k, v = jnp.split(qkv.reshape(b, n, 3 * self.num_heads, head_dim), 3,
-                        axis=2)
+    q, k, v = fused_qkv(x, self.num_heads, self.dtype, dense_init)
     if self.use_rope:
       positions = jnp.arange(n)
       q, k = rope(q, positions), rope(k, positions)

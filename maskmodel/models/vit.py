@@ -51,8 +51,9 @@ def gelu(x):
   return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(2**-0.5, x.dtype)))
 
 
-def token_dense(layer: nn.Dense, x):
-  """Applies `layer` to `[..., D]` as one `[tokens, D]` matmul.
+def token_dense(layer: nn.Module, x):
+  """Applies `layer` (a Dense, or a DenseGeneral over the last axis) to
+  `[..., D]` as one `[tokens, D]` matmul.
 
   Same math and params as `layer(x)`. Flattening first makes the backward
   weight gradient a plain `x^T dy` over one contracting dimension; over
@@ -61,7 +62,26 @@ def token_dense(layer: nn.Dense, x):
   """
   lead = x.shape[:-1]
   y = layer(x.reshape(-1, x.shape[-1]))
-  return y.reshape(*lead, y.shape[-1])
+  return y.reshape(*lead, *y.shape[1:])
+
+
+def fused_qkv(x, num_heads: int, dtype, kernel_init, name: str = "qkv"):
+  """Queries, keys and values `[B, N, H, Dh]` of `x [B, N, D]` from one
+  fused projection, whose kernel is `[D, 3, H, Dh]` (bias `[3, H, Dh]`).
+
+  The head axis is explicit so that tensor parallelism splits whole heads:
+  the partition rule splits dim 2 over "tensor", and each device holds the
+  q, k and v of its own heads (a flat `[D, 3D]` kernel split contiguously
+  would hand one device the queries of some heads and the keys of others,
+  and XLA would move them back together in every block). Initialized as
+  the flat `[D, 3D]` kernel would be (DenseGeneral inits the flattened
+  shape), so the values are the same.
+  """
+  width = x.shape[-1]
+  layer = nn.DenseGeneral((3, num_heads, width // num_heads), dtype=dtype,
+                          kernel_init=kernel_init, name=name)
+  qkv = token_dense(layer, x)
+  return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,10 +150,7 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, x, bias=None, with_stats=False, with_probs=False,
                edit_probs=None):
     b, n, width = x.shape
-    head_dim = width // self.num_heads
-    qkv = token_dense(nn.Dense(3 * width, dtype=self.dtype,
-                               kernel_init=dense_init, name="qkv"), x)
-    q, k, v = jnp.split(qkv.reshape(b, n, 3 * self.num_heads, head_dim), 3, axis=2)
+    q, k, v = fused_qkv(x, self.num_heads, self.dtype, dense_init)
     aux = None
     if with_probs:
       # Zero-TPrune (and GTP-ViT's MixedAttnMax and sparsity) read the whole
