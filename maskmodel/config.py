@@ -141,6 +141,9 @@ def base_config():
   c.evals = ml_collections.ConfigDict()
   c.evals.names = ("knn",)
   c.evals.batch_size = 256
+  # Eval decoding: grain threads per process (0 decodes inline); each
+  # process decodes only its own rows of every eval batch.
+  c.evals.decode_threads = 2
   c.evals.compare_random_init = False
   # The feature evals (k-NN, linear probe) also run once on raw pixels at the
   # end. Off only where the split's pixels do not fit in host memory.

@@ -188,7 +188,7 @@ import numpy as np
 from maskmodel import main, metrics, train
 import maskmodel.data as data_lib
 
-seen = {"images": set(), "rngs": set()}
+seen = {"images": set(), "rngs": set(), "eval": set()}
 losses = {}
 build = data_lib.train_dataset
 
@@ -206,6 +206,17 @@ class RecordingWriter(metrics.MetricWriter):
     super().write(step, scalars)
 
 data_lib.train_dataset = recording_dataset
+
+import maskmodel.evaluators.features as features_lib
+real_eval_batches = features_lib.eval_batches
+
+def recording_eval_batches(source, **kw):
+  for batch, n in real_eval_batches(source, **kw):
+    for image in batch["image"]:
+      seen["eval"].add(hashlib.sha1(image.tobytes()).hexdigest())
+    yield batch, n
+
+features_lib.eval_batches = recording_eval_batches
 train.MetricWriter = RecordingWriter
 real_train = train.train_and_evaluate
 
@@ -217,6 +228,10 @@ def recorded_train(config, workdir):
       "process": jax.process_index(), "count": jax.process_count(),
       "losses": losses, "params": digest,
       "images": sorted(seen["images"]), "rngs": sorted(seen["rngs"])}), flush=True)
+  # To a file: on stdout, thousands of hashes would fill the pipe while the
+  # test reads the other process, and the two would wait on each other.
+  with open(f"{workdir}/eval_images_{jax.process_index()}.json", "w") as f:
+    json.dump(sorted(seen["eval"]), f)
   return out
 
 train.train_and_evaluate = recorded_train
@@ -270,6 +285,12 @@ def test_two_processes_train_together(tmp_path):
   assert r0["images"] and r1["images"]
   assert not set(r0["images"]) & set(r1["images"])
   assert r0["rngs"] and not set(r0["rngs"]) & set(r1["rngs"])
+  # The evals: each process decoded about half of the split's images (only
+  # the padding of a last batch may repeat the last image on both).
+  e0, e1 = (set(json.loads((wd / f"eval_images_{i}.json").read_text()))
+            for i in (0, 1))
+  assert len(e0 & e1) <= 1, len(e0 & e1)
+  assert 0.4 < len(e0) / len(e0 | e1) < 0.6, (len(e0), len(e1))
   # One workdir: process 0 logged, evaluated the run together with process
   # 1 and wrote the metrics and the report; both wrote the checkpoint.
   assert "final: knn_accuracy=" in outs[0] and "step 2/4" not in outs[1]

@@ -11,7 +11,7 @@ same-view baseline of the paper's Table 1.
 The report compares k-NN and linear-probe accuracy with the same encoder at
 random init and with raw pixels.
 Expected: not measured for this file's own schedule. At the zoo's budget
-(experiments/mim_zoo: 500 steps at batch 128, mean-pooled features, seed
+(experiments/mim_zoo: 500 training steps, batch 128, mean-pooled features, seed
 0) it scored k-NN 0.630 / linear probe 0.839, against 0.463 / 0.750
 for the same network at random init and 0.950 / 0.885 for raw pixels
 (the command is in experiments/mim_zoo/README.md).

@@ -15,7 +15,7 @@ the official ViT-B heads are 768-4096-768, about 5x the width, and 512 is
 The report compares k-NN and linear-probe accuracy with the same encoder at
 random init and with raw pixels.
 Expected: not measured for this file's own schedule. At the zoo's budget
-(experiments/mim_zoo: 500 steps at batch 128, mean-pooled features, seed
+(experiments/mim_zoo: 500 training steps, batch 128, mean-pooled features, seed
 0) it scored k-NN 0.482 / linear probe 0.668, against 0.463 / 0.750
 for the same network at random init and 0.950 / 0.885 for raw pixels
 (the command is in experiments/mim_zoo/README.md).

@@ -10,7 +10,7 @@ BatchNorm) regresses the normalized pixels of the masked 4 x 4 cells. The
 report compares k-NN and linear-probe accuracy with the same convnet at
 random init and with raw pixels.
 Expected: not measured for this file's own schedule. At the zoo's budget
-(experiments/mim_zoo: 500 steps at batch 128, mean-pooled features, seed
+(experiments/mim_zoo: 500 training steps, batch 128, mean-pooled features, seed
 0) it scored k-NN 0.329 / linear probe 0.686, against 0.249 / 0.267
 for the same network at random init and 0.950 / 0.885 for raw pixels
 (the command is in experiments/mim_zoo/README.md).

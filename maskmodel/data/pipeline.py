@@ -142,21 +142,39 @@ def train_iterator(ds: grain.MapDataset, num_threads: int = 2):
 
 
 def eval_batches(source, *, batch_size: int, spec: ImageSpec = None,
-                 preprocess=None):
-  """Yields (batch, n_valid) over the whole split, padded to `batch_size`.
+                 preprocess=None, local: bool = False, num_threads: int = 0):
+  """Yields (batch, n_valid) over the whole split in global batches of
+  `batch_size` rows, the last one padded (with copies of the last record).
 
   `preprocess(record) -> dict` makes one example (a task's `preprocess` with
   `train=False`); without it, `eval_preprocess` with `spec`. Padding keeps
   one static shape for the jitted eval step; callers drop the padded rows
-  with `n_valid`.
+  with `n_valid`, the real rows of the global batch.
+
+  `local=True` yields only this process's share of each global batch, rows
+  `[p * L, (p + 1) * L)` with `L = batch_size / process_count`, so each
+  host decodes 1/P of the split; `sharding.shard_batch` assembles the
+  global batch, and a gather of its rows (`sharding.to_host`) gives them
+  back in global order. `num_threads` > 0 decodes with that many grain
+  threads (order kept); 0 decodes inline.
   """
   if preprocess is None:
     preprocess = lambda r: eval_preprocess(r, spec)
   n = len(source)
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size)
-    n_valid = int(min(batch_size, n - start))
-    idx = np.minimum(idx, n - 1)
-    recs = [preprocess(source[int(i)]) for i in idx]
-    batch = {k: np.stack([r[k] for r in recs]) for k in recs[0]}
-    yield batch, n_valid
+  if not n:
+    return
+  procs, proc = (jax.process_count(), jax.process_index()) if local else (1, 0)
+  if batch_size % procs:
+    raise ValueError(f"eval batch size {batch_size} is not divisible by the "
+                     f"{procs} processes; set evals.batch_size to a multiple.")
+  rows = batch_size // procs
+  starts = range(0, n, batch_size)
+  order = np.concatenate([np.minimum(np.arange(s + proc * rows, s + (proc + 1) * rows),
+                                     n - 1) for s in starts])
+  ds = grain.MapDataset.source(order).map(
+      lambda i: preprocess(source[int(i)])).batch(rows)
+  if num_threads:
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                              prefetch_buffer_size=2))
+  for start, batch in zip(starts, ds):
+    yield batch, int(min(batch_size, n - start))

@@ -17,7 +17,6 @@ import numpy as np
 
 from maskmodel import sharding
 from maskmodel.config import ConfigError
-from maskmodel.data import eval_batches
 from maskmodel.data.pipeline import eval_preprocess
 from maskmodel.evaluators import features as features_lib
 from maskmodel.evaluators import low_label as low_label_lib
@@ -44,6 +43,14 @@ class Context:
       return self.task.preprocess(record, None, False)
     return eval_preprocess(record, self.spec)
 
+  def test_batches(self):
+    """The test split's eval batches on the mesh, with their real row count
+    (`features.mesh_batches`: each process decodes its own rows)."""
+    return features_lib.mesh_batches(
+        self.test_source, batch_size=self.config.evals.batch_size,
+        mesh=self.mesh, preprocess=self.example,
+        num_threads=self.config.evals.get("decode_threads", 0))
+
 
 # One jit per task method, taking params and state as arguments: a closure
 # over this round's params would be a new function, traced and compiled again
@@ -67,7 +74,7 @@ def _task_reconstruction(task, params, task_state, images, rng):
 def _extract(ctx, feature_fn):
   """(train, test) features of `feature_fn`, the value of cache["features"]."""
   kw = dict(batch_size=ctx.config.evals.batch_size, preprocess=ctx.example,
-            mesh=ctx.mesh)
+            mesh=ctx.mesh, num_threads=ctx.config.evals.get("decode_threads", 0))
   return (features_lib.extract(feature_fn, ctx.train_source, **kw),
           features_lib.extract(feature_fn, ctx.test_source, **kw))
 
@@ -128,9 +135,7 @@ def low_label_finetune(ctx, params, task_state, cache):
         head_lr=c.head_lr,
         batch_size=c.batch_size, weight_decay=c.weight_decay, seed=c.seed)
     out[low_label_lib.metric_name(fraction)] = low_label_lib.split_accuracy(
-        fn, trained, task_state,
-        eval_batches(ctx.test_source, batch_size=ctx.config.evals.batch_size,
-                     preprocess=ctx.example), ctx.mesh)
+        fn, trained, task_state, ctx.test_batches())
   return out
 
 
@@ -138,12 +143,9 @@ def accuracy(ctx, params, task_state, cache):
   del cache
   fn = functools.partial(_task_predictions, ctx.task, params, task_state)
   correct = total = 0
-  data_sharding = sharding.batch_sharded(ctx.mesh)
-  for batch, n in eval_batches(ctx.test_source, batch_size=ctx.config.evals.batch_size,
-                               preprocess=ctx.example):
-    pred = sharding.to_host(fn(sharding.shard_replicated_batch(
-        features_lib.model_input(batch), data_sharding)))[:n]
-    correct += int((pred == batch["label"][:n]).sum())
+  for batch, n in ctx.test_batches():
+    pred = sharding.to_host(fn(features_lib.model_input(batch)))[:n]
+    correct += int((pred == sharding.to_host(batch["label"])[:n]).sum())
     total += n
   return {"test_accuracy": correct / total}
 

@@ -19,25 +19,45 @@ from maskmodel.data import eval_batches
 
 def model_input(batch):
   """What a network reads of a batch: `batch["image"]` for images; for
-  sequences, everything but the label (`{"tokens", "mask"}`)."""
+  sequences, everything but the label and the eval's `valid` rows
+  (`{"tokens", "mask"}`)."""
   if "image" in batch:
     return batch["image"]
-  return {k: v for k, v in batch.items() if k != "label"}
+  return {k: v for k, v in batch.items() if k not in ("label", "valid")}
 
 
-def extract(feature_fn, source, *, batch_size, mesh, spec=None, preprocess=None):
-  """Applies a jitted `feature_fn(images) -> [B, D]` to every example, made
-  by `preprocess(record)` (default: the eval preprocessing of `spec`).
-
-  Returns (features [N, D] float32, labels [N] int32) as numpy arrays.
-  """
+def mesh_batches(source, *, batch_size, mesh, spec=None, preprocess=None,
+                 num_threads=0):
+  """The eval batches of a split as global arrays on the mesh, with their
+  real row count: each process decodes only its own rows
+  (`eval_batches(local=True)`), and a boolean `valid` row field marks the
+  padding of the last batch. `sharding.to_host(x)[:n]` gives the real rows
+  of any per-row result, in order, on every host."""
   data_sharding = sharding.batch_sharded(mesh)
+  for batch, n in eval_batches(source, batch_size=batch_size, spec=spec,
+                               preprocess=preprocess, local=True,
+                               num_threads=num_threads):
+    rows = len(batch["label"])
+    first = jax.process_index() * rows
+    batch = dict(batch, valid=np.arange(first, first + rows) < n)
+    yield sharding.shard_batch(batch, data_sharding), n
+
+
+def extract(feature_fn, source, *, batch_size, mesh, spec=None, preprocess=None,
+            num_threads=0):
+  """Applies a jitted `feature_fn(images) -> [B, D]` to every example, made
+  by `preprocess(record)` (default: the eval preprocessing of `spec`); each
+  process decodes and embeds its share of every batch (`mesh_batches`).
+
+  Returns (features [N, D] float32, labels [N] int32) as numpy arrays, the
+  whole split on every host.
+  """
   feats, labels = [], []
-  for batch, n_valid in eval_batches(source, batch_size=batch_size, spec=spec,
-                                     preprocess=preprocess):
-    images = sharding.shard_replicated_batch(model_input(batch), data_sharding)
-    feats.append(sharding.to_host(feature_fn(images))[:n_valid])
-    labels.append(batch["label"][:n_valid])
+  for batch, n in mesh_batches(source, batch_size=batch_size, mesh=mesh,
+                               spec=spec, preprocess=preprocess,
+                               num_threads=num_threads):
+    feats.append(sharding.to_host(feature_fn(model_input(batch)))[:n])
+    labels.append(sharding.to_host(batch["label"])[:n])
   return np.concatenate(feats).astype(np.float32), np.concatenate(labels)
 
 

@@ -149,15 +149,14 @@ def finetune(features_fn, params, task_state, train_source, indices, *,
   return trainable
 
 
-def split_accuracy(features_fn, trainable, task_state, batches, mesh):
-  """Top-1 accuracy over `batches` of (batch, n_valid)."""
-  data = sharding.batch_sharded(mesh)
+def split_accuracy(features_fn, trainable, task_state, batches):
+  """Top-1 accuracy over `batches` of (batch on the mesh, n_valid), as
+  `features.mesh_batches` yields them."""
   correct = total = 0
   for batch, n in batches:
-    images = sharding.shard_replicated_batch(features_lib.model_input(batch),
-                                             data)
-    pred = sharding.to_host(_predict(trainable, task_state, images,
+    pred = sharding.to_host(_predict(trainable, task_state,
+                                     features_lib.model_input(batch),
                                      features_fn=features_fn))[:n]
-    correct += int((pred == batch["label"][:n]).sum())
+    correct += int((pred == sharding.to_host(batch["label"])[:n]).sum())
     total += n
   return correct / total

@@ -67,9 +67,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from maskmodel import sharding
 from maskmodel.config import ConfigError
-from maskmodel.data import eval_batches
 from maskmodel.data import sequences
 from maskmodel.models import get_model
 from maskmodel.models import seq as seq_lib
@@ -354,18 +352,11 @@ def mlm_eval(ctx, params, task_state, cache):
   a key folded from the run's seed and the batch index: the same masks at
   every eval round."""
   del task_state, cache
-  data = sharding.batch_sharded(ctx.mesh)
   rng = jax.random.PRNGKey(ctx.config.seed)
   loss_sum = acc_sum = total = 0.0
-  for i, (batch, n) in enumerate(eval_batches(
-      ctx.test_source, batch_size=ctx.config.evals.batch_size,
-      preprocess=ctx.example)):
-    row_weight = (np.arange(len(batch["label"])) < n).astype(np.float32)
-    x = sharding.shard_replicated_batch(
-        {"tokens": batch["tokens"], "mask": batch["mask"],
-         "row_weight": row_weight}, data)
+  for i, (x, _) in enumerate(ctx.test_batches()):
     loss, acc, count = jax.device_get(_masked_metrics(
-        ctx.task, params, x["tokens"], x["mask"], x["row_weight"],
+        ctx.task, params, x["tokens"], x["mask"], x["valid"].astype(jnp.float32),
         jax.random.fold_in(rng, i)))
     loss_sum += float(loss) * float(count)
     acc_sum += float(acc) * float(count)
