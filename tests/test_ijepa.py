@@ -11,11 +11,12 @@ import os
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
 from conftest import ROOT, assert_resumes_bit_exactly, load_config
-from maskmodel import optim, train
+from maskmodel import optim, partitioning, train
 from maskmodel.config import ConfigError
 from maskmodel.masking import multiblock
 from maskmodel.models.jepa import JEPAEncoder, JEPAPredictor, layer_norm_no_affine
@@ -243,23 +244,26 @@ def test_padding_changes_nothing_real():
   exact, padded = ctx[:, :3], ctx.at[:, 3:].set(jnp.asarray([15, 11]))
   valid = jnp.arange(5) < 3
   valid = jnp.broadcast_to(valid, (b, 5))
-  params = jax.jit(enc.init)(jax.random.PRNGKey(1), images)
-  apply = jax.jit(enc.apply)
-  out_exact = apply(params, images, exact)
-  out_pad = apply(params, images, padded, valid)
-  np.testing.assert_allclose(out_pad["tokens"][:, :3], out_exact["tokens"], atol=1e-5)
-  np.testing.assert_allclose(out_pad["pooled"], out_exact["pooled"], atol=1e-5)
-
   pred = JEPAPredictor(grid, width=16, depth=2, num_heads=2, out_width=d)
   targets = jnp.asarray([[[10, 11, 14, 0], [12, 13, 15, 1]],
                          [[1, 2, 3, 4], [0, 5, 10, 6]]])          # [M=2, B, 4]
   t_valid = jnp.broadcast_to(jnp.arange(4) < 3, targets.shape)
-  pp = jax.jit(pred.init)(jax.random.PRNGKey(2), out_pad["tokens"], padded,
-                          valid, targets, t_valid)
-  apply = jax.jit(pred.apply)
-  got = apply(pp, out_pad["tokens"], padded, valid, targets, t_valid)
-  want = apply(pp, out_exact["tokens"], exact, jnp.ones((b, 3), bool),
-               targets[..., :3], jnp.ones((2, b, 3), bool))
+
+  @jax.jit
+  def run(images):   # one program: both networks, padded and exact
+    params = enc.init(jax.random.PRNGKey(1), images)
+    out_exact = enc.apply(params, images, exact)
+    out_pad = enc.apply(params, images, padded, valid)
+    pp = pred.init(jax.random.PRNGKey(2), out_pad["tokens"], padded, valid,
+                   targets, t_valid)
+    got = pred.apply(pp, out_pad["tokens"], padded, valid, targets, t_valid)
+    want = pred.apply(pp, out_exact["tokens"], exact, jnp.ones((b, 3), bool),
+                      targets[..., :3], jnp.ones((2, b, 3), bool))
+    return out_exact, out_pad, got, want
+
+  out_exact, out_pad, got, want = run(images)
+  np.testing.assert_allclose(out_pad["tokens"][:, :3], out_exact["tokens"], atol=1e-5)
+  np.testing.assert_allclose(out_pad["pooled"], out_exact["pooled"], atol=1e-5)
   assert got.shape == (2, b, 4, d)
   np.testing.assert_allclose(got[..., :3, :], want, atol=1e-5)
 
@@ -317,18 +321,20 @@ def smoke_task():
 
 def test_teacher_gets_no_gradient_and_moves_only_by_ema(smoke_task):
   config, task, batch = smoke_task
-  state, tx, schedule = train.initial_state(config, task, batch)
-  before = jax.tree.map(jnp.copy, state["task_state"]["teacher"])
+  init, tx, schedule = train._state_init(config, task, batch)  # pylint: disable=protected-access
 
   @jax.jit
-  def step(state, batch):
-    """The state's gradient through the loss, and one step of the loop."""
+  def step(batch):
+    """A fresh state, its task state's gradient through the loss, and one
+    step of the loop (one program)."""
+    state = init(jax.random.PRNGKey(0), batch)
     grads = jax.grad(lambda s: task.loss(state["params"], s, batch,
                                          jax.random.PRNGKey(3), 0)[0])(
                                              state["task_state"])
-    return grads, *train.train_step(task, tx, schedule, state, batch)
+    return state["task_state"]["teacher"], grads, *train.train_step(
+        task, tx, schedule, state, batch)
 
-  grads, new, metrics = step(state, batch)
+  before, grads, new, metrics = step(batch)
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads))
   assert float(metrics["ema_momentum"]) == pytest.approx(0.996)
   want = teachers.ema_update(before, {"encoder": new["params"]["encoder"]},
@@ -344,6 +350,20 @@ def test_teacher_gets_no_gradient_and_moves_only_by_ema(smoke_task):
   context = load_config(SMOKE)
   context.task.eval_encoder = "context"
   assert get_task(context).eval_params(new["params"], new["task_state"]) is new["params"]
+
+
+def test_teacher_is_sharded_like_the_student(smoke_task):
+  """On an fsdp = 8 mesh the EMA teacher's leaves get the context
+  encoder's specs, FSDP-sharded where the params are."""
+  config, task, batch = smoke_task
+  init, _, _ = train._state_init(config, task, batch)  # pylint: disable=protected-access
+  shapes = jax.eval_shape(lambda b: init(jax.random.PRNGKey(0), b), batch)
+  mesh = jax.sharding.AbstractMesh((1, 8, 1), ("data", "fsdp", "tensor"))
+  specs = partitioning.state_specs(shapes, mesh)
+  leaves = lambda t: jax.tree.leaves(t, is_leaf=lambda x: isinstance(x, P))
+  teacher = leaves(specs["task_state"]["teacher"]["encoder"])
+  assert teacher == leaves(specs["params"]["encoder"])
+  assert any("fsdp" in spec for spec in teacher)
 
 
 def test_task_config_errors():

@@ -128,12 +128,13 @@ class IJEPATask(EncoderTask):
         predictor=JEPAPredictor(self.grid, p.width, p.depth, heads, m.width,
                                 m.mlp_ratio, m.attn_impl, dtype))
 
-  def masks(self, rng, batch_size):
+  def masks(self, rng, batch_size, group_size=None):
     return multiblock.multiblock_mask(rng, batch_size, self.grid,
-                                      group_size=self.group_size, **self.mask_kw)
+                                      group_size=group_size, **self.mask_kw)
 
   def init(self, rng, batch):
     images = batch["image"]
+    # Only the shapes matter here; the example batch may be one host's part.
     masks = self.masks(jax.random.PRNGKey(0), images.shape[0])
     params = self.model.init(rng, images, masks)["params"]
     # The target encoder starts as a copy of the context encoder.
@@ -148,7 +149,7 @@ class IJEPATask(EncoderTask):
 
   def loss(self, params, state, batch, rng, step):
     images = batch["image"]
-    masks = self.masks(rng, images.shape[0])
+    masks = self.masks(rng, images.shape[0], self.group_size)
     target = self.targets(state["teacher"], images, masks)
     pred = self.model.apply({"params": params}, images, masks)
     loss = prediction_loss(pred, target, masks.targets_valid,
