@@ -15,8 +15,15 @@ Random resized crops of scale 0.3-1.0, no flips. Evaluation reads the
 target encoder, its tokens average-pooled.
 The report compares k-NN and linear-probe accuracy with the same encoder at
 random init and with raw pixels.
-Expected: not measured yet.
-Hardware / time: 2 CPU cores; not timed yet.
+Measured (seed 0, the command below), target encoder: k-NN 0.436, linear
+probe 0.714; the same encoder at random init 0.470 / 0.749; raw pixels
+0.950 / 0.885. The context encoder, scored from the same checkpoint (copy
+the workdir, rerun with `--config.task.eval_encoder=context`): 0.425 /
+0.672. At this budget I-JEPA learns nothing useful: both encoders lose to
+their random init, and pixels win by far.
+Hardware / time: 2 CPU cores shared with other jobs: 27m55s wall for the
+whole command (26m38s of training at about 0.3 steps/s, then the evals),
+347 s of CPU time.
 
   python -m maskmodel.main --config configs/ijepa/mnist_vit_tiny.py --workdir /tmp/ijepa_run
 

@@ -197,6 +197,21 @@ def _index_lists(masks, length):
   return mask_from_scores(scores, length).ids_keep, masks.sum(axis=-1)
 
 
+def placeholder_masks(batch_size: int, grid: tuple[int, int], *,
+                      num_targets: int = 4, target_scale=(0.15, 0.2),
+                      target_aspect=(0.75, 1.5), context_scale=(0.85, 1.0),
+                      **unused) -> MultiBlockMasks:
+  """Masks of `multiblock_mask`'s shapes, all entries patch 0 and valid:
+  for initializing a model without tracing the sampler."""
+  del unused
+  kt = max_block_area(grid, target_scale, target_aspect)
+  kc = max_block_area(grid, context_scale, (1.0, 1.0))
+  return MultiBlockMasks(
+      jnp.zeros((batch_size, kc), jnp.int32), jnp.ones((batch_size, kc), bool),
+      jnp.zeros((num_targets, batch_size, kt), jnp.int32),
+      jnp.ones((num_targets, batch_size, kt), bool))
+
+
 def multiblock_mask(rng, batch_size: int, grid: tuple[int, int], *,
                     num_targets: int = 4, target_scale=(0.15, 0.2),
                     target_aspect=(0.75, 1.5), context_scale=(0.85, 1.0),

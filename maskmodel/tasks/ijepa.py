@@ -134,8 +134,9 @@ class IJEPATask(EncoderTask):
 
   def init(self, rng, batch):
     images = batch["image"]
-    # Only the shapes matter here; the example batch may be one host's part.
-    masks = self.masks(jax.random.PRNGKey(0), images.shape[0])
+    # Only the shapes matter here (the example batch may be one host's part).
+    masks = multiblock.placeholder_masks(images.shape[0], self.grid,
+                                         **self.mask_kw)
     params = self.model.init(rng, images, masks)["params"]
     # The target encoder starts as a copy of the context encoder.
     return params, {"teacher": {"encoder": params["encoder"]}}
