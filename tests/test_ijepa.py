@@ -205,17 +205,17 @@ def test_context_constraints_relax_as_officially():
   grid, scales = (8, 8), dict(target_scale=(0.25, 0.3), context_scale=(0.6, 0.7))
   fn = jax.jit(jax.vmap(lambda k: multiblock.multiblock_mask(
       k, 8, grid, min_keep=12, **scales)))
-  m = jax.device_get(fn(jax.random.split(jax.random.PRNGKey(1), 60)))
+  m = jax.device_get(fn(jax.random.split(jax.random.PRNGKey(1), 40)))
   rng = np.random.default_rng(1)
   port = [official_collate(rng, 8, grid, pred_scale=scales["target_scale"],
                            enc_scale=scales["context_scale"], min_keep=12)
-          for _ in range(60)]
+          for _ in range(40)]
   assert np.mean([p[4] > 0 for p in port]) > 0.5   # relaxed in most batches
   assert (m.context_valid.sum(-1) > 12).all()
   area = m.targets_valid[:, 0, 0].sum(-1)
   overlap = [bool(set(m.context[i, b, :m.context_valid[i, b].sum()])
                   & set(m.targets[i, :, b, :area[i]].ravel()))
-             for i in range(60) for b in range(8)]
+             for i in range(40) for b in range(8)]
   assert any(overlap)
   ours = m.context_valid.sum(-1)[:, 0]
   theirs = np.asarray([p[0].shape[1] for p in port])
@@ -239,12 +239,12 @@ def test_padding_changes_nothing_real():
   entries, what they give on the exact lists."""
   grid, b, d = (4, 4), 2, 32
   images = jax.random.normal(jax.random.PRNGKey(0), (b, 16, 16, 1))
-  enc = JEPAEncoder(patch_size=4, width=d, depth=2, num_heads=2)
+  enc = JEPAEncoder(patch_size=4, width=d, depth=1, num_heads=2)
   ctx = jnp.asarray([[0, 2, 5, 7, 9], [1, 3, 4, 6, 8]])
   exact, padded = ctx[:, :3], ctx.at[:, 3:].set(jnp.asarray([15, 11]))
   valid = jnp.arange(5) < 3
   valid = jnp.broadcast_to(valid, (b, 5))
-  pred = JEPAPredictor(grid, width=16, depth=2, num_heads=2, out_width=d)
+  pred = JEPAPredictor(grid, width=16, depth=1, num_heads=2, out_width=d)
   targets = jnp.asarray([[[10, 11, 14, 0], [12, 13, 15, 1]],
                          [[1, 2, 3, 4], [0, 5, 10, 6]]])          # [M=2, B, 4]
   t_valid = jnp.broadcast_to(jnp.arange(4) < 3, targets.shape)
@@ -325,10 +325,15 @@ def test_teacher_gets_no_gradient_and_moves_only_by_ema(smoke_task):
   calls the two in its step, `train.train_step`; the resume test runs it.)"""
   config, task, batch = smoke_task
   init, _, _ = train._state_init(config, task, batch)  # pylint: disable=protected-access
-  state = jax.jit(init)(jax.random.PRNGKey(0), batch)
-  grads, (metrics, out) = jax.jit(jax.grad(
-      lambda s: task.loss(state["params"], s, batch, jax.random.PRNGKey(3), 7),
-      has_aux=True))(state["task_state"])
+
+  @jax.jit
+  def run(batch):   # one program: a fresh state and the loss's state gradient
+    state = init(jax.random.PRNGKey(0), batch)
+    return state, jax.grad(lambda s: task.loss(
+        state["params"], s, batch, jax.random.PRNGKey(3), 7), has_aux=True)(
+            state["task_state"])
+
+  state, (grads, (metrics, out)) = run(batch)
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads))
   for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(state["task_state"])):
     np.testing.assert_array_equal(a, b)
