@@ -152,6 +152,20 @@ def masks_14():
   return jax.device_get(fn(jax.random.split(jax.random.PRNGKey(0), 100)))
 
 
+def test_context_length_cuts_the_lists_in_order():
+  """`context_length` gives the context lists that static length: the
+  same lists, cut further where a group's shortest context is longer."""
+  fn = jax.jit(lambda k: [multiblock.multiblock_mask(k, 16, (14, 14), group_size=8,
+                                                     context_length=length)
+                          for length in (None, 40)])
+  full, cut = jax.device_get(fn(jax.random.PRNGKey(2)))
+  assert cut.context.shape == (16, 40) and full.context.shape == (16, 169)
+  np.testing.assert_array_equal(cut.context, full.context[:, :40])
+  np.testing.assert_array_equal(cut.context_valid.sum(1),
+                                np.minimum(full.context_valid.sum(1), 40))
+  np.testing.assert_array_equal(cut.targets, full.targets)
+
+
 def test_multiblock_geometry(masks_14):
   """Targets are h x w rectangles inside the grid, sharing one size per
   batch; each context list is ascending, inside one square block, free of
@@ -374,7 +388,8 @@ def test_task_config_errors():
                             ("eval_encoder", "online", "task.eval_encoder"),
                             ("ema", (1.0, 0.9), "task.ema"),
                             ("min_keep", 20, "min_keep"),
-                            ("mask_group_size", 5, "mask_group_size")):
+                            ("mask_group_size", 5, "mask_group_size"),
+                            ("context_length", -1, "context_length")):
     bad = load_config(SMOKE)
     bad.task[key] = value
     with pytest.raises(ConfigError, match=match):

@@ -192,6 +192,7 @@ def test_ijepa_vit_h14_recipe_and_networks():
       4, (0.15, 0.2), (0.75, 1.5))
   assert (tuple(t.context_scale), t.min_keep, t.allow_overlap) == ((0.85, 1.0), 10, False)
   assert (t.mask_group_size, t.eval_encoder, c.data.flip) == (128, "target", False)
+  assert t.context_length == 128   # of the largest block's 225
   task = get_task(c)
   assert task.grid == (16, 16)
   batch = {"image": jnp.zeros((1, 224, 224, 3))}

@@ -11,6 +11,14 @@ scale 0.3-1.0 at 224, no flip, no colour jitter, no blur. Masks: 4 targets
 no overlap, min_keep 10, truncated per GPU batch of 128
 (`task.mask_group_size`). Predictor 12 blocks of width 384 with the
 encoder's 16 heads. bfloat16.
+The context lists have a static length of 128 (`task.context_length`; the
+largest context block has 225 patches): in 300 collations of 128 by the
+port of the official collator the shortest context had at most 94
+patches, so the official truncation is kept while the context encoder
+runs on 128 tokens instead of 225:
+
+  python -c "import sys; sys.path.insert(0, 'tests'); import numpy as np; from test_ijepa import official_collate as c; r = np.random.default_rng(1); print(max(c(r, 128, (16, 16))[0].shape[1] for _ in range(300)))"
+
 Expected: 79.3 top-1 by linear probing the target encoder's average-pooled
 output (the paper's Table 1, ViT-H/14, 300 epochs).
 Hardware / time: the paper trains this on 16 A100 GPUs in under 72 hours;
@@ -67,6 +75,10 @@ def get_config(arg=None):
       name="ijepa", num_targets=4, target_scale=(0.15, 0.2),
       target_aspect=(0.75, 1.5), context_scale=(0.85, 1.0), min_keep=10,
       allow_overlap=False, mask_group_size=128,
+      # Static context lists of 128 of the 256 patches instead of the
+      # largest block's 225: the official truncation to each GPU batch's
+      # shortest context stays exact while that is at most 128 (see above).
+      context_length=128,
       predictor=dict(width=384, depth=12, num_heads=0),  # 0: the encoder's 16
       ema=(0.996, 1.0), loss="smooth_l1", eval_encoder="target"))
 

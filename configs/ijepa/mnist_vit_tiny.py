@@ -39,7 +39,7 @@ def get_config(arg=None):
   c.task = ml_collections.ConfigDict(dict(
       name="ijepa", num_targets=4, target_scale=(0.15, 0.2),
       target_aspect=(0.75, 1.5), context_scale=(0.85, 1.0), min_keep=4,
-      allow_overlap=False, mask_group_size=128,
+      allow_overlap=False, mask_group_size=128, context_length=0,
       predictor=dict(width=48, depth=2, num_heads=0),  # 0: the encoder's heads
       ema=(0.996, 1.0), loss="smooth_l1", eval_encoder="target"))
   c.model.width = 96

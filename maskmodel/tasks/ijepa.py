@@ -107,9 +107,13 @@ class IJEPATask(EncoderTask):
         num_targets=t.num_targets, target_scale=tuple(t.target_scale),
         target_aspect=tuple(t.target_aspect),
         context_scale=tuple(t.context_scale), min_keep=t.min_keep,
-        allow_overlap=t.allow_overlap)
-    multiblock.check_config(self.grid, **{k: v for k, v in self.mask_kw.items()
-                                          if k != "allow_overlap"})
+        allow_overlap=t.allow_overlap,
+        context_length=t.get("context_length", 0) or None)
+    multiblock.check_config(self.grid, **{
+        k: v for k, v in self.mask_kw.items()
+        if k not in ("allow_overlap", "context_length")})
+    multiblock.context_list_length(self.grid, self.mask_kw["context_scale"],
+                                   self.mask_kw["context_length"])
     group = t.mask_group_size or config.batch_size
     if config.batch_size % group:
       raise ConfigError(f"task.mask_group_size={group} must divide "
