@@ -22,7 +22,8 @@ Static shapes: the index lists here have a static length, the largest block
 the config can draw (`max_block_area`), and a validity mask marks the
 entries the official lists would hold, so the sampler and the truncation
 are emulated exactly rather than replaced by fixed counts. The model masks
-the padding out of attention and the loss. The official truncation runs
+the padding out of attention and the loss (`context_length` may set a
+shorter static length for the contexts). The official truncation runs
 per collator call, which is one GPU's batch (128 in the released configs);
 `group_size` sets that group (default: the whole batch).
 

@@ -38,6 +38,10 @@ Deliberate differences, named:
 - The official collator draws block sizes on a host RNG seeded by the
   iteration; here they come from the step's key on the device.
 - Initialization: see `maskmodel.models.jepa`.
+- Optional `task.context_length`: a static length for the context lists
+  below the largest context block, which saves the context encoder its
+  work on padding; a group whose shortest context is longer is cut to it
+  (`maskmodel.masking.multiblock`). 0 (the default): no such cut.
 - The mask token gets no weight decay (the official groups decay every
   parameter that is not a bias or 1-d, so its 3-d mask token decays).
 """
