@@ -19,7 +19,9 @@ from conftest import ROOT, assert_resumes_bit_exactly, load_config
 from maskmodel import optim, partitioning, train
 from maskmodel.config import ConfigError
 from maskmodel.masking import multiblock
-from maskmodel.models.jepa import JEPAEncoder, JEPAPredictor, layer_norm_no_affine
+from maskmodel.models.jepa import (JEPAEncoder, JEPAPredictor, LocalAggregationHead,
+                                   layer_norm_no_affine, local_window_index,
+                                   top_neighbours)
 from maskmodel.tasks import get_task, teachers
 from maskmodel.tasks.ijepa import prediction_loss
 
@@ -403,3 +405,93 @@ def test_task_config_errors():
 def test_trains_and_resumes_bit_exactly_on_8_devices(tmp_path):
   final = assert_resumes_bit_exactly(SMOKE, tmp_path / "w")
   assert 0.1 < final["knn_accuracy"] <= 1.0
+
+
+# ------------------------------------------------------------ DMT-JEPA
+
+DMT_SMOKE = os.path.join(ROOT, "configs", "dmtjepa", "mnist_vit_tiny.py") + ":smoke"
+
+
+def official_local_index(num_patches, k_size):
+  """`LocalAggHead.get_local_index` of DMTJEPA/DMTJEPA
+  `src/models/local_agg_head.py`, in numpy: a row mask and a column mask
+  with wrapped offsets, their outer product minus the centre."""
+  side = int(math.sqrt(num_patches))
+  out = []
+  for i in range(num_patches):
+    ix, iy = i // side, i % side
+    wx, wy = np.zeros(side), np.zeros(side)
+    wx[ix] = wy[iy] = 1
+    for j in range(1, k_size // 2 + 1):
+      wx[(ix + j) % side] = wx[(ix - j) % side] = 1
+      wy[(iy + j) % side] = wy[(iy - j) % side] = 1
+    weight = (wy[None, :] * wx[:, None]).reshape(-1)
+    weight[i] = 0
+    out.append(np.flatnonzero(weight))
+  return np.stack(out)
+
+
+@pytest.mark.parametrize("side,k_size", [(4, 3), (14, 3), (6, 5)])
+def test_local_window_is_the_official_wrapped_window(side, k_size):
+  np.testing.assert_array_equal(local_window_index((side, side), k_size),
+                                official_local_index(side * side, k_size))
+
+
+def test_neighbour_selection_picks_the_true_top4_with_wraparound():
+  """Patch 0 of a 4 x 4 grid: its wrapped window is {1, 3, 4, 5, 7, 12, 13,
+  15}; the four made most similar to it (3, 12, 13, 15: all across a
+  border) are the ones kept."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(1, 16, 8)).astype(np.float32)
+  for j, w in ((3, 0.9), (12, 0.8), (13, 0.7), (15, 0.6)):
+    x[0, j] = w * x[0, 0] + (1 - w) * x[0, j]       # similar to patch 0
+  for j in (1, 4, 5, 7):
+    x[0, j] = -x[0, 0] + 0.1 * x[0, j]              # the inner neighbours: not
+  x[0, 2] = x[0, 8] = x[0, 10] = x[0, 0]            # identical, but outside
+  near = top_neighbours(jnp.asarray(x), local_window_index((4, 4), 3), 4)
+  got = {int(np.argmin(np.abs(x[0] - v).sum(-1))) for v in np.asarray(near[0, 0])}
+  assert got == {3, 12, 13, 15}
+
+
+def test_local_head_queries_start_from_each_images_own_mean():
+  """The target head's output for one image does not depend on the other
+  images of the batch (the official tiling would mix them), and the
+  context head ignores padded tokens."""
+  head = LocalAggregationHead((4, 4), num_heads=2)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16))
+  other = x.at[1].set(jax.random.normal(jax.random.PRNGKey(1), (16, 16)))
+  valid = jnp.arange(16)[None, :] < jnp.asarray([[10], [16]])
+
+  @jax.jit
+  def run(x, other):
+    params = head.init(jax.random.PRNGKey(2), x, local=True)
+    return (head.apply(params, x, local=True), head.apply(params, other, local=True),
+            head.apply(params, x, valid), head.apply(params, x[:, :10]))
+
+  a, b, ctx, exact = run(x, other)
+  np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+  assert not np.allclose(a[1], b[1])
+  np.testing.assert_allclose(ctx[0, :10], exact[0], atol=1e-5)
+
+
+def test_dmtjepa_trains_and_resumes_bit_exactly_on_8_devices(tmp_path):
+  final = assert_resumes_bit_exactly(DMT_SMOKE, tmp_path / "w")
+  assert 0.1 < final["knn_accuracy"] <= 1.0
+
+
+def test_dmtjepa_teacher_heads_move_by_ema():
+  config = load_config(DMT_SMOKE)
+  task = get_task(config)
+  batch = {"image": jnp.zeros((16, 28, 28, 1))}
+  params, state = jax.jit(task.init)(jax.random.PRNGKey(0), batch)
+  assert set(state["teacher"]) == {"encoder", "head"}
+  student = jax.tree.map(lambda x: x + 1.0, params)
+  new = task.after_update(student, state, 0)["teacher"]
+  for t, b, s in zip(jax.tree.leaves(new["head"]), jax.tree.leaves(state["teacher"]["head"]),
+                     jax.tree.leaves(student["head"])):
+    np.testing.assert_allclose(t, 0.996 * b + 0.004 * s, rtol=1e-6, atol=1e-7)
+  for key, value in (("neighbours", 9), ("window", 4)):
+    bad = load_config(DMT_SMOKE)
+    bad.task[key] = value
+    with pytest.raises(ConfigError, match="task.neighbours"):
+      get_task(bad)

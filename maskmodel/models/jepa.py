@@ -22,9 +22,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from maskmodel.kernels import attention
 from maskmodel.models.patches import patchify, sincos_2d_posemb
-from maskmodel.models.vit import Block, dense_init, layer_norm, token_dense, token_init
+from maskmodel.models.vit import (Block, MlpBlock, dense_init, layer_norm,
+                                  token_dense, token_init)
 
 Dtype = Any
 MASKED = -1e9  # logit bias of a padded key: exp() underflows to exactly 0
@@ -158,3 +161,119 @@ def layer_norm_no_affine(x, eps: float = 1e-5):
   mean = x.mean(axis=-1, keepdims=True)
   var = jnp.square(x - mean).mean(axis=-1, keepdims=True)
   return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+# ------------------------------------------------------------ DMT-JEPA
+
+
+def local_window_index(grid, window: int = 3):
+  """[N, window^2 - 1] row-major indices of each patch's window minus the
+  patch itself, wrapping at the borders (DMTJEPA/DMTJEPA
+  `src/models/local_agg_head.py`, `get_local_index`)."""
+  gh, gw = grid
+  half = window // 2
+  rows = [[(r + d) % gh for d in range(-half, half + 1)] for r in range(gh)]
+  cols = [[(c + d) % gw for d in range(-half, half + 1)] for c in range(gw)]
+  out = []
+  for i in range(gh * gw):
+    r, c = divmod(i, gw)
+    cells = sorted({a * gw + b for a in rows[r] for b in cols[c]} - {i})
+    out.append(cells)
+  return np.asarray(out, np.int32)
+
+
+def top_neighbours(x, index, k: int):
+  """For every token of x [B, N, D], the k tokens of its window (`index`
+  [N, W]) most cosine-similar to it: [B, N, k, D]."""
+  xn = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  window = jnp.asarray(index)
+  sims = jnp.einsum("bnwd,bnd->bnw", xn[:, window], xn)
+  _, top = jax.lax.top_k(sims, k)
+  picked = jnp.take_along_axis(jnp.broadcast_to(window, sims.shape), top, axis=2)
+  return jax.vmap(lambda xb, ib: xb[ib])(x, picked)
+
+
+class ClassAttentionBlock(nn.Module):
+  """DMT-JEPA's `LayerScale_Block_CA` in its "cross-attn" mode: the query
+  is the class token, keys and values are [class token, tokens]; the
+  attention output is added to the class token (`to_tokens=False`) or to
+  every token (`to_tokens=True`, the context head), then an MLP."""
+  num_heads: int
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cls, valid=None, to_tokens=False):
+    width = x.shape[-1]
+    heads, head_dim = self.num_heads, width // self.num_heads
+    u = layer_norm("norm1")(jnp.concatenate([cls, x], axis=1))
+    dense = lambda name: nn.Dense(width, dtype=self.dtype, kernel_init=dense_init,
+                                  name=name)
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, head_dim)
+    q, k, v = split(dense("q")(u[:, :1])), split(dense("k")(u)), split(dense("v")(u))
+    bias = None
+    if valid is not None:
+      bias = key_bias(jnp.concatenate(
+          [jnp.ones(valid.shape[:1] + (1,), bool), valid], axis=1))
+    out = attention(q, k, v, bias=bias).reshape(x.shape[0], 1, width)
+    out = dense("proj")(out)
+    y = (x if to_tokens else cls) + out
+    return y + MlpBlock(self.mlp_dim, self.dtype, name="mlp")(layer_norm("norm2")(y))
+
+
+def _mean(x, valid):
+  if valid is None:
+    return x.mean(axis=1, keepdims=True)
+  w = valid[..., None].astype(x.dtype)
+  return (x * w).sum(axis=1, keepdims=True) / jnp.maximum(w.sum(axis=1, keepdims=True), 1)
+
+
+class LocalAggregationHead(nn.Module):
+  """DMT-JEPA's `LocalAggHead`: two class-attention blocks and a LayerNorm.
+
+  `local=True` (the target side): each patch's class token starts as the
+  image's mean token, and attends to the `k` most similar patches of its
+  wrapped window; the result replaces the patch. The official code tiles
+  the mean so that for batch > 1 it comes from another image; here it is
+  each image's own mean (the intent). `local=False` (the context side): the
+  class token is the mean of the (valid) tokens, and each block's attention
+  output is added to every token.
+  """
+  grid: tuple[int, int]
+  num_heads: int
+  neighbours: int = 4
+  window: int = 3
+  mlp_ratio: float = 4.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, valid=None, local=False):
+    b, n, d = x.shape
+    blocks = [ClassAttentionBlock(self.num_heads, int(d * self.mlp_ratio),
+                                  self.dtype, name=f"block_{i}") for i in range(2)]
+    if local:
+      near = top_neighbours(x, local_window_index(self.grid, self.window),
+                            self.neighbours).reshape(b * n, self.neighbours, d)
+      cls = jnp.broadcast_to(x.mean(axis=1, keepdims=True), (b, n, d))
+      cls = cls.reshape(b * n, 1, d)
+      for blk in blocks:
+        cls = blk(near, cls)
+      x = cls.reshape(b, n, d)
+    else:
+      for blk in blocks:
+        x = blk(x, _mean(x, valid), valid, to_tokens=True)
+    return layer_norm("norm")(x)
+
+
+class DMTJEPA(nn.Module):
+  """The trained networks of DMT-JEPA: I-JEPA's plus the online head
+  between the context encoder and the predictor."""
+  encoder: JEPAEncoder
+  head: LocalAggregationHead
+  predictor: JEPAPredictor
+
+  def __call__(self, images, masks):
+    context = self.encoder(images, masks.context, masks.context_valid)["tokens"]
+    context = self.head(context, masks.context_valid)
+    return self.predictor(context, masks.context, masks.context_valid,
+                          masks.targets, masks.targets_valid)

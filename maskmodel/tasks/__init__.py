@@ -7,6 +7,7 @@ from maskmodel.tasks.base import Task, TaskBase
 from maskmodel.tasks.classify import ClassifyTask
 from maskmodel.tasks.colormae import ColorMAETask
 from maskmodel.tasks.cropmae import CropMAETask
+from maskmodel.tasks.dmtjepa import DMTJEPATask
 from maskmodel.tasks.hpm import HPMTask
 from maskmodel.tasks.ijepa import IJEPATask
 from maskmodel.tasks.lut import LUTTask
@@ -18,7 +19,8 @@ from maskmodel.tasks.spark import SparKTask
 TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "maskfeat": MaskFeatTask, "cropmae": CropMAETask,
          "colormae": ColorMAETask, "spark": SparKTask, "lut": LUTTask,
-         "ijepa": IJEPATask, "classify": ClassifyTask}
+         "ijepa": IJEPATask, "dmtjepa": DMTJEPATask,
+         "classify": ClassifyTask}
 
 
 def get_task(config):
