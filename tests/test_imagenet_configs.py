@@ -117,6 +117,7 @@ ZOO = {
     "spark/imagenet_convnext_b.py": (1600, 4096, 2e-4 * 4096 / 256, 40, 0.999, 0.04, 5.0, (0.67, 1.0)),
     # `configs/in1k_vith14_ep300.yaml`: 16 GPUs x 128, lr not scaled.
     "ijepa/imagenet_vit_h14.py": (300, 2048, 1e-3, 40, 0.999, 0.04, 0.0, (0.3, 1.0)),
+    "dmtjepa/imagenet_vit_h14.py": (300, 2048, 1e-3, 40, 0.999, 0.04, 0.0, (0.3, 1.0)),
 }
 
 
@@ -204,3 +205,18 @@ def test_ijepa_vit_h14_recipe_and_networks():
   # projection), the mask token, the projection back to 1280.
   assert count(params["predictor"]) == (
       _vit_params(384, 12, 1280, 0) + 384 + 384 * 1280 + 1280)
+
+
+def test_dmtjepa_vit_h14_is_ijepas_recipe_with_the_heads():
+  """DMT-JEPA's ViT-H/14 yaml differs from I-JEPA's only by its `patch`
+  section (4 neighbours of a 3 x 3 window)."""
+  ijepa = load_config(os.path.join(ROOT, "configs", "ijepa", "imagenet_vit_h14.py"))
+  dmt = load_config(os.path.join(ROOT, "configs", "dmtjepa", "imagenet_vit_h14.py"))
+  assert (dmt.task.name, dmt.task.neighbours, dmt.task.window) == ("dmtjepa", 4, 3)
+  rest = dict(dmt.task.to_dict())
+  for key in ("name", "neighbours", "window"):
+    rest.pop(key)
+  assert rest == {k: v for k, v in ijepa.task.to_dict().items() if k != "name"}
+  for part in ("optimizer", "data", "model"):
+    assert dmt[part].to_dict() == ijepa[part].to_dict()
+  assert (dmt.batch_size, dmt.total_steps) == (ijepa.batch_size, ijepa.total_steps)

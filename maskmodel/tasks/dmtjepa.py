@@ -18,8 +18,10 @@ schedules) with discriminative targets, as the official `src/train.py` and
 
 Deliberate differences, named: the official code tiles the mean token so
 that for batch > 1 a patch's query comes from another image; here each
-image's own mean starts its queries (the intent). The others are
-I-JEPA's (see `maskmodel.tasks.ijepa`).
+image's own mean starts its queries (the intent). The heads start from
+maskmodel's initialization (Xavier-uniform), not the official truncated
+normal (std 0.02). The others are I-JEPA's (see `maskmodel.tasks.ijepa`).
+The paper is Mo and Yun 2024, arXiv 2405.17995.
 """
 from __future__ import annotations
 
