@@ -25,17 +25,15 @@ The paper is Mo and Yun 2024, arXiv 2405.17995.
 """
 from __future__ import annotations
 
-import jax
-
 from maskmodel.config import ConfigError
-from maskmodel.models.jepa import (DMTJEPA, LocalAggregationHead, gather_tokens,
-                                   layer_norm_no_affine)
-from maskmodel.tasks import teachers
+from maskmodel.models.jepa import DMTJEPA, LocalAggregationHead
 from maskmodel.tasks.ijepa import IJEPATask
 
 
 class DMTJEPATask(IJEPATask):
   """I-JEPA's task with the local aggregation heads."""
+
+  TEACHER = ("encoder", "head")   # the target head is an EMA of the online one
 
   def __init__(self, config):
     super().__init__(config)
@@ -52,21 +50,5 @@ class DMTJEPATask(IJEPATask):
     self.model = DMTJEPA(encoder=self.encoder, head=self.head,
                          predictor=self.model.predictor)
 
-  def init(self, rng, batch):
-    params, state = super().init(rng, batch)
-    # The target head starts as a copy of the online head (`deepcopy`).
-    return params, {"teacher": {"encoder": params["encoder"],
-                                "head": params["head"]}}
-
-  def targets(self, teacher, images, masks):
-    h = self.encoder.apply({"params": teacher["encoder"]}, images)["tokens"]
-    h = layer_norm_no_affine(jax.lax.stop_gradient(h))
-    h = self.head.apply({"params": teacher["head"]}, h, local=True)
-    h = jax.lax.stop_gradient(h)
-    return jax.vmap(lambda ids: gather_tokens(h, ids))(masks.targets)
-
-  def after_update(self, params, state, step):
-    teacher = teachers.ema_update(
-        state["teacher"], {"encoder": params["encoder"], "head": params["head"]},
-        self.momentum(step))
-    return dict(state, teacher=teacher)
+  def target_head(self, teacher, h):
+    return self.head.apply({"params": teacher["head"]}, h, local=True)

@@ -83,6 +83,8 @@ class IJEPATask(EncoderTask):
   """Task contract: `init`, `loss`, `after_update` (the EMA), and
   `eval_params`/`features` for the evaluators."""
 
+  TEACHER = ("encoder",)   # the params that the EMA teacher copies
+
   def __init__(self, config):
     super().__init__(config)
     m, t = config.model, config.task
@@ -146,14 +148,20 @@ class IJEPATask(EncoderTask):
     masks = multiblock.placeholder_masks(images.shape[0], self.grid,
                                          **self.mask_kw)
     params = self.model.init(rng, images, masks)["params"]
-    # The target encoder starts as a copy of the context encoder.
-    return params, {"teacher": {"encoder": params["encoder"]}}
+    # The target networks start as copies of the trained ones.
+    return params, {"teacher": {k: params[k] for k in self.TEACHER}}
+
+  def target_head(self, teacher, h):
+    """What follows the layer norm on the target side (DMT-JEPA's head)."""
+    del teacher
+    return h
 
   def targets(self, teacher, images, masks):
     """The target encoder's layer-normed features at each target block,
     [M, B, Kt, D], without gradient."""
     h = self.encoder.apply({"params": teacher["encoder"]}, images)["tokens"]
-    h = layer_norm_no_affine(jax.lax.stop_gradient(h))
+    h = self.target_head(teacher, layer_norm_no_affine(h))
+    h = jax.lax.stop_gradient(h)
     return jax.vmap(lambda ids: gather_tokens(h, ids))(masks.targets)
 
   def loss(self, params, state, batch, rng, step):
@@ -178,7 +186,7 @@ class IJEPATask(EncoderTask):
     """The target encoder's EMA step after optimizer step `step` (the
     official `param_k.mul_(m).add_((1 - m) * param_q)`)."""
     teacher = teachers.ema_update(state["teacher"],
-                                  {"encoder": params["encoder"]},
+                                  {k: params[k] for k in self.TEACHER},
                                   self.momentum(step))
     return dict(state, teacher=teacher)
 
