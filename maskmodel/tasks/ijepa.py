@@ -89,14 +89,14 @@ class IJEPATask(EncoderTask):
     super().__init__(config)
     m, t = config.model, config.task
     if m.name != "vit":
-      raise ConfigError(f"task.name='ijepa' needs model.name='vit' (I-JEPA's "
+      raise ConfigError(f"task.name={t.name!r} needs model.name='vit' (I-JEPA's "
                         f"encoder is a ViT), got {m.name!r}.")
     if m.pool != "gap":
       raise ConfigError("I-JEPA's encoder has no class token and its "
                         "evaluation average-pools the tokens; set "
                         "model.pool='gap'.")
     if m.token_reduction.method != "none":
-      raise ConfigError("task.name='ijepa' does not support "
+      raise ConfigError(f"task.name={t.name!r} does not support "
                         "model.token_reduction; set its method to 'none'.")
     if t.loss not in LOSSES:
       raise ConfigError(f"task.loss={t.loss!r} is unknown; use one of {LOSSES} "
