@@ -8,8 +8,12 @@ the 4 most similar patches of its wrapped 3 x 3 window (the target head,
 an EMA of the online head), and the online head on the context tokens
 before the predictor. Evaluation reads the target encoder, its tokens
 average-pooled.
-Expected: not measured yet.
-Hardware / time: 2 CPU cores; not timed yet.
+Measured (seed 0, the command below), target encoder: k-NN 0.431, linear
+probe 0.725; the same encoder at random init 0.470 / 0.749; raw pixels
+0.950 / 0.885. Like I-JEPA's tiny run (0.436 / 0.714), it stays below its
+random init at this budget, and pixels win by far.
+Hardware / time: 2 CPU cores shared with other jobs: 13m12s wall for the
+whole command, 450 s of CPU time.
 
   python -m maskmodel.main --config configs/dmtjepa/mnist_vit_tiny.py --workdir /tmp/dmtjepa_run
 
