@@ -21,8 +21,8 @@ runs on 128 tokens instead of 225:
 
 Expected: 79.3 top-1 by linear probing the target encoder's average-pooled
 output (the paper's Table 1, ViT-H/14, 300 epochs).
-Hardware / time: the paper trains this on 16 A100 GPUs in under 72 hours;
-not timed here.
+Hardware / time: the official README runs it on 16 A100 80G GPUs (batch
+2048); not timed here.
 Data: TFDS `imagenet2012`, prepared beforehand under DATA_DIR (it is never
 downloaded by this code).
 
