@@ -13,7 +13,8 @@ import optax
 
 
 def lr_schedule(config):
-  """Linear warmup from 0 to `optimizer.lr`, then `optimizer.schedule`:
+  """Linear warmup from `optimizer.warmup_init` (default 0; I-JEPA's
+  `start_lr`) to `optimizer.lr`, then `optimizer.schedule`:
   "cosine" down to `min_lr` at the last step, or "multistep", the rate
   times `gamma` at each step of `milestones` (SimMIM's schedule)."""
   o = config.optimizer
@@ -23,7 +24,7 @@ def lr_schedule(config):
         o.lr, {int(m) - o.warmup_steps: o.gamma for m in o.milestones})
     return optax.join_schedules([warmup, steps], [o.warmup_steps])
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps,
+      init_value=o.get("warmup_init", 0.0), peak_value=o.lr, warmup_steps=o.warmup_steps,
       decay_steps=config.total_steps, end_value=o.min_lr)
 
 

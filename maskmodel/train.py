@@ -244,7 +244,8 @@ def _train_and_evaluate(config, workdir, mesh):
   state, tx, schedule = initial_state(config, task, example, mesh)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
   # A copy: the step donates `state`, and the report compares against init.
-  init_params = (jax.tree.map(jnp.copy, state["params"])
+  init_params = (jax.tree.map(jnp.copy, task.eval_params(
+      state["params"], state["task_state"]))
                  if config.evals.compare_random_init else None)
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints",
@@ -308,7 +309,8 @@ def _train_and_evaluate(config, workdir, mesh):
       names = evaluators.due(config, step, final=False, task=task) if step < total else []
       if names:
         stop_if_diverged(step)
-        results = evaluators.run(ctx, names, state["params"], state["task_state"])
+        results = evaluators.run(ctx, names, task.eval_params(
+            state["params"], state["task_state"]), state["task_state"])
         writer.write(step, {f"eval/{k}": v for k, v in results.items()})
         log(f"eval @ {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
       preempted = step < total and preemption.reached(step)
@@ -326,7 +328,8 @@ def _train_and_evaluate(config, workdir, mesh):
   train_seconds = time.time() - t_start
 
   final_names = evaluators.due(config, total, final=True, task=task)
-  final = evaluators.run(ctx, final_names, state["params"], state["task_state"])
+  final = evaluators.run(ctx, final_names, task.eval_params(
+      state["params"], state["task_state"]), state["task_state"])
   log("final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
   # The feature evals again on what the trained encoder has to beat: the same
   # encoder at init, and the raw pixels with no encoder at all.

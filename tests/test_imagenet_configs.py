@@ -115,6 +115,9 @@ ZOO = {
     # lr = blr * sqrt(batch) / 4 in `main_lut.py`, = blr * batch / 256 at 4096.
     "lut/imagenet_vit_b16.py": (1600, 4096, 1.5e-4 * 4096 / 256, 40, 0.95, 0.05, 0.0, None),
     "spark/imagenet_convnext_b.py": (1600, 4096, 2e-4 * 4096 / 256, 40, 0.999, 0.04, 5.0, (0.67, 1.0)),
+    # `configs/in1k_vith14_ep300.yaml`: 16 GPUs x 128, lr not scaled.
+    "ijepa/imagenet_vit_h14.py": (300, 2048, 1e-3, 40, 0.999, 0.04, 0.0, (0.3, 1.0)),
+    "dmtjepa/imagenet_vit_h14.py": (300, 2048, 1e-3, 40, 0.999, 0.04, 0.0, (0.3, 1.0)),
 }
 
 
@@ -174,3 +177,46 @@ def test_spark_convnext_b_recipe_and_network():
       f"densify_proj_{i}" for i in range(4)]
   assert sorted(k for k in params if k.startswith("decoder_")) == [
       f"decoder_{i}" for i in range(5)]
+
+
+def test_ijepa_vit_h14_recipe_and_networks():
+  """I-JEPA's ViT-H/14 yaml: lr from 2e-4 warmed up to 1e-3 then down to
+  1e-6, weight decay 0.04 -> 0.4, EMA 0.996 -> 1, the multi-block mask
+  settings, and the networks with exactly the parameters of the official
+  `vit_huge` (no class token, fixed positions) and `vit_predictor` (width
+  384, depth 12, 16 heads)."""
+  c = load_config(os.path.join(ROOT, "configs", "ijepa", "imagenet_vit_h14.py"))
+  o, t = c.optimizer, c.task
+  assert (o.warmup_init, o.min_lr, o.weight_decay_end) == (2e-4, 1e-6, 0.4)
+  assert tuple(t.ema) == (0.996, 1.0) and t.loss == "smooth_l1"
+  assert (t.num_targets, tuple(t.target_scale), tuple(t.target_aspect)) == (
+      4, (0.15, 0.2), (0.75, 1.5))
+  assert (tuple(t.context_scale), t.min_keep, t.allow_overlap) == ((0.85, 1.0), 10, False)
+  assert (t.mask_group_size, t.eval_encoder, c.data.flip) == (128, "target", False)
+  assert t.context_length == 128   # of the largest block's 225
+  task = get_task(c)
+  assert task.grid == (16, 16)
+  batch = {"image": jnp.zeros((1, 224, 224, 3))}
+  params, state = jax.eval_shape(task.init, jax.random.PRNGKey(0), batch)
+  count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+  assert count(params["encoder"]) == _vit_params(1280, 32, 14 * 14 * 3, 0)
+  assert count(state["teacher"]) == count(params["encoder"])
+  # Embedding to 384, 12 blocks and a norm (as `_vit_params` without input
+  # projection), the mask token, the projection back to 1280.
+  assert count(params["predictor"]) == (
+      _vit_params(384, 12, 1280, 0) + 384 + 384 * 1280 + 1280)
+
+
+def test_dmtjepa_vit_h14_is_ijepas_recipe_with_the_heads():
+  """DMT-JEPA's ViT-H/14 yaml differs from I-JEPA's only by its `patch`
+  section (4 neighbours of a 3 x 3 window)."""
+  ijepa = load_config(os.path.join(ROOT, "configs", "ijepa", "imagenet_vit_h14.py"))
+  dmt = load_config(os.path.join(ROOT, "configs", "dmtjepa", "imagenet_vit_h14.py"))
+  assert (dmt.task.name, dmt.task.neighbours, dmt.task.window) == ("dmtjepa", 4, 3)
+  rest = dict(dmt.task.to_dict())
+  for key in ("name", "neighbours", "window"):
+    rest.pop(key)
+  assert rest == {k: v for k, v in ijepa.task.to_dict().items() if k != "name"}
+  for part in ("optimizer", "data", "model"):
+    assert dmt[part].to_dict() == ijepa[part].to_dict()
+  assert (dmt.batch_size, dmt.total_steps) == (ijepa.batch_size, ijepa.total_steps)

@@ -1,12 +1,15 @@
 """Tasks by name. Each follows the contract of `base.py` (`init` and `loss`,
-plus the optional `after_update`, `param_labels`, `load_pretrained`); the
+plus the optional `after_update`, `param_labels`, `load_pretrained`,
+`eval_params`); the
 loop knows nothing else about it."""
 from maskmodel.config import ConfigError
 from maskmodel.tasks.base import Task, TaskBase
 from maskmodel.tasks.classify import ClassifyTask
 from maskmodel.tasks.colormae import ColorMAETask
 from maskmodel.tasks.cropmae import CropMAETask
+from maskmodel.tasks.dmtjepa import DMTJEPATask
 from maskmodel.tasks.hpm import HPMTask
+from maskmodel.tasks.ijepa import IJEPATask
 from maskmodel.tasks.lut import LUTTask
 from maskmodel.tasks.mae import MAETask
 from maskmodel.tasks.maskfeat import MaskFeatTask
@@ -17,6 +20,7 @@ from maskmodel.tasks.spark import SparKTask
 TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "maskfeat": MaskFeatTask, "cropmae": CropMAETask,
          "colormae": ColorMAETask, "spark": SparKTask, "lut": LUTTask,
+         "ijepa": IJEPATask, "dmtjepa": DMTJEPATask,
          "classify": ClassifyTask, "mlm": MLMTask, "ngram_mlm": NgramMLMTask}
 
 

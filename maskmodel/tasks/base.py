@@ -32,6 +32,11 @@ and may override the defaults of `TaskBase`:
 - `load_pretrained(params, state) -> (params, state)`: called once, only
   when the run does not resume from its own checkpoint, so a fine-tune
   resumes even when the pretraining workdir is gone.
+- `eval_params(params, state) -> params`: the params the evaluators score
+  (features, the low-label fine-tune's starting network), from the train
+  params and task state; the loop calls it for every eval round and for the
+  random-init baseline. Default: the params. I-JEPA scores its EMA target
+  encoder, which lives in the task state.
 - `evaluators() -> {name: fn(ctx, params, state, cache) -> {metric: value}}`:
   the task's own evaluators, run like the built-in ones of
   `maskmodel.evaluators` when `evals.names` lists them (every
@@ -88,6 +93,10 @@ class TaskBase:
 
   def load_pretrained(self, params, state):
     return params, state
+
+  def eval_params(self, params, state):
+    del state
+    return params
 
   def evaluators(self):
     return {}

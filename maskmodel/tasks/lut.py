@@ -64,6 +64,7 @@ from maskmodel import data, masking
 from maskmodel.config import ConfigError
 from maskmodel.models.mae import MAEDecoder
 from maskmodel.models.vit import ViT, dense_init
+from maskmodel.tasks import teachers
 from maskmodel.tasks.mae import MAETask, masked_mse
 
 
@@ -260,11 +261,9 @@ def bc_loss(q, z):
   return (per_pair * off_diagonal).sum() / off_diagonal.sum()
 
 
-def ema_decay(step, total_steps: int, start: float):
-  """start + (1 - start) (1 - cos(pi step / total)) / 2: `cosine_scheduler
-  (start, 1, epochs, niter_per_ep)` of naver-ai/lut `util/augs.py` at
-  iteration `step`; 1 at `total_steps`."""
-  return 1 + 0.5 * (start - 1) * (1 + jnp.cos(jnp.pi * step / total_steps))
+# The cosine EMA schedule: `cosine_scheduler(start, 1, epochs, niter_per_ep)`
+# of naver-ai/lut `util/augs.py` at iteration `step`; 1 at `total_steps`.
+ema_decay = teachers.cosine_momentum
 
 
 class LUTTask(MAETask):
@@ -365,8 +364,7 @@ class LUTTask(MAETask):
     optimizer step `step`, over params and running statistics."""
     decay = ema_decay(step, self.config.total_steps, self.config.task.ema_start)
     student = self._teacher_part(params, state["batch_stats"])
-    teacher = jax.tree.map(lambda e, s: decay * e + (1 - decay) * s,
-                           state["teacher"], student)
+    teacher = teachers.ema_update(state["teacher"], student, decay)
     return dict(state, teacher=teacher)
 
   def predict(self, params, images, rng, state=None):

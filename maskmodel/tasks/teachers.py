@@ -1,0 +1,47 @@
+"""EMA teachers: a slow copy of (part of) the student, kept in the task
+state, updated after each optimizer step and never by a gradient.
+
+The teacher lives in the task state (never in the params), so the optimizer
+neither updates it nor keeps moments for it, and the loop's `value_and_grad`
+over the params cannot reach it. Its leaves have the paths and shapes of the
+student's (`{"encoder": ...}` mirrors `params["encoder"]`), so the
+partitioner gives them the same shardings (`partitioning.mirror_specs`).
+
+Momentum schedules, as functions of the optimizer step `step` (0 for the
+first update):
+- `linear_momentum`: I-JEPA's `momentum_scheduler` (facebookresearch/ijepa
+  `src/train.py`): start + step (end - start) / total_steps.
+- `cosine_momentum`: BYOL/DINO's cosine (LUT's `cosine_scheduler`).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def ema_update(teacher, student, momentum):
+  """teacher <- m * teacher + (1 - m) * student, leaf by leaf (the
+  `param_k.mul_(m).add_((1 - m) * param_q)` of I-JEPA, MoCo, BYOL, DINO).
+  `student` is read without gradient."""
+  student = jax.lax.stop_gradient(student)
+  return jax.tree.map(lambda t, s: momentum * t + (1 - momentum) * s,
+                      teacher, student)
+
+
+def linear_momentum(step, total_steps: int, start: float = 0.996,
+                    end: float = 1.0):
+  """I-JEPA's momentum at optimizer step `step`: the i-th value of the
+  official generator `ema[0] + i * (ema[1] - ema[0]) / (ipe * num_epochs *
+  ipe_scale)`, i = step, with total_steps = ipe * num_epochs * ipe_scale
+  (every released config has ipe_scale 1.0). `start` at the first update;
+  the last update of a run (step total_steps - 1) uses end - (end - start) /
+  total_steps, and `end` is reached at step total_steps."""
+  step = jnp.asarray(step, jnp.float32)
+  return start + step * ((end - start) / total_steps)
+
+
+def cosine_momentum(step, total_steps: int, start: float):
+  """start + (1 - start) (1 - cos(pi step / total)) / 2: `cosine_scheduler
+  (start, 1, epochs, niter_per_ep)` (naver-ai/lut `util/augs.py`, from
+  DINO) at iteration `step`; 1 at `total_steps`."""
+  return 1 + 0.5 * (start - 1) * (1 + jnp.cos(jnp.pi * step / total_steps))
