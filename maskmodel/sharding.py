@@ -86,8 +86,16 @@ def make_mesh(devices=None, mesh_config=None, whole_slice=None) -> Mesh:
   if whole_slice is None:
     whole_slice = len(devices) == jax.device_count()
   if whole_slice:
-    return jax.make_mesh(dims, AXES, axis_types=(AxisType.Auto,) * len(AXES),
-                         devices=devices)
+    types = (AxisType.Auto,) * len(AXES)
+    try:
+      return jax.make_mesh(dims, AXES, axis_types=types, devices=devices)
+    except NotImplementedError:
+      # An axis that is no product of whole physical axes (tensor = 4 on
+      # v6e:16x16's 16 x 16 torus): split a physical axis instead, which
+      # keeps each logical axis on neighbouring chips.
+      from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+      return Mesh(mesh_utils.create_device_mesh(
+          dims, devices, allow_split_physical_axes=True), AXES, axis_types=types)
   return Mesh(np.asarray(devices).reshape(dims), AXES,
               axis_types=(AxisType.Auto,) * len(AXES))
 
