@@ -62,37 +62,45 @@ from conftest import load_config
 from maskmodel import train
 
 assert jax.device_count() == 8
-config = load_config({config!r})
-config.total_steps, config.checkpoint_every = 6, 3
-# The random-init and pixel baselines, and the probe, are tested on their
-# own; here they would only multiply the evals. One k-NN round at the end.
-config.evals.compare_random_init = config.evals.compare_pixels = False
-config.evals.names = tuple(n for n in config.evals.names if n != "linear_probe")
-config.evals.knn.every = 0
-workdir = sys.argv[1]
-result = train.train_and_evaluate(config, workdir)
-first = jax.device_get(result["state"])
-print("FINAL " + json.dumps(result["final"]))
-shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))  # resume from 3
-config.evals.names = ()
-again = jax.device_get(train.train_and_evaluate(config, workdir)["state"])
-for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
-  np.testing.assert_array_equal(a, b)
+for path, workdir in json.loads(sys.argv[1]):
+  config = load_config(path)
+  config.total_steps, config.checkpoint_every = 6, 3
+  # The random-init and pixel baselines, and the probe, are tested on their
+  # own; here they would only multiply the evals. One k-NN round at the end,
+  # on part of each split: the evals only have to run.
+  config.evals.compare_random_init = config.evals.compare_pixels = False
+  config.evals.names = tuple(n for n in config.evals.names if n != "linear_probe")
+  config.evals.knn.every = 0
+  config.data.train_examples = min(config.data.train_examples or 1000, 1000)
+  config.data.test_examples = min(config.data.test_examples or 500, 500)
+  result = train.train_and_evaluate(config, workdir)
+  first = jax.device_get(result["state"])
+  print("FINAL " + json.dumps(result["final"]))
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))  # resume from 3
+  config.evals.names = ()
+  again = jax.device_get(train.train_and_evaluate(config, workdir)["state"])
+  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
 print("OK")
 """
 
 
-def assert_resumes_bit_exactly(config_path, workdir):
+def assert_resumes_bit_exactly(config_path, workdir, *more):
   """Trains `config_path` for 6 steps on 8 simulated devices with its evals
-  (k-NN at the end only, no linear probe, no random-init or pixel
-  baselines), then again from its step-3 checkpoint, checks that the two final states
-  are equal, and returns the first run's final eval metrics."""
-  script = RESUME_SCRIPT.format(tests=os.path.join(ROOT, "tests"),
-                                config=config_path)
+  (k-NN at the end only, on part of each split; no linear probe, no
+  random-init or pixel baselines), then again from its step-3 checkpoint,
+  checks that the two final states are equal, and returns the first run's
+  final eval metrics. `more` are further (config_path, workdir) pairs
+  checked in the same process (one JAX start-up); then a list of the
+  metrics of each comes back."""
+  runs = [(config_path, str(workdir))] + [(c, str(w)) for c, w in more]
+  script = RESUME_SCRIPT.format(tests=os.path.join(ROOT, "tests"))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run([sys.executable, "-c", script, str(workdir)], env=env,
+  proc = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], env=env,
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "OK" in proc.stdout
-  final = [l for l in proc.stdout.splitlines() if l.startswith("FINAL ")][0]
-  return json.loads(final[len("FINAL "):])
+  finals = [json.loads(l[len("FINAL "):]) for l in proc.stdout.splitlines()
+            if l.startswith("FINAL ")]
+  assert len(finals) == len(runs), proc.stdout[-2000:]
+  return finals if more else finals[0]

@@ -402,9 +402,12 @@ def test_task_config_errors():
     get_task(bad)
 
 
-def test_trains_and_resumes_bit_exactly_on_8_devices(tmp_path):
-  final = assert_resumes_bit_exactly(SMOKE, tmp_path / "w")
-  assert 0.1 < final["knn_accuracy"] <= 1.0
+def test_both_tasks_train_and_resume_bit_exactly_on_8_devices(tmp_path):
+  """I-JEPA, then DMT-JEPA, in one process on 8 simulated devices."""
+  finals = assert_resumes_bit_exactly(SMOKE, tmp_path / "ijepa",
+                                      (DMT_SMOKE, tmp_path / "dmtjepa"))
+  for final in finals:
+    assert 0.1 < final["knn_accuracy"] <= 1.0
 
 
 # ------------------------------------------------------------ DMT-JEPA
@@ -472,11 +475,6 @@ def test_local_head_queries_start_from_each_images_own_mean():
   np.testing.assert_allclose(a[0], b[0], atol=1e-6)
   assert not np.allclose(a[1], b[1])
   np.testing.assert_allclose(ctx[0, :10], exact[0], atol=1e-5)
-
-
-def test_dmtjepa_trains_and_resumes_bit_exactly_on_8_devices(tmp_path):
-  final = assert_resumes_bit_exactly(DMT_SMOKE, tmp_path / "w")
-  assert 0.1 < final["knn_accuracy"] <= 1.0
 
 
 def test_dmtjepa_teacher_heads_move_by_ema():

@@ -796,7 +796,8 @@ def test_token_reduction_experiment_runs(tmp_path):
   run.main(["--workdir", str(tmp_path / "wd"), "--out", str(out),
             "--steps", "3", "--seeds", "0,1", "--methods", "tome,topk",
             "--flip-prop-attn", "topk", "--r", "8", "--batch", "100",
-            "--repeats", "1", "--trained-with", "tome:8"])
+            "--repeats", "1", "--trained-with", "tome:8",
+            "--train-examples", "512", "--test-examples", "200"])
   results = json.loads((out / "results.json").read_text())
   rows = results["rows"]
   assert [(r["method"], r["r"], r["prop_attn"]) for r in rows] == [

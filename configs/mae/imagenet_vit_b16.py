@@ -6,6 +6,13 @@ Expected: 83.6 top-1 after fine-tuning (1600 epochs, MAE Table 3) and 68.0
 linear probing (the paper's TF/TPU figure; the authors' PyTorch release
 gets 67.8); mmselfsup's reproduction gives 83.5 / 67.1 (1600 epochs).
 Hardware / time: the paper pretrains on 128 TPU v3 cores; not timed here.
+Planned (maskmodel.planner, the real train step compiled for the slice from
+a CPU host; benchmarks/results/pod_plan.md): fits on v5e:16x16 (256 chips)
+with pure data parallelism, the default mesh: 0.42 GiB of params, 0.83 of
+AdamW state and 2.46 of XLA temporaries, 3.94 of 16 GiB per chip; on v6e:8x8
+(64 chips) 9.96 of 32 GiB.
+
+  python -m maskmodel.aot --config configs/mae/imagenet_vit_b16.py --topology v5e:16x16
 Data: TFDS `imagenet2012`, prepared beforehand under DATA_DIR (it is never
 downloaded by this code).
 

@@ -6,6 +6,16 @@ Expected: 86.9 top-1 after fine-tuning at 224 (87.8 at 448; 1600 epochs,
 MAE Table 3) and 76.6 linear probing (the paper's TF/TPU figure; the
 authors' PyTorch release gets 77.2).
 Hardware / time: the paper pretrains on 128 TPU v3 cores; not timed here.
+Planned (maskmodel.planner, the real train step compiled for the slice from
+a CPU host; benchmarks/results/pod_plan.md): fits on v5e:16x16 (256 chips)
+with this config's mesh (data 4 x fsdp 16 x tensor 4, the 16 heads split 4
+ways): 0.04 GiB of params, 0.08 of AdamW state and 10.44 of temporaries,
+11.20 of 16 GiB per chip.
+
+  python -m maskmodel.aot --config configs/mae/imagenet_vit_h14.py --topology v5e:16x16
+
+On fewer devices, pass another mesh (README "Sharding"); one that the
+devices do not fit stops at start-up with a one-line error.
 Data: TFDS `imagenet2012`, prepared beforehand under DATA_DIR (it is never
 downloaded by this code).
 
@@ -53,6 +63,8 @@ def get_config(arg=None):
   c.model.depth = 32
   c.model.num_heads = 16
   c.model.dtype = "bfloat16"
+  # The mesh the planned slice fits with (docstring).
+  c.mesh = (('data', -1), ('fsdp', 16), ('tensor', 4))
 
   c.task = ml_collections.ConfigDict(dict(
       name="mae", mask_ratio=0.75, norm_pix_loss=True,

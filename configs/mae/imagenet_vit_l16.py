@@ -6,6 +6,16 @@ Expected: 85.9 top-1 after fine-tuning (1600 epochs, MAE Table 3) and 75.8
 linear probing (the paper's TF/TPU figure; the authors' PyTorch release
 gets 76.0); mmselfsup's reproduction gives 85.7 / 75.5 (1600 epochs).
 Hardware / time: the paper pretrains on 128 TPU v3 cores; not timed here.
+Planned (maskmodel.planner, the real train step compiled for the slice from
+a CPU host; benchmarks/results/pod_plan.md): fits on v5e:16x16 (256 chips)
+with this config's mesh, params and AdamW state 8-way sharded (data 32 x
+fsdp 8): 0.15 GiB of params, 0.31 of AdamW state and 3.29 of temporaries,
+4.15 of 16 GiB per chip; on v6e:8x8 (64 chips, data 8) 13.30 of 32 GiB.
+
+  python -m maskmodel.aot --config configs/mae/imagenet_vit_l16.py --topology v5e:16x16
+
+On fewer devices, pass another mesh (README "Sharding"); one that the
+devices do not fit stops at start-up with a one-line error.
 Data: TFDS `imagenet2012`, prepared beforehand under DATA_DIR (it is never
 downloaded by this code).
 
@@ -53,6 +63,8 @@ def get_config(arg=None):
   c.model.depth = 24
   c.model.num_heads = 16
   c.model.dtype = "bfloat16"
+  # The mesh the planned slice fits with (docstring).
+  c.mesh = (('data', -1), ('fsdp', 8), ('tensor', 1))
 
   c.task = ml_collections.ConfigDict(dict(
       name="mae", mask_ratio=0.75, norm_pix_loss=True,
