@@ -72,12 +72,7 @@ def token_reduction(model_config, num_input_tokens):
     raise ConfigError(f"{key}.method={t.method!r} is unknown; use 'none' or "
                       f"one of {sorted(tokens.REDUCERS)}.")
   info = tokens.REDUCERS[t.method]
-  options = dict(t.get("options") or {})
-  valid = tokens.option_names(t.method)
-  unknown = sorted(set(options) - set(valid))
-  if unknown:
-    raise ConfigError(f"{key}.options has {unknown}, which {t.method!r} does "
-                      f"not take; it accepts {valid or 'none'}.")
+  options = reducer_options(key, t)
   bipartite = t.method in BIPARTITE
   # EViT's fused token comes on top of the kept tokens.
   fused = t.method == "evit" or (t.method == "topk" and options.get("fuse"))
@@ -122,6 +117,18 @@ def with_token_reduction(model_config, method, schedule=0, options=None,
     m.token_reduction = config_lib.token_reduction(method, schedule, options,
                                                    prop_attn, off_the_shelf)
   return m
+
+
+def reducer_options(key: str, t) -> dict:
+  """The options of the token-reduction config `t` (at config path `key`),
+  checked against what its method takes: a one-line ConfigError otherwise."""
+  options = dict(t.get("options") or {})
+  valid = tokens.option_names(t.method)
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise ConfigError(f"{key}.options has {unknown}, which {t.method!r} does "
+                      f"not take; it accepts {valid or 'none'}.")
+  return options
 
 
 def vit(model_config, num_classes: int = 0, *, num_tokens=None) -> ViT:

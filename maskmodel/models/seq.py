@@ -59,6 +59,7 @@ from maskmodel.kernels import attention
 from maskmodel.config import ConfigError
 from maskmodel.models import norm as norm_lib
 from maskmodel.models import registry
+from maskmodel.models.build import reducer_options
 from maskmodel.models.vit import TokenReduction, fused_qkv, gelu, token_dense
 from maskmodel.tokens.common import l2_normalize
 
@@ -478,12 +479,7 @@ def seq_token_reduction(model_config, num_tokens: int):
            "attention, a 2-D patch graph or the full attention matrix)")
     raise ConfigError(f"{key}.method={t.method!r} is {why}; use 'none' or one "
                       f"of {list(SEQ_REDUCERS)}.")
-  options = dict(t.get("options") or {})
-  valid = tokens.option_names(t.method)
-  unknown = sorted(set(options) - set(valid))
-  if unknown:
-    raise ConfigError(f"{key}.options has {unknown}, which {t.method!r} does "
-                      f"not take; it accepts {valid or 'none'}.")
+  options = reducer_options(key, t)
   class_token = bool(t.get("class_token", False))
   schedule = t.schedule
   if isinstance(schedule, str) and schedule.strip().lstrip("-").isdigit():
