@@ -162,7 +162,8 @@ def test_tfds_end_to_end_cli(tfds_dir, tmp_path):
   name, d = tfds_dir
   proc = run_cli("--config", SMOKE, "--workdir", str(tmp_path),
                  f"--config.data.name=tfds:{name}", f"--config.data.data_dir={d}",
-                 "--config.total_steps=6", "--config.evals.names=('knn',)")
+                 "--config.total_steps=6", "--config.evals.names=('knn',)",
+                 "--config.data.train_examples=0", "--config.data.test_examples=0")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "data=tfds:mnist5k_local" in proc.stdout and "knn_accuracy=" in proc.stdout
 
