@@ -185,15 +185,15 @@ assert jax.device_count() == 8
 rng = np.random.default_rng(1)
 train_x, test_x = rng.normal(size=(301, 8)), rng.normal(size=(50, 8))
 train_y, test_y = rng.integers(0, 4, 301), rng.integers(0, 4, 50)
-split = sharding.batch_sharded(sharding.make_mesh())
+split = sharding.make_mesh()
 for k in (1, 20):
   kw = dict(num_classes=4, k=k, chunk=16)
   one = knn_accuracy(train_x, train_y, test_x, test_y, **kw)
   assert 0 < one < 1
-  assert knn_accuracy(train_x, train_y, test_x, test_y, sharding=split, **kw) == one
+  assert knn_accuracy(train_x, train_y, test_x, test_y, mesh=split, **kw) == one
 # One real row and 7 padding rows: the real row wins every vote.
 far = knn_accuracy(train_x[:1], train_y[:1], test_x, test_y, num_classes=4,
-                   k=1, sharding=split)
+                   k=1, mesh=split)
 assert far == np.mean(test_y == train_y[0]), far
 print("ok")
 """

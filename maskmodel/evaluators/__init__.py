@@ -49,7 +49,7 @@ class Context:
     return features_lib.mesh_batches(
         self.test_source, batch_size=self.config.evals.batch_size,
         mesh=self.mesh, preprocess=self.example,
-        num_threads=self.config.evals.get("decode_threads", 0))
+        num_threads=self.config.evals.decode_threads)
 
 
 # One jit per task method, taking params and state as arguments: a closure
@@ -74,7 +74,7 @@ def _task_reconstruction(task, params, task_state, images, rng):
 def _extract(ctx, feature_fn):
   """(train, test) features of `feature_fn`, the value of cache["features"]."""
   kw = dict(batch_size=ctx.config.evals.batch_size, preprocess=ctx.example,
-            mesh=ctx.mesh, num_threads=ctx.config.evals.get("decode_threads", 0))
+            mesh=ctx.mesh, num_threads=ctx.config.evals.decode_threads)
   return (features_lib.extract(feature_fn, ctx.train_source, **kw),
           features_lib.extract(feature_fn, ctx.test_source, **kw))
 
@@ -96,7 +96,7 @@ def knn(ctx, params, task_state, cache):
   c = ctx.config.evals.knn
   return {"knn_accuracy": knn_accuracy(
       xtr, ytr, xte, yte, k=c.k, num_classes=ctx.config.data.num_classes,
-      sharding=sharding.batch_sharded(ctx.mesh))}
+      mesh=ctx.mesh)}
 
 
 def probe(ctx, params, task_state, cache):

@@ -13,11 +13,12 @@ features fit on a slice; nothing of size N_test x N_train ever exists.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from maskmodel import sharding as sharding_lib
 
 
 def _normalize(x):
@@ -41,11 +42,11 @@ def _chunk_predictions(test_x, train_n, train_y, *, k, num_classes,
 
 
 def knn_accuracy(train_x, train_y, test_x, test_y, *, num_classes, k=20,
-                 temperature=0.07, chunk=1024, sharding=None):
+                 temperature=0.07, chunk=1024, mesh=None):
   """Top-1 accuracy of a cosine-similarity k-NN vote weighted by exp(s/T).
 
-  `sharding` (e.g. `maskmodel.sharding.batch_sharded(mesh)`) splits the
-  train rows over devices; by default they sit on the default device. Test
+  With a `mesh`, the train rows are split over its batch axes
+  (`sharding.batch_sharded`); without one they sit on the default device. Test
   rows go `chunk` at a time (the last chunk is padded, so every chunk has
   the same shape and compiles once).
   """
@@ -55,13 +56,12 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, num_classes, k=20,
   test_y = np.asarray(test_y)
   k = min(k, len(train_x))
   # Pad the train rows to a multiple of the shards (label -1: never votes).
-  shards = 1 if sharding is None else math.prod(
-      sharding.mesh.shape[a] for a in _axes(sharding.spec[0]))
+  shards = 1 if mesh is None else sharding_lib.data_parallel_size(mesh)
   pad = -len(train_x) % shards
   train_x = np.concatenate([train_x, np.zeros((pad, train_x.shape[1]), np.float32)])
   train_y = np.concatenate([train_y, np.full((pad,), -1, np.int32)])
-  put = jax.device_put if sharding is None else (
-      lambda x: jax.device_put(x, sharding))
+  put = jax.device_put if mesh is None else (
+      lambda x: jax.device_put(x, sharding_lib.batch_sharded(mesh)))
   train_n = jax.jit(_normalize)(put(train_x))
   train_y = put(train_y)
   chunk = min(chunk, len(test_x))
@@ -75,9 +75,3 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, num_classes, k=20,
     correct += int(np.sum(np.asarray(pred)[:n] == test_y[start:start + n]))
   return correct / len(test_x)
 
-
-def _axes(entry):
-  """The mesh axes of one PartitionSpec entry (None, a name or a tuple)."""
-  if entry is None:
-    return ()
-  return entry if isinstance(entry, tuple) else (entry,)
