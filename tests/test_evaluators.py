@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import SMOKE, load_config
+from conftest import SMOKE, load_config, xla_env
 from maskmodel import config as mm_config, data, evaluators, sharding, train
 from maskmodel.evaluators import features as features_lib
 from maskmodel.evaluators.knn import knn_accuracy
@@ -205,7 +205,7 @@ def test_knn_with_train_rows_split_over_8_devices_equals_one_device():
   on one device."""
   import os, subprocess, sys  # pylint: disable=g-import-not-at-top
   from conftest import ROOT  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = xla_env(8)
   proc = subprocess.run([sys.executable, "-c", KNN_8_DEVICES], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

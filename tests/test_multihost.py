@@ -12,7 +12,7 @@ import grain
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMOKE, checkpoint_steps, run_cli
+from conftest import BASE_XLA_FLAGS, ROOT, SMOKE, checkpoint_steps, run_cli
 from maskmodel import data
 from maskmodel.data import ImageSpec
 from maskmodel.data.pipeline import augment_seed, train_augment
@@ -250,7 +250,7 @@ def test_two_processes_train_together(tmp_path):
   wd, port = tmp_path / "run", _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
       [ROOT, os.environ.get("PYTHONPATH", "")]))
-  env.pop("XLA_FLAGS", None)  # one CPU device per process
+  env["XLA_FLAGS"] = BASE_XLA_FLAGS  # one CPU device per process
   procs = [subprocess.Popen(
       [sys.executable, "-c", TWO_PROCESS_MAIN, "--config", SMOKE,
        "--workdir", str(wd), f"--coordinator_address=127.0.0.1:{port}",

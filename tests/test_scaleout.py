@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from conftest import ROOT
+from conftest import ROOT, xla_env
 from maskmodel import config as config_lib, partitioning, sharding
 
 MAE = os.path.join(ROOT, "configs", "mae", "mnist_vit_tiny.py") + ":smoke"
@@ -49,7 +49,7 @@ def sharded_state(config, task, example, mesh):
 
 
 def _run(script, *args, devices=8, timeout=600):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = xla_env(devices)
   proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(script),
                          *map(str, args)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMOKE, load_config
+from conftest import ROOT, SMOKE, load_config, xla_env
 from maskmodel import data, train
 from maskmodel.tasks.base import TaskBase
 
@@ -184,7 +184,7 @@ def test_unknown_or_clashing_evaluator_names():
 
 def test_toy_task_resumes_bit_exactly_on_8_devices(tmp_path):
   script = RESUME_SCRIPT.format(tests=os.path.join(ROOT, "tests"))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = xla_env(8)
   proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "w")],
                         env=env, cwd=ROOT, capture_output=True, text=True,
                         timeout=600)

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import xla_env
+
 from maskmodel import config as config_lib
 from maskmodel import tokens as T
 from maskmodel.kernels import attention
@@ -298,8 +300,7 @@ def test_every_method_on_eight_simulated_devices():
                                      atol=1e-6)
         print("ok", method)
       """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  env = xla_env(8, JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=root,
                         capture_output=True, text=True, timeout=600)

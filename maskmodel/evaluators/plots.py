@@ -1,14 +1,14 @@
 """Figures for the run report: loss curve and reconstruction grid.
 
 Paths are `etils.epath` paths or strings, local or on cloud storage.
+Figures are drawn with matplotlib's object API, never pyplot, so importing
+maskmodel leaves a notebook's backend alone; matplotlib itself loads on the
+first figure, not with the training loop.
 """
 from __future__ import annotations
 
 import json
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from maskmodel.paths import workdir_path
@@ -22,7 +22,8 @@ def loss_curve(metrics_jsonl, out_png, key="loss"):
       if f"train/{key}" in rec:
         steps.append(rec["step"])
         values.append(rec[f"train/{key}"])
-  fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+  fig = _figure(figsize=(5, 3.2), dpi=120)
+  ax = fig.subplots()
   ax.plot(steps, values)
   ax.set_xlabel("step")
   ax.set_ylabel(f"train {key}")
@@ -35,8 +36,8 @@ def image_grid(rows: dict, out_png, mean, std):
   """`rows` maps a title to images [n, H, W, C] (normalized); one row each."""
   names = list(rows)
   n = len(next(iter(rows.values())))
-  fig, axes = plt.subplots(len(names), n, figsize=(1.2 * n, 1.3 * len(names)),
-                           dpi=120, squeeze=False)
+  fig = _figure(figsize=(1.2 * n, 1.3 * len(names)), dpi=120)
+  axes = fig.subplots(len(names), n, squeeze=False)
   for r, name in enumerate(names):
     imgs = np.clip(rows[name] * np.asarray(std) + np.asarray(mean), 0, 1)
     for c in range(n):
@@ -51,8 +52,12 @@ def image_grid(rows: dict, out_png, mean, std):
   _save(fig, out_png)
 
 
+def _figure(**kwargs):
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  return Figure(**kwargs)
+
+
 def _save(fig, out_png):
-  """Saves and closes `fig` as a PNG through epath (a local or gs:// path)."""
+  """Saves `fig` as a PNG through epath (a local or gs:// path)."""
   with workdir_path(out_png).open("wb") as f:
     fig.savefig(f, format="png")
-  plt.close(fig)

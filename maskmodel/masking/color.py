@@ -26,7 +26,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import ndimage
 
 from maskmodel.config import ConfigError
 from maskmodel.masking.random import Mask, mask_from_scores
@@ -40,6 +39,7 @@ def noise_fields(color: str, num_fields: int = 256, size: int = 64,
   """`num_fields` periodic noise fields [L, size, size] float32 of `color`."""
   if color not in COLORS:
     raise ConfigError(f"noise colour {color!r} is unknown; use one of {COLORS}.")
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
   white = np.random.default_rng(seed).standard_normal((num_fields, size, size))
   blur = lambda x, s: ndimage.gaussian_filter(x, sigma=(0, s, s), mode="wrap")
   green = blur(white, NARROW) - blur(white, WIDE)
