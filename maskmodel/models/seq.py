@@ -24,6 +24,12 @@ Options and what each reproduces:
 - `mlm_head`: BERT's masked-LM head (`BertLMPredictionHead`): dense + GELU
   + LayerNorm, then a decoder tied to the token embedding matrix, plus an
   output bias.
+- `embedding_size`: the width E of the token, position and type embeddings
+  (0: the model's width). When E differs from the width, a Dense
+  `embed_project` maps the summed (and normalized) embeddings to the width,
+  and the MLM head's dense maps back to E before the tied decoder
+  (ELECTRA's `embedding_size`, google-research/electra `model/modeling.py`
+  and `run_pretraining.py`'s `get_token_logits`; ALBERT's factorization).
 
 Padding is a key mask: `mask [B, N]` (True = real token) goes to the
 attention kernel as `kv_mask`, so no query ever reads a padded key. Shapes
@@ -320,6 +326,7 @@ class SeqModel(nn.Module):
   layer_norm_eps: float = 1e-6
   causal: bool = False
   mlm_head: bool = False
+  embedding_size: int = 0
   num_classes: int = 0
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
@@ -337,17 +344,21 @@ class SeqModel(nn.Module):
     plan = self.token_reduction
     if plan is not None:
       check_plan(plan, self.depth, self.positions)
-    self.token_embed = nn.Embed(self.vocab_size, self.width,
+    e = self.embedding_size or self.width
+    self.token_embed = nn.Embed(self.vocab_size, e,
                                 embedding_init=embed_init, name="token_embed")
     if self.positions == "learned":
-      self.pos_embed = self.param("pos_embed", embed_init,
-                                  (self.max_len, self.width))
+      self.pos_embed = self.param("pos_embed", embed_init, (self.max_len, e))
     if self.type_vocab_size:
-      self.type_embed = nn.Embed(self.type_vocab_size, self.width,
+      self.type_embed = nn.Embed(self.type_vocab_size, e,
                                  embedding_init=embed_init, name="type_embed")
     ln = lambda name: norm_lib.LayerNorm(epsilon=self.layer_norm_eps, name=name)
     if self.embed_norm:
       self.embed_ln = ln("embed_norm")
+    if e != self.width:
+      self.embed_project = nn.Dense(self.width, dtype=self.dtype,
+                                    kernel_init=dense_init,
+                                    name="embed_project")
     self.blocks = [
         SeqBlock(self.num_heads, self.mlp_dim, self.norm,
                  self.positions == "rope", self.layer_norm_eps, self.attn_impl,
@@ -358,7 +369,7 @@ class SeqModel(nn.Module):
     if self.norm == "pre":
       self.final_norm = ln("norm")
     if self.mlm_head:
-      self.mlm_dense = nn.Dense(self.width, dtype=self.dtype,
+      self.mlm_dense = nn.Dense(e, dtype=self.dtype,
                                 kernel_init=dense_init, name="mlm_dense")
       self.mlm_norm = ln("mlm_norm")
       self.mlm_bias = self.param("mlm_bias", nn.initializers.zeros,
@@ -395,6 +406,8 @@ class SeqModel(nn.Module):
       x = x + self.type_embed(types)
     if self.embed_norm:
       x = self.embed_ln(x)
+    if (self.embedding_size or self.width) != self.width:
+      x = token_dense(self.embed_project, x).astype(jnp.float32)
     size = source = None
     if plan is not None:
       size = jnp.where(mask, 1.0, PAD_SIZE)[..., None].astype(jnp.float32)
@@ -551,6 +564,7 @@ def seq(model_config, *, num_classes=0, num_tokens=None) -> SeqModel:
       embed_norm=m.get("embed_norm", False),
       layer_norm_eps=m.get("layer_norm_eps", 1e-6),
       causal=m.get("causal", False), mlm_head=m.get("mlm_head", False),
+      embedding_size=m.get("embedding_size", 0) or 0,
       num_classes=num_classes, attn_impl=m.get("attn_impl", "auto"),
       dtype=build.dtype(m) if "dtype" in m else jnp.float32,
       token_reduction=plan)
@@ -564,7 +578,7 @@ def seq_config(**overrides):
       name="seq", vocab_size=256, max_len=128, width=128, depth=4,
       num_heads=4, mlp_dim=512, positions="learned", norm="pre",
       type_vocab_size=0, embed_norm=False, layer_norm_eps=1e-6, causal=False,
-      mlm_head=False, attn_impl="auto", dtype="float32"))
+      mlm_head=False, embedding_size=0, attn_impl="auto", dtype="float32"))
   c.update(overrides)
   return c
 
@@ -593,7 +607,8 @@ def layer_ids(params, model_config):
   depth = model_config.depth
   def layer(path, _):
     names = [getattr(k, "key", str(k)) for k in path]
-    if names[0] in ("token_embed", "pos_embed", "type_embed", "embed_norm"):
+    if names[0] in ("token_embed", "pos_embed", "type_embed", "embed_norm",
+                    "embed_project"):
       return 0
     for n in names:
       if n.startswith("block_"):

@@ -8,6 +8,7 @@ from maskmodel.tasks.classify import ClassifyTask
 from maskmodel.tasks.colormae import ColorMAETask
 from maskmodel.tasks.cropmae import CropMAETask
 from maskmodel.tasks.dmtjepa import DMTJEPATask
+from maskmodel.tasks.electra import ElectraTask
 from maskmodel.tasks.hpm import HPMTask
 from maskmodel.tasks.ijepa import IJEPATask
 from maskmodel.tasks.lut import LUTTask
@@ -21,7 +22,8 @@ TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "maskfeat": MaskFeatTask, "cropmae": CropMAETask,
          "colormae": ColorMAETask, "spark": SparKTask, "lut": LUTTask,
          "ijepa": IJEPATask, "dmtjepa": DMTJEPATask,
-         "classify": ClassifyTask, "mlm": MLMTask, "ngram_mlm": NgramMLMTask}
+         "classify": ClassifyTask, "mlm": MLMTask, "ngram_mlm": NgramMLMTask,
+         "electra": ElectraTask}
 
 
 def get_task(config):
