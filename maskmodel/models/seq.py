@@ -546,6 +546,9 @@ def seq(model_config, *, num_classes=0, num_tokens=None) -> SeqModel:
   if m.width % m.num_heads:
     raise ConfigError(f"model.width={m.width} is not divisible by "
                       f"model.num_heads={m.num_heads}.")
+  if (m.get("embedding_size", 0) or 0) < 0:
+    raise ConfigError(f"model.embedding_size={m.embedding_size} must be >= 0 "
+                      "(0: model.width).")
   from maskmodel.models import build  # pylint: disable=g-import-not-at-top
   plan = None
   if m.get("token_reduction") is not None:

@@ -190,12 +190,6 @@ class ElectraTask(MLMTask):
   def __init__(self, config):
     super().__init__(config)   # corpus, tokenizer, seq_len, mask_rate checks
     m, t = config.model, config.task
-    self.max_predictions = (t.get("max_predictions", 0) or
-                            official_max_predictions(self.rate, self.seq_len))
-    if not 0 < self.max_predictions <= self.seq_len:
-      raise ConfigError(f"task.max_predictions={self.max_predictions} must be "
-                        f"in [1, data.seq_len={self.seq_len}] (0: "
-                        "int((mask_rate + 0.005) * seq_len)).")
     self.mask_token_prob = t.get("mask_token_prob", 0.85)
     if not 0 <= self.mask_token_prob <= 1:
       raise ConfigError(f"task.mask_token_prob={self.mask_token_prob} must be "
@@ -214,9 +208,6 @@ class ElectraTask(MLMTask):
       raise ConfigError(f"task.generator_layers={layers} must be in (0, 1] "
                         f"and leave at least 1 of model.depth={m.depth} "
                         "(ELECTRA: 1.0).")
-    if (m.get("embedding_size", 0) or 0) < 0:
-      raise ConfigError(f"model.embedding_size={m.embedding_size} must be >= 0 "
-                        "(0: model.width).")
     if m.get("token_reduction") is not None:
       raise ConfigError("task 'electra' replaces tokens in place and needs "
                         "every position; drop model.token_reduction.")
@@ -226,6 +217,11 @@ class ElectraTask(MLMTask):
     self.generator = get_model("seq").build(
         generator_config(m, size, layers), num_classes=0)
     self.disc_head = DiscriminatorHead(m.width)
+
+  max_predictions_rule = "int((mask_rate + 0.005) * seq_len)"
+
+  def default_max_predictions(self):
+    return official_max_predictions(self.rate, self.seq_len)
 
   # Contract ------------------------------------------------------------------
 

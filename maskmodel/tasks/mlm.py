@@ -23,8 +23,8 @@ rank-based: uniform scores, non-maskable positions ranked last, the
 are taken: a uniform subset of size `count`, as BERT's shuffle-then-take.
 It runs on the device, inside the jitted step, from the loop's per-step
 RNG, so a resumed run draws the same masks. `bert_mask` is the pure
-function; ELECTRA's 85/15/0 masking is the same function with
-`mask_prob=0.85, random_prob=0.0`.
+function. (ELECTRA's masking draws its positions with replacement, as its
+official code does: `maskmodel/tasks/electra.py`.)
 
 "ngram_mlm": n-gram masking in the style of ERNIE-Gram (Xiao et al. 2021,
 Sec. 3.2, "explicitly n-gram masked language modeling"): a contiguous
@@ -239,14 +239,20 @@ class MLMTask(TaskBase):
     if not 0 < self.rate < 1:
       raise ConfigError(f"task.mask_rate={self.rate} must be in (0, 1).")
     self.max_predictions = (t.get("max_predictions", 0) or
-                            math.ceil(self.seq_len * self.rate))
+                            self.default_max_predictions())
     if not 0 < self.max_predictions <= self.seq_len:
       raise ConfigError(f"task.max_predictions={self.max_predictions} must be "
                         f"in [1, data.seq_len={self.seq_len}] (0: "
-                        "ceil(seq_len * mask_rate)).")
+                        f"{self.max_predictions_rule}).")
     model_config = ml_collections.ConfigDict(m.to_dict())
     model_config.mlm_head = True
     self.model = get_model("seq").build(model_config, num_classes=0)
+
+  # The prediction slots per sequence when task.max_predictions is 0.
+  max_predictions_rule = "ceil(seq_len * mask_rate)"
+
+  def default_max_predictions(self):
+    return math.ceil(self.seq_len * self.rate)
 
   # Contract ------------------------------------------------------------------
 
