@@ -200,6 +200,20 @@ def test_generator_is_a_quarter_wide_and_shares_the_embeddings(trained):
   assert not np.allclose(logits(params, trained[2]), logits(moved, trained[2]))
 
 
+def test_embedding_size_is_projected_to_each_width(trained):
+  config = load_config(PYCODE + ":smoke")
+  config.model.embedding_size = 16   # narrower than the width, 32
+  task = get_task(config)
+  shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0), trained[2])[0]
+  enc, gen = shapes["encoder"], shapes["generator"]
+  assert enc["token_embed"]["embedding"].shape == (260, 16)
+  assert enc["pos_embed"].shape == (128, 16)
+  assert enc["embed_project"]["kernel"].shape == (16, 32)
+  assert gen["embed_project"]["kernel"].shape == (16, 8)
+  assert gen["mlm_dense"]["kernel"].shape == (8, 16)
+  assert sum(x.shape == (260, 16) for x in jax.tree.leaves(shapes)) == 1
+
+
 def test_labels_are_original_when_the_generator_samples_the_truth(trained):
   task, params, batch = trained
 

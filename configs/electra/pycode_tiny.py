@@ -10,13 +10,29 @@ discriminator size, same budget). The report compares k-NN and linear-probe
 accuracy of the discriminator on the construct label against the same
 encoder at random init and against a bag of bytes (no encoder).
 Expected: see "Measured" below.
-Hardware / time: 2 CPU cores, see "Measured".
+Hardware / time: 2 CPU cores, about 10 minutes including evals.
 
   python -m maskmodel.main --config configs/electra/pycode_tiny.py --workdir workdirs/electra_pycode
 
 Variants: `:smoke` runs a few steps with a smaller model, for tests.
 
-Measured: MEASURED
+Measured (seed 0, the command above, 400 steps at batch 64; 2 CPU cores
+shared with other jobs: 10 min 24 s wall, 489 s of it training). Test split:
+its first 2,048 windows (54.9% def, the majority class); train: 8,192
+windows. The feature evals read the discriminator.
+
+| eval                  | ELECTRA | random init | bag of bytes |
+|-----------------------|---------|-------------|--------------|
+| k-NN                  | 0.6157  | 0.6162      | 0.6191       |
+| linear probe          | 0.6172  | 0.6279      | 0.6230       |
+
+The "electra" eval on the test split: generator masked-byte accuracy 0.3637
+(loss 2.857), its samples equal the original byte at 16.5% of the chosen
+positions, 11.6% of the real tokens are replaced, and the discriminator is
+right on 0.8873 of them (loss 0.343), barely above always answering
+"original" (0.884). At this budget ELECTRA does not beat its random init or
+the bag of bytes; `configs/mlm/pycode_tiny.py` (0.6284 / 0.6270) does
+better on the same data and budget.
 """
 import ml_collections
 
