@@ -21,7 +21,8 @@ Rather Than Generators" (Sec. 2), as google-research/electra's
   64) heads and an MLP of 4 x width (the official `get_generator_config`),
   and the MLM head tied to the embeddings. Its loss is the masked LM's,
   Eq. (1): L_MLM = E[sum_{i in m} -log p_G(x_i | x^masked)], the
-  cross-entropy over the weighted slots.
+  cross-entropy over the weighted slots (`mlm.weighted_cross_entropy`,
+  whose denominator adds 1e-5 where the official adds 1e-6).
 - embeddings: the token, position and type embeddings (and BERT's
   embedding LayerNorm) are one set of params, the discriminator's, that the
   generator reads (the official `untied_generator_embeddings=False`). They
@@ -38,8 +39,10 @@ Rather Than Generators" (Sec. 2), as google-research/electra's
   two samples, the official `scatter_update`'s integer arithmetic. A token
   is labelled "replaced" only when the result differs from the original.
 - discriminator: the encoder, then Dense(width, GELU) -> Dense(1) per token
-  (`discriminator_predictions`); its loss is Eq. (2), the sigmoid
-  cross-entropy of "replaced" averaged over every real (non-pad) token.
+  (`discriminator_predictions`; the GELU is the exact one the `SeqModel`
+  uses everywhere, where the official BERT code uses the tanh form); its
+  loss is Eq. (2), the sigmoid cross-entropy of "replaced" averaged over
+  every real (non-pad) token.
 - the objective, Eq. (3): L = L_MLM + lambda L_Disc, lambda =
   `task.disc_weight` = 50.
 
