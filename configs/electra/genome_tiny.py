@@ -13,13 +13,30 @@ at least half of its bases lie in genes pyrodigal predicts, then forward
 k-NN and linear-probe accuracy of the discriminator against the same
 encoder at random init and against codon (3-mer) counts with no encoder.
 Expected: see "Measured" below.
-Hardware / time: 2 CPU cores, see "Measured".
+Hardware / time: 2 CPU cores, about 7 minutes including evals.
 
   python -m maskmodel.main --config configs/electra/genome_tiny.py --workdir workdirs/electra_genome
 
 Variants: `:smoke` runs a few steps with a smaller model, for tests.
 
-Measured: MEASURED
+Measured (seed 0, the command above, 400 steps at batch 64; 2 CPU cores
+shared with other jobs: 7 min 18 s wall, 327 s of it training). Train:
+8,192 windows; test: all 1,952 held-out windows (8.5% non-coding, 36.3%
+forward, 55.3% reverse). The feature evals read the discriminator.
+
+| eval                  | ELECTRA | random init | codon counts |
+|-----------------------|---------|-------------|--------------|
+| k-NN                  | 0.5061  | 0.5231      | 0.6691       |
+| linear probe          | 0.5318  | 0.4790      | 0.6819       |
+
+The "electra" eval on the test windows: generator masked-base accuracy
+0.3881 (loss 1.1945; ln 4 = 1.386 is a uniform guess over the four bases),
+its samples equal the original base at 35.3% of the chosen positions, 8.9%
+of the real tokens are replaced, and the discriminator is right on 0.9115
+of them (loss 0.298), at the 0.911 of always answering "original". The
+linear probe gains 5 points over the random init, the k-NN loses 2; codon
+counts beat both by ~15 points: ELECTRA learns no useful features of DNA
+at this budget.
 """
 import ml_collections
 
