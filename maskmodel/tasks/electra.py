@@ -83,8 +83,9 @@ def draw_positions(rng, ok, num_slots: int):
   the True entries of `ok [B, N]` (the official `tf.random.categorical` over
   log(candidates / their sum)). Rows without a True entry draw position 0."""
   logits = jnp.where(ok | ~ok.any(1, keepdims=True), 0.0, -jnp.inf)
-  return jax.random.categorical(rng, logits[:, None, :], axis=-1,
-                                shape=(ok.shape[0], num_slots)).astype(jnp.int32)
+  positions = jax.random.categorical(rng, logits[:, None, :], axis=-1,
+                                     shape=(ok.shape[0], num_slots))
+  return positions.astype(jnp.int32)
 
 
 def apply_mask(tokens, mask, ok, positions, uniform, *, rate: float,
