@@ -127,6 +127,16 @@ def test_mask_and_corruption_match_the_official_code(windows):
   np.testing.assert_array_equal(labels, want_labels.astype(bool))
 
 
+def test_gumbel_max_samples_follow_the_softmax():
+  logits = jnp.asarray([[2.0, 1.0, 0.0, -1.0, -3.0], [0.0] * 5,
+                        [5.0, 0.0, 0.0, 0.0, 0.0]])
+  sampled = jax.jit(electra.sample_from_softmax)(
+      jax.random.PRNGKey(0), jnp.broadcast_to(logits, (20000, 3, 5)))
+  freq = np.stack([np.bincount(np.asarray(sampled[:, r]), minlength=5)
+                   for r in range(3)]) / 20000
+  np.testing.assert_allclose(freq, jax.nn.softmax(logits), atol=0.012)
+
+
 def test_masking_statistics(windows):
   tokens, mask, lengths = windows
   m = electra_mask(0, tokens, mask)
