@@ -1,7 +1,9 @@
-"""ELECTRA: the official masking and corruption against a numpy port, the
-masking statistics, labels, the stop-gradient, the generator's size and
-shared embeddings, training on 8 devices with a bit-exact resume, and
-one-line errors."""
+"""ELECTRA: the official masking and corruption against a numpy port of
+google-research/electra's pretrain/pretrain_helpers.py (`mask`,
+`scatter_update`, `unmask`) and run_pretraining.py (`_get_fake_data`), the
+masking statistics, Gumbel-max sampling, labels, the stop-gradient, the
+generator's size and shared embeddings, training on 8 devices with a
+bit-exact resume, and one-line errors."""
 import os
 
 import jax
