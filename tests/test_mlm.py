@@ -137,10 +137,20 @@ def test_ngram_collapse_restores_the_sequence():
     assert (m.inputs[b][~m.mask[b]] == BYTES.pad_id).all()
 
 
-def test_mlm_trains_on_8_devices_and_resumes_bit_exactly(tmp_path):
-  final = assert_resumes_bit_exactly(GENOME + ":smoke", tmp_path / "w")
-  assert 0 < final["knn_accuracy"] <= 1
-  assert 0 < final["mlm_accuracy"] <= 1 and np.isfinite(final["mlm_loss"])
+ELECTRA_GENOME = os.path.join(ROOT, "configs", "electra", "genome_tiny.py")
+
+
+def test_mlm_and_electra_train_on_8_devices_and_resume_bit_exactly(tmp_path):
+  """MLM, then ELECTRA, in one process on 8 simulated devices."""
+  mlm, electra = assert_resumes_bit_exactly(
+      GENOME + ":smoke", tmp_path / "mlm",
+      (ELECTRA_GENOME + ":smoke", tmp_path / "electra"))
+  assert 0 < mlm["knn_accuracy"] <= 1
+  assert 0 < mlm["mlm_accuracy"] <= 1 and np.isfinite(mlm["mlm_loss"])
+  assert 0 < electra["knn_accuracy"] <= 1
+  assert 0 < electra["disc_accuracy"] <= 1 and np.isfinite(electra["disc_loss"])
+  assert 0 < electra["replaced_fraction"] < 0.15
+  assert np.isfinite(electra["mlm_loss"])
 
 
 def test_ngram_task_trains_its_offsets():
