@@ -7,15 +7,24 @@ trained by configs/salt/mnist_vit_tiny_teacher.py (stage 1) is frozen; a
 new student of the same size (context encoder plus I-JEPA's predictor, half
 its width, 2 blocks) regresses the teacher's layer-normed latents at
 I-JEPA's multi-block target blocks (the stage-1 masks) with the L1 loss
-(V-JEPA's). No EMA. The optimizer, augmentation and length are stage 1's.
+(V-JEPA's). No EMA. The optimizer, augmentation and length (150 steps at
+batch 128) are stage 1's.
 Evaluation reads the student's encoder, its tokens average-pooled. The
 report compares k-NN and linear-probe accuracy with the same encoder at
 random init and with raw pixels.
-Measured (seed 0, the two commands below): MEASURED_STAGE2
-Hardware / time: 2 CPU cores shared with other jobs: TIME_STAGE2.
+Measured (seed 0, the two commands below), the student: k-NN 0.443, linear
+probe 0.744; the same student at random init 0.413 / 0.702; raw pixels
+0.950 / 0.885; its stage-1 teacher 0.433 / 0.720. The student passes its
+own random init and its teacher, but the stage-1 encoder's random init (the
+same architecture, another draw of the weights) scored 0.470 / 0.749, so
+at this budget the gain is within what the initial draw alone moves, and
+pixels win by far. One seed.
+Hardware / time: 2 CPU cores shared with other jobs: 6m07s wall for the
+second command (training at 0.4-0.5 steps/s, then the evals), 171 s of CPU
+time; the first takes 7m12s.
 
-  python -m maskmodel.main --config configs/salt/mnist_vit_tiny_teacher.py --workdir /tmp/salt_teacher
-  python -m maskmodel.main --config configs/salt/mnist_vit_tiny.py --workdir /tmp/salt_student --config.task.teacher_workdir=/tmp/salt_teacher
+  python -m maskmodel.main --config configs/salt/mnist_vit_tiny_teacher.py --workdir workdirs/salt_teacher
+  python -m maskmodel.main --config configs/salt/mnist_vit_tiny.py --workdir workdirs/salt_student --config.task.teacher_workdir=workdirs/salt_teacher
 
 `task.teacher_workdir` is the stage-1 run's workdir; the teacher is read
 from its last checkpoint once, at the start, and written into this run's

@@ -9,16 +9,21 @@ min_keep 4) from the context, with the mean squared error. The predictor
 is I-JEPA's (half the encoder's width, 2 blocks) with a pixel head. The
 optimizer is configs/ijepa/mnist_vit_tiny.py's (AdamW (0.9, 0.999), no
 clipping, lr warmed up from 2e-4 to 1e-3 then a cosine to 1e-6, weight
-decay a cosine from 0.04 to 0.4), over a shorter run. Random resized crops
+decay a cosine from 0.04 to 0.4), for 150 steps at batch 128 (I-JEPA's
+config runs 500; shortened so that each stage takes about 8 minutes). Random resized crops
 of scale 0.3-1.0, no flips. Evaluation reads the encoder, its tokens
 average-pooled. Stage 2 is configs/salt/mnist_vit_tiny.py.
 The report compares k-NN and linear-probe accuracy with the same encoder at
 random init and with raw pixels.
-Measured (seed 0, the command below): MEASURED_STAGE1
-Hardware / time: 2 CPU cores shared with other jobs: TIME_STAGE1.
+Measured (seed 0, the first command below): k-NN 0.433, linear probe
+0.720; the same encoder at random init 0.470 / 0.749; raw pixels 0.950 /
+0.885. At this budget the teacher is below its own random init, and pixels
+win by far.
+Hardware / time: 2 CPU cores shared with other jobs: 7m12s wall for the
+whole command (training at 0.3-0.6 steps/s, then the evals), 157 s of CPU time.
 
-  python -m maskmodel.main --config configs/salt/mnist_vit_tiny_teacher.py --workdir /tmp/salt_teacher
-  python -m maskmodel.main --config configs/salt/mnist_vit_tiny.py --workdir /tmp/salt_student --config.task.teacher_workdir=/tmp/salt_teacher
+  python -m maskmodel.main --config configs/salt/mnist_vit_tiny_teacher.py --workdir workdirs/salt_teacher
+  python -m maskmodel.main --config configs/salt/mnist_vit_tiny.py --workdir workdirs/salt_student --config.task.teacher_workdir=workdirs/salt_teacher
 
 Variants: `:smoke` runs a few steps with a smaller model, for tests.
 """

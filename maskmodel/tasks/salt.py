@@ -21,8 +21,9 @@ Stage 2's loss, for M target blocks T_1..T_M of D-dimensional latents:
 
 f_s the student encoder on the context x_C, g the predictor queried at
 position p_i, f_t the frozen teacher on the whole image, LN the layer norm
-without affine over the features, sg a stop gradient. Stage 1's loss has
-the same form with the (per-patch normalized) pixels of patch i as target.
+without affine over the features, sg a stop gradient. Stage 1's loss is
+of the same form, squared instead of absolute, with the per-patch
+normalized pixels of patch i as the target.
 
 There is no official code. What follows the paper, and what is chosen here
 (each choice a named option):
