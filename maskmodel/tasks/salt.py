@@ -41,10 +41,14 @@ There is no official code. What follows the paper, and what is chosen here
 - Stage 1's loss: the mean squared error on per-patch normalized pixels
   (MAE's and VideoMAE's `norm_pix_loss`), `task.loss="l2"`,
   `task.norm_pix_loss=True`.
-- Stage 2's loss: L1 (`task.loss="l1"`), V-JEPA's (`loss_exp=1`), over
-  the teacher's layer-normed output (V-JEPA's `F.layer_norm` of the target
-  encoder's output; `task.target_norm=False` regresses the raw output).
-  "smooth_l1" (I-JEPA's) and "l2" are options.
+- Stage 2's loss: L1 (`task.loss="l1"`), as V-JEPA's code computes it
+  (facebookresearch/jepa `app/vjepa/train.py`, `loss_fn`, with
+  `loss_exp: 1.0` of its pretraining configs), over the teacher's output
+  layer-normed without affine (its `F.layer_norm(h, (h.size(-1),))`;
+  `task.target_norm=False` regresses the raw output); the mean over every
+  valid target entry, which is V-JEPA's mean when the batch is one mask
+  group (`task.mask_group_size`). "smooth_l1" (I-JEPA's code) and "l2"
+  (I-JEPA's paper) are options.
 - The teacher is the stage-1 run's context encoder (its last checkpoint)
   applied to the whole image.
 """
