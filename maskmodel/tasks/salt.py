@@ -26,7 +26,7 @@ of the same form, squared instead of absolute, with the per-patch
 normalized pixels of patch i as the target.
 
 There is no official code. What follows the paper, and what is chosen here
-(each choice a named option):
+(the settings among them are options):
 - Masks: I-JEPA's multi-block masks in both stages
   (`maskmodel.masking.multiblock`, the same task keys as `ijepa`); the
   paper uses V-JEPA's (spatio-temporal) multi-block masks on video.
