@@ -233,18 +233,19 @@ def _on_this_host(metadata):
       is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
 
 
-def load_encoder_params(workdir):
+def load_encoder_params(workdir, option: str = "task.init_from"):
   """The pretrained encoder params of the newest readable checkpoint in `workdir`.
 
   Accepts a run's workdir or its `checkpoints/` folder. MAE-style params keep
   the encoder under "encoder"; classifier params are the encoder (+ head).
+  `option` is the config key that named `workdir`, for the errors.
   """
   directory = workdir_path(workdir)
   if (directory / "checkpoints").is_dir():
     directory = directory / "checkpoints"
   if not directory.is_dir():
     raise CheckpointError(f"no checkpoint folder at {workdir!r}; set "
-                          "task.init_from to the workdir of a finished run.")
+                          f"{option} to the workdir of a finished run.")
   mngr = ocp.CheckpointManager(
       directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
   errors = []
@@ -265,4 +266,4 @@ def load_encoder_params(workdir):
     return params["encoder"] if "patch_embed" not in params else params
   raise CheckpointError(
       f"no readable checkpoint in {str(directory)!r} ({'; '.join(errors) or 'empty'}); "
-      "point task.init_from at a finished run's workdir.")
+      f"point {option} at a finished run's workdir.")

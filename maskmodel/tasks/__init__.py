@@ -15,6 +15,7 @@ from maskmodel.tasks.lut import LUTTask
 from maskmodel.tasks.mae import MAETask
 from maskmodel.tasks.maskfeat import MaskFeatTask
 from maskmodel.tasks.mlm import MLMTask, NgramMLMTask
+from maskmodel.tasks.salt import SALTTask, SALTTeacherTask
 from maskmodel.tasks.simmim import SimMIMTask
 from maskmodel.tasks.spark import SparKTask
 
@@ -22,6 +23,7 @@ TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "maskfeat": MaskFeatTask, "cropmae": CropMAETask,
          "colormae": ColorMAETask, "spark": SparKTask, "lut": LUTTask,
          "ijepa": IJEPATask, "dmtjepa": DMTJEPATask,
+         "salt_teacher": SALTTeacherTask, "salt": SALTTask,
          "classify": ClassifyTask, "mlm": MLMTask, "ngram_mlm": NgramMLMTask,
          "electra": ElectraTask}
 

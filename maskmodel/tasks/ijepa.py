@@ -79,6 +79,44 @@ def prediction_loss(pred, target, valid, kind: str = "smooth_l1"):
   return (per * w).sum() / (w.sum() * pred.shape[-1])
 
 
+def check_encoder(config):
+  """One-line errors for a model that I-JEPA's encoder cannot be."""
+  m, t = config.model, config.task
+  if m.name != "vit":
+    raise ConfigError(f"task.name={t.name!r} needs model.name='vit' (I-JEPA's "
+                      f"encoder is a ViT), got {m.name!r}.")
+  if m.pool != "gap":
+    raise ConfigError("I-JEPA's encoder has no class token and its "
+                      "evaluation average-pools the tokens; set "
+                      "model.pool='gap'.")
+  if m.token_reduction.method != "none":
+    raise ConfigError(f"task.name={t.name!r} does not support "
+                      "model.token_reduction; set its method to 'none'.")
+
+
+def multiblock_options(config, grid):
+  """`(mask_kw, group_size)`: the multi-block mask settings of `config.task`
+  for `multiblock.multiblock_mask`, checked, and the group whose contexts
+  are truncated together."""
+  t = config.task
+  mask_kw = dict(
+      num_targets=t.num_targets, target_scale=tuple(t.target_scale),
+      target_aspect=tuple(t.target_aspect),
+      context_scale=tuple(t.context_scale), min_keep=t.min_keep,
+      allow_overlap=t.allow_overlap,
+      context_length=t.get("context_length", 0) or None)
+  multiblock.check_config(grid, **{
+      k: v for k, v in mask_kw.items()
+      if k not in ("allow_overlap", "context_length")})
+  multiblock.context_list_length(grid, mask_kw["context_scale"],
+                                 mask_kw["context_length"])
+  group = t.mask_group_size or config.batch_size
+  if config.batch_size % group:
+    raise ConfigError(f"task.mask_group_size={group} must divide "
+                      f"batch_size={config.batch_size}.")
+  return mask_kw, group
+
+
 class IJEPATask(EncoderTask):
   """Task contract: `init`, `loss`, `after_update` (the EMA), and
   `eval_params`/`features` for the evaluators."""
@@ -88,16 +126,7 @@ class IJEPATask(EncoderTask):
   def __init__(self, config):
     super().__init__(config)
     m, t = config.model, config.task
-    if m.name != "vit":
-      raise ConfigError(f"task.name={t.name!r} needs model.name='vit' (I-JEPA's "
-                        f"encoder is a ViT), got {m.name!r}.")
-    if m.pool != "gap":
-      raise ConfigError("I-JEPA's encoder has no class token and its "
-                        "evaluation average-pools the tokens; set "
-                        "model.pool='gap'.")
-    if m.token_reduction.method != "none":
-      raise ConfigError(f"task.name={t.name!r} does not support "
-                        "model.token_reduction; set its method to 'none'.")
+    check_encoder(config)
     if t.loss not in LOSSES:
       raise ConfigError(f"task.loss={t.loss!r} is unknown; use one of {LOSSES} "
                         "(the official code: smooth_l1).")
@@ -109,22 +138,7 @@ class IJEPATask(EncoderTask):
       raise ConfigError(f"task.ema={tuple(t.ema)} must be (start, end) with "
                         "0 <= start <= end <= 1 (I-JEPA: (0.996, 1.0)).")
     self.grid = build.grid(config)
-    self.mask_kw = dict(
-        num_targets=t.num_targets, target_scale=tuple(t.target_scale),
-        target_aspect=tuple(t.target_aspect),
-        context_scale=tuple(t.context_scale), min_keep=t.min_keep,
-        allow_overlap=t.allow_overlap,
-        context_length=t.get("context_length", 0) or None)
-    multiblock.check_config(self.grid, **{
-        k: v for k, v in self.mask_kw.items()
-        if k not in ("allow_overlap", "context_length")})
-    multiblock.context_list_length(self.grid, self.mask_kw["context_scale"],
-                                   self.mask_kw["context_length"])
-    group = t.mask_group_size or config.batch_size
-    if config.batch_size % group:
-      raise ConfigError(f"task.mask_group_size={group} must divide "
-                        f"batch_size={config.batch_size}.")
-    self.group_size = group
+    self.mask_kw, self.group_size = multiblock_options(config, self.grid)
     p = t.predictor
     heads = p.num_heads or m.num_heads
     if p.width % heads or p.width % 4:

@@ -1,4 +1,6 @@
-"""EMA teachers: a slow copy of (part of) the student, kept in the task
+"""Teachers that no gradient reaches: EMA teachers and frozen teachers.
+
+EMA teachers: a slow copy of (part of) the student, kept in the task
 state, updated after each optimizer step and never by a gradient.
 
 The teacher lives in the task state (never in the params), so the optimizer
@@ -12,11 +14,27 @@ first update):
 - `linear_momentum`: I-JEPA's `momentum_scheduler` (facebookresearch/ijepa
   `src/train.py`): start + step (end - start) / total_steps.
 - `cosine_momentum`: BYOL/DINO's cosine (LUT's `cosine_scheduler`).
+
+Frozen teachers (SALT's, `maskmodel.tasks.salt`): an encoder trained by an
+earlier run, read from that run's workdir by `load_frozen_teacher` in the
+task's `load_pretrained` and kept under `task_state["frozen"]["teacher"]`.
+The loop checkpoints that subtree once per run, into `frozen/` beside the
+steps (`maskmodel.checkpoint`), and a resume reads it back from there, so the
+earlier run's workdir is needed only once. It is not in the params, so the
+optimizer never sees it, and the task reads it through `frozen` (a stop
+gradient), so no gradient flows into it even when one is taken with respect
+to the task state. Its leaves are sharded by the partitioner as the task
+state is (`partitioning.mirror_specs`): a teacher of the student's
+architecture gets exactly the student's shardings; leaves of a teacher of
+another size, which no param mirrors, are replicated.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from maskmodel import checkpoint
+from maskmodel.config import ConfigError
 
 
 def ema_update(teacher, student, momentum):
@@ -45,3 +63,32 @@ def cosine_momentum(step, total_steps: int, start: float):
   (start, 1, epochs, niter_per_ep)` (naver-ai/lut `util/augs.py`, from
   DINO) at iteration `step`; 1 at `total_steps`."""
   return 1 + 0.5 * (start - 1) * (1 + jnp.cos(jnp.pi * step / total_steps))
+
+
+def frozen(teacher):
+  """The teacher's params as a computation reads them: with no gradient."""
+  return jax.lax.stop_gradient(teacher)
+
+
+def load_frozen_teacher(workdir, template, option: str = "task.teacher_workdir",
+                        fit: str = "task.teacher"):
+  """The encoder params of the newest checkpoint in `workdir` (a finished
+  run's workdir or its `checkpoints/` folder), checked against `template`
+  (the teacher the config builds: arrays or shapes) and cast to its dtypes.
+
+  `option` names the config key that gave `workdir` and `fit` the one that
+  sets the teacher's shape, for the one-line errors: an unset `workdir` is
+  a `ConfigError`; a missing or unreadable checkpoint, or an encoder of
+  other shapes, a `checkpoint.CheckpointError`.
+  """
+  if not workdir:
+    raise ConfigError(f"{option} is not set; pass the workdir of a finished "
+                      f"teacher run (--config.{option}=DIR).")
+  loaded = checkpoint.load_encoder_params(workdir, option=option)
+  diff = checkpoint.shape_mismatch(loaded, template)
+  if diff:
+    raise checkpoint.CheckpointError(
+        f"the encoder in {option}={str(workdir)!r} does not fit the teacher "
+        f"this config builds: {diff}. Set {fit} to the model config of the "
+        "run that trained it.")
+  return jax.tree.map(lambda t, x: jnp.asarray(x, t.dtype), template, loaded)
