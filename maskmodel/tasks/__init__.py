@@ -5,6 +5,7 @@ loop knows nothing else about it."""
 from maskmodel.config import ConfigError
 from maskmodel.tasks.base import Task, TaskBase
 from maskmodel.tasks.classify import ClassifyTask
+from maskmodel.tasks.clm_mlm import CLMThenMLMTask
 from maskmodel.tasks.colormae import ColorMAETask
 from maskmodel.tasks.cropmae import CropMAETask
 from maskmodel.tasks.dmtjepa import DMTJEPATask
@@ -13,6 +14,7 @@ from maskmodel.tasks.ijepa import IJEPATask
 from maskmodel.tasks.lut import LUTTask
 from maskmodel.tasks.mae import MAETask
 from maskmodel.tasks.maskfeat import MaskFeatTask
+from maskmodel.tasks.meap import CLMTask, MEAPTask
 from maskmodel.tasks.mlm import MLMTask, NgramMLMTask
 from maskmodel.tasks.simmim import SimMIMTask
 from maskmodel.tasks.spark import SparKTask
@@ -22,6 +24,7 @@ TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "colormae": ColorMAETask, "spark": SparKTask, "lut": LUTTask,
          "ijepa": IJEPATask, "dmtjepa": DMTJEPATask,
          "classify": ClassifyTask, "mlm": MLMTask, "ngram_mlm": NgramMLMTask}
+TASKS.update(meap=MEAPTask, clm=CLMTask, clm_mlm=CLMThenMLMTask)
 
 
 def get_task(config):
