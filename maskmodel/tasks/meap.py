@@ -118,14 +118,19 @@ class MEAPTask(SequenceTask):
                                step % self.mask_cycle)
     return meap_positions(rng, self.block_len, self.num_masked)
 
-  def loss(self, params, state, batch, rng, step):
-    inputs, input_mask, targets, weights = next_token_split(batch["tokens"],
-                                                            batch["mask"])
+  def lm_batch(self, tokens, mask, rng, step):
+    """`(inputs, input_mask, targets, weights)` of a window batch: the next
+    tokens as targets, and [MASK] at this step's positions in the inputs."""
+    inputs, input_mask, targets, weights = next_token_split(tokens, mask)
     if self.num_masked:
       inputs = meap_inputs(inputs, self.positions(rng, step),
                            self.tokenizer.mask_id)
-    loss, accuracy, _ = causal_lm_loss(self.model, params["encoder"], inputs,
-                                       input_mask, targets, weights)
+    return inputs, input_mask, targets, weights
+
+  def loss(self, params, state, batch, rng, step):
+    loss, accuracy, _ = causal_lm_loss(
+        self.model, params["encoder"],
+        *self.lm_batch(batch["tokens"], batch["mask"], rng, step))
     return loss, ({"loss": loss, "next_token_accuracy": accuracy}, state)
 
   def features(self, params, state, inputs):
