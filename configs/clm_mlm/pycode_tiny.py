@@ -73,7 +73,7 @@ def get_config(arg=None):
     c.model.num_heads = 2
     c.model.mlp_dim = 64
     c.evals.batch_size = 64
-    c.evals.mlm.every = 3
-    c.evals.clm.every = 3
+    c.evals.mlm.every = 0   # at the end only
+    c.evals.clm.every = 0
     c.evals.linear_probe.steps = 50
   return c
