@@ -137,7 +137,7 @@ def test_both_tasks_train_on_8_devices_and_resume_bit_exactly(tmp_path):
   assert 0 < meap_final["clm_accuracy"] <= 1
   assert np.isfinite(meap_final["clm_loss"])
   assert 0 < clm_mlm_final["mlm_accuracy"] <= 1
-  assert np.isfinite(clm_mlm_final["clm_loss"])
+  assert np.isfinite(clm_mlm_final["mlm_loss"])
 
 
 @pytest.mark.parametrize("variant,override,match", [

@@ -73,7 +73,9 @@ def get_config(arg=None):
     c.model.num_heads = 2
     c.model.mlp_dim = 64
     c.evals.batch_size = 64
-    c.evals.mlm.every = 0   # at the end only
-    c.evals.clm.every = 0
+    # At the end only. The feature evals pool the encoder as `mlm` does
+    # and "clm" is MEAP's evaluator: their smokes run them.
+    c.evals.names = ("linear_probe", "mlm")
+    c.evals.mlm.every = 0
     c.evals.linear_probe.steps = 50
   return c
