@@ -16,8 +16,9 @@ Hardware / time: 2 CPU cores, about 7 minutes including evals.
   python -m maskmodel.main --config configs/clm_mlm/pycode_tiny.py:mlm_only --workdir workdirs/mlm40_pycode
 
 Variants (comma-separated): `:mlm_only` sets task.clm_fraction=0 (MLM at
-40% for the whole budget, the paper's baseline); `:smoke` runs a few steps
-with a smaller model, for tests (6 steps cross the switch at step 3).
+40% for the whole budget, the paper's baseline);
+`:smoke` runs a few steps with a smaller model, for tests (its 6 steps
+cross the switch at step 3).
 
 Measured: MEASURED
 """

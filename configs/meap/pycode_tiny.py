@@ -18,8 +18,8 @@ with other jobs (about 2.5 minutes of CPU time).
   python -m maskmodel.main --config configs/meap/pycode_tiny.py:clm --workdir workdirs/clm_pycode
 
 Variants (comma-separated): `:clm` trains plain next-token prediction
-(task "clm", nothing masked), the baseline; `:smoke` runs a few steps with a
-smaller model, for tests.
+(task "clm", nothing masked), the baseline;
+`:smoke` runs a few steps with a smaller model, for tests.
 
 Measured (seed 0, the two commands above, 400 steps at batch 64; 2 CPU
 cores shared with other jobs, load average 8-15: MEAP 8 min 27 s wall,
