@@ -10,7 +10,8 @@ half MLM at 40% masking (bidirectional), same params. The paper's claim
 compared here with the `:mlm_only` variant (MLM alone at 40%, same model,
 data and budget).
 Expected: see "Measured" below.
-Hardware / time: 2 CPU cores, about 7 minutes including evals.
+Hardware / time: 2 CPU cores, 4-8 minutes including evals, depending on
+how many other jobs share them (about 2.5 minutes of CPU time).
 
   python -m maskmodel.main --config configs/clm_mlm/pycode_tiny.py --workdir workdirs/clm_mlm_pycode
   python -m maskmodel.main --config configs/clm_mlm/pycode_tiny.py:mlm_only --workdir workdirs/mlm40_pycode
@@ -20,7 +21,27 @@ Variants (comma-separated): `:mlm_only` sets task.clm_fraction=0 (MLM at
 `:smoke` runs a few steps with a smaller model, for tests (its 6 steps
 cross the switch at step 3).
 
-Measured: MEASURED
+Measured (seed 0, the two commands above, 400 steps at batch 64; 2 CPU
+cores shared with other jobs: CLM -> MLM 8 min 20 s wall, 428 s of it
+training, at load average ~9; MLM alone 3 min 56 s, 189 s, at load ~3).
+Test split: its first 2,048 windows (54.9% def, the majority class);
+train: 8,192 windows. MLM loss / accuracy: 40% of each test window masked
+(80/10/10), bidirectional; next-byte: causal attention, clean input.
+
+| eval                      | CLM -> MLM | MLM alone | random init | bag of bytes |
+|---------------------------|------------|-----------|-------------|--------------|
+| k-NN                      | 0.6182     | 0.6250    | 0.6201      | 0.6191       |
+| linear probe              | 0.6221     | 0.6270    | 0.6240      | 0.6230       |
+| masked-byte loss          | 2.8463     | 2.8353    | -           | -            |
+| masked-byte accuracy      | 0.3682     | 0.3714    | -           | -            |
+| next-byte loss            | 3.1999     | 3.4079    | -           | -            |
+
+At step 200, the switch, CLM -> MLM's next-byte loss is 2.4056 and its
+masked-byte accuracy 0.0837 (MLM alone: 3.1885 and 0.3678); 200 MLM steps
+then bring it level with MLM alone. The paper's claim does not show at
+this scale: CLM -> MLM is below MLM alone, its random init and the bag of
+bytes on both probes, and every encoder is within ~1 point of the bag of
+bytes (the construct probe barely separates them at 400 steps).
 """
 import ml_collections
 
