@@ -52,42 +52,40 @@ def test_switch_step_is_rounded_fraction_of_the_budget(setup):
     assert get_task(config).switch == want
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _next_token_ce(task, params, tokens, mask, causal):
-  logits = task.model.apply({"params": params["encoder"]}, tokens[:, :-1],
-                            mask[:, :-1], causal=causal)["mlm_logits"]
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+@functools.partial(jax.jit, static_argnums=0)
+def references(task, params, tokens, mask, rng):
+  """What each phase should compute, from the model directly: next-token
+  cross-entropy with causal and with bidirectional attention; BERT's
+  masking of `tokens` at the task's rate, its masked-token cross-entropy
+  with bidirectional attention, and the logits at the masked positions
+  with causal attention."""
+  apply = lambda ids, m, causal, pos=None: task.model.apply(
+      {"params": params["encoder"]}, ids, m, causal=causal,
+      mlm_positions=pos)["mlm_logits"]
+  mean = lambda ce, w: (ce * w).sum() / (w.sum() + 1e-5)
+  ce = optax.softmax_cross_entropy_with_integer_labels
   w = mask[:, 1:]
-  return (ce * w).sum() / (w.sum() + 1e-5)
-
-
-def next_token_ce(task, params, tokens, mask, causal):
-  """Plain next-token cross-entropy of the model's logits, with the given
-  attention."""
-  return float(_next_token_ce(task, params, tokens, mask, causal))
+  clm = [mean(ce(apply(tokens[:, :-1], mask[:, :-1], c), tokens[:, 1:]), w)
+         for c in (True, False)]
+  m = task.mask_tokens(rng, tokens, mask)
+  mlm = mean(ce(apply(m.inputs, m.mask, False, m.positions), m.targets),
+             m.weights)
+  return clm, m, mlm, apply(m.inputs, m.mask, True, m.positions)
 
 
 def test_clm_before_the_switch_mlm_after(setup):
   task, params, tokens, mask, loss = setup
   rng = jax.random.PRNGKey(5)
-  mask_tokens = jax.jit(task.mask_tokens)
-  apply = jax.jit(lambda m, causal: task.model.apply(
-      {"params": params["encoder"]}, m.inputs, m.mask, causal=causal,
-      mlm_positions=m.positions)["mlm_logits"], static_argnums=1)
-  causal = next_token_ce(task, params, tokens, mask, True)
-  bidirectional = next_token_ce(task, params, tokens, mask, False)
+  (causal, bidirectional), m, mlm, _ = jax.device_get(
+      references(task, params, tokens, mask, rng))
   assert abs(causal - bidirectional) > 1e-5
   for step in (0, 1):
     np.testing.assert_allclose(float(loss(tokens, step)[0]), causal,
                                rtol=1e-6)
   # From the switch on: BERT's masking at 40%, bidirectional attention.
-  m = jax.device_get(mask_tokens(rng, tokens, mask))
-  logits = apply(m, False)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, m.targets)
-  want = float((ce * m.weights).sum() / (m.weights.sum() + 1e-5))
   np.testing.assert_array_equal(m.weights.sum(1), round(0.4 * 128))
   for step in (2, 9):
-    np.testing.assert_allclose(float(loss(tokens, step)[0]), want, rtol=1e-6)
+    np.testing.assert_allclose(float(loss(tokens, step)[0]), mlm, rtol=1e-6)
   # A token after every masked position changes the MLM loss only through
   # bidirectional attention: positions 100-126 hold specials (real tokens
   # that are never masked), and one of them changes.
@@ -96,18 +94,19 @@ def test_clm_before_the_switch_mlm_after(setup):
   changed = late.copy()
   changed[:, 120] = BYTES.sep_id
   assert float(loss(changed, 5)[0]) != float(loss(late, 5)[0])
-  ml, mc = (jax.device_get(mask_tokens(rng, ids, mask))
-            for ids in (late, changed))
+  (late_clm, _), ml, _, late_causal = jax.device_get(
+      references(task, params, late, mask, rng))
+  (changed_clm, _), mc, _, changed_causal = jax.device_get(
+      references(task, params, changed, mask, rng))
   np.testing.assert_array_equal(ml.positions, mc.positions)
   assert ml.positions[ml.weights > 0].max() < 100
   # With causal attention, the logits at the masked positions would not
   # have moved.
-  causal_logits = [jax.device_get(apply(x, True)) for x in (ml, mc)]
-  np.testing.assert_array_equal(*causal_logits)
+  np.testing.assert_array_equal(late_causal, changed_causal)
   # The CLM phase's loss on the changed tokens is still the causal one.
-  np.testing.assert_allclose(float(loss(changed, 0)[0]),
-                             next_token_ce(task, params, changed, mask, True),
+  np.testing.assert_allclose(float(loss(changed, 0)[0]), changed_clm,
                              rtol=1e-6)
+  assert late_clm != changed_clm
 
 
 @pytest.mark.parametrize("override,match", [

@@ -133,7 +133,6 @@ def test_both_tasks_train_on_8_devices_and_resume_bit_exactly(tmp_path):
   meap_final, clm_mlm_final = assert_resumes_bit_exactly(
       MEAP + ":smoke", tmp_path / "meap",
       (CLM_MLM + ":smoke", tmp_path / "clm_mlm"))
-  assert 0 < meap_final["knn_accuracy"] <= 1
   assert 0 < meap_final["clm_accuracy"] <= 1
   assert np.isfinite(meap_final["clm_loss"])
   assert 0 < clm_mlm_final["mlm_accuracy"] <= 1
