@@ -24,7 +24,7 @@ The learning-rate schedule runs once over the whole budget; nothing is
 reset at the switch.
 
 One jitted program: the phase depends on the traced `step`, so the loss is
-`jax.lax.cond(step < switch, clm, mlm)`, two branches each with a static
+`jax.lax.cond(step >= switch, mlm, clm)`, two branches each with a static
 attention flag (the kernel entry point's `causal` is static, and its
 `bias` is per key, so causality cannot be an additive bias there). Only
 the taken branch runs.
@@ -76,10 +76,10 @@ class CLMThenMLMTask(MLMTask):
     tokens, mask = batch["tokens"], batch["mask"]
     clm = lambda: self.clm_objective(params, tokens, mask)[:2]
     mlm = lambda: self.objective(params, tokens, mask, rng)[:2]
-    loss, accuracy = jax.lax.cond(step < self.switch, clm, mlm)
-    phase = jnp.asarray(step >= self.switch, jnp.float32)
-    return loss, ({"loss": loss, "accuracy": accuracy, "mlm_phase": phase},
-                  state)
+    mlm_phase = jnp.asarray(step >= self.switch)
+    loss, accuracy = jax.lax.cond(mlm_phase, mlm, clm)
+    return loss, ({"loss": loss, "accuracy": accuracy,
+                   "mlm_phase": mlm_phase.astype(jnp.float32)}, state)
 
   def evaluators(self):
     return {"mlm": mlm_eval, "clm": meap.clm_eval}
