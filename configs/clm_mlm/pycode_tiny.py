@@ -28,13 +28,13 @@ Test split: its first 2,048 windows (54.9% def, the majority class);
 train: 8,192 windows. MLM loss / accuracy: 40% of each test window masked
 (80/10/10), bidirectional; next-byte: causal attention, clean input.
 
-| eval                      | CLM -> MLM | MLM alone | random init | bag of bytes |
-|---------------------------|------------|-----------|-------------|--------------|
-| k-NN                      | 0.6182     | 0.6250    | 0.6201      | 0.6191       |
-| linear probe              | 0.6221     | 0.6270    | 0.6240      | 0.6230       |
-| masked-byte loss          | 2.8463     | 2.8353    | -           | -            |
-| masked-byte accuracy      | 0.3682     | 0.3714    | -           | -            |
-| next-byte loss            | 3.1999     | 3.4079    | -           | -            |
+| eval                 | CLM -> MLM | MLM alone | random init | bag of bytes |
+|----------------------|------------|-----------|-------------|--------------|
+| k-NN                 | 0.6182     | 0.6250    | 0.6201      | 0.6191       |
+| linear probe         | 0.6221     | 0.6270    | 0.6240      | 0.6230       |
+| masked-byte loss     | 2.8463     | 2.8353    | -           | -            |
+| masked-byte accuracy | 0.3682     | 0.3714    | -           | -            |
+| next-byte loss       | 3.1999     | 3.4079    | -           | -            |
 
 At step 200, the switch, CLM -> MLM's next-byte loss is 2.4056 and its
 masked-byte accuracy 0.0837 (MLM alone: 3.1885 and 0.3678); 200 MLM steps

@@ -1,27 +1,27 @@
 """CLM then MLM on one set of params ("clm_mlm").
 
 Gisserot-Boukhlef et al. 2025, "Should We Still Pretrain Encoders with
-Masked Language Modeling?" (arXiv 2507.00994), its biphasic strategy: under a fixed
-budget of `total_steps` optimizer steps, the first `task.clm_fraction`
-(0.5 here; the paper studies 25-75%) train causal language modeling with
-causal attention, the rest masked language modeling with bidirectional
-attention, the same model and params throughout:
+Masked Language Modeling?" (arXiv 2507.00994), its biphasic strategy:
+under a fixed budget of `total_steps` optimizer steps, the first
+`task.clm_fraction` (0.5 here; the paper studies 25-75%) train causal
+language modeling with causal attention, the rest masked language modeling
+with bidirectional attention, the same model and params throughout:
 
     L(step) = L_CLM = -1/|T| sum_t log p(x_{t+1} | x_{<=t})
-                                            if step <  round(f * total_steps)
-            = L_MLM = -1/|M| sum_{t in M} log p(x_t | x~)    otherwise,
+                                      if step < round(f * total_steps),
+            = L_MLM = -1/|M| sum_{t in M} log p(x_t | x~)   otherwise,
 
 with `x~` the input after BERT's masking of `task.mlm_rate` (0.4, the
 paper's MLM mask rate) of the tokens, M the masked positions.
 
-The paper's training code is not released (only its models, "MLMvsCLM"
-on Hugging Face), so two details are our choices: the MLM phase corrupts
-its chosen tokens with BERT's 80/10/10 ([MASK] / random / kept; the
-options `task.mask_token_prob`, `task.random_token_prob`) through
+We found no released training code (the paper links its models,
+"MLMvsCLM" on Hugging Face), so two details are our choices: the MLM
+phase corrupts its chosen tokens with BERT's 80/10/10 ([MASK] / random /
+kept; the options `task.mask_token_prob`, `task.random_token_prob`) through
 `mlm.bert_mask`, and the CLM phase is `meap`'s plain next-token loss
 (window of `seq_len` tokens: `seq_len - 1` inputs and their next tokens).
-The learning-rate schedule runs once over the whole budget; nothing is
-reset at the switch.
+The learning-rate schedule runs once over the whole budget, and neither
+params nor optimizer state are reset at the switch.
 
 One jitted program: the phase depends on the traced `step`, so the loss is
 `jax.lax.cond(step >= switch, mlm, clm)`, two branches each with a static
