@@ -11,7 +11,7 @@ compared here with the `:mlm_only` variant (MLM alone at 40%, same model,
 data and budget).
 Expected: see "Measured" below.
 Hardware / time: 2 CPU cores, 4-8 minutes including evals, depending on
-how many other jobs share them (about 2.5 minutes of CPU time).
+how many other jobs share them (about 4 minutes of CPU time).
 
   python -m maskmodel.main --config configs/clm_mlm/pycode_tiny.py --workdir workdirs/clm_mlm_pycode
   python -m maskmodel.main --config configs/clm_mlm/pycode_tiny.py:mlm_only --workdir workdirs/mlm40_pycode

@@ -12,7 +12,7 @@ here; this run reports next-token loss on unmasked test windows and the
 feature evals.
 Expected: see "Measured" below.
 Hardware / time: 2 CPU cores, 8-9 minutes including evals when shared
-with other jobs (about 2.5 minutes of CPU time).
+with other jobs (about 3 minutes of CPU time, user + system).
 
   python -m maskmodel.main --config configs/meap/pycode_tiny.py --workdir workdirs/meap_pycode
   python -m maskmodel.main --config configs/meap/pycode_tiny.py:clm --workdir workdirs/clm_pycode
