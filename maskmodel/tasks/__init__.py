@@ -5,6 +5,7 @@ loop knows nothing else about it."""
 from maskmodel.config import ConfigError
 from maskmodel.tasks.base import Task, TaskBase
 from maskmodel.tasks.classify import ClassifyTask
+from maskmodel.tasks.clm_mlm import CLMThenMLMTask
 from maskmodel.tasks.colormae import ColorMAETask
 from maskmodel.tasks.cropmae import CropMAETask
 from maskmodel.tasks.dmtjepa import DMTJEPATask
@@ -14,6 +15,7 @@ from maskmodel.tasks.ijepa import IJEPATask
 from maskmodel.tasks.lut import LUTTask
 from maskmodel.tasks.mae import MAETask
 from maskmodel.tasks.maskfeat import MaskFeatTask
+from maskmodel.tasks.meap import CLMTask, MEAPTask
 from maskmodel.tasks.mlm import MLMTask, NgramMLMTask
 from maskmodel.tasks.salt import SALTTask, SALTTeacherTask
 from maskmodel.tasks.simmim import SimMIMTask
@@ -25,7 +27,8 @@ TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "ijepa": IJEPATask, "dmtjepa": DMTJEPATask,
          "salt_teacher": SALTTeacherTask, "salt": SALTTask,
          "classify": ClassifyTask, "mlm": MLMTask, "ngram_mlm": NgramMLMTask,
-         "electra": ElectraTask}
+         "electra": ElectraTask, "meap": MEAPTask, "clm": CLMTask,
+         "clm_mlm": CLMThenMLMTask}
 
 
 def get_task(config):

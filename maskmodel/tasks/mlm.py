@@ -206,9 +206,10 @@ def weighted_cross_entropy(logits, targets, weights):
   return loss, accuracy, weights.sum()
 
 
-class MLMTask(TaskBase):
-  """BERT's masked LM (module docstring). Task contract: `init`, `loss`,
-  `preprocess`, `features`, `encoder_params`, `evaluators`."""
+class SequenceTask(TaskBase):
+  """What every task on token sequences shares: the corpus, tokenizer and
+  model checks, a `SeqModel` with its tied LM head under "encoder", the
+  token records, and the features the evals pool (bidirectional)."""
 
   def __init__(self, config):
     super().__init__(config)
@@ -235,24 +236,9 @@ class MLMTask(TaskBase):
                         f"model's model.max_len={m.max_len} positions; set "
                         f"data.seq_len <= {m.max_len} or model.max_len >= "
                         f"{self.seq_len}.")
-    self.rate = t.get("mask_rate", 0.15)
-    if not 0 < self.rate < 1:
-      raise ConfigError(f"task.mask_rate={self.rate} must be in (0, 1).")
-    self.max_predictions = (t.get("max_predictions", 0) or
-                            self.default_max_predictions())
-    if not 0 < self.max_predictions <= self.seq_len:
-      raise ConfigError(f"task.max_predictions={self.max_predictions} must be "
-                        f"in [1, data.seq_len={self.seq_len}] (0: "
-                        f"{self.max_predictions_rule}).")
     model_config = ml_collections.ConfigDict(m.to_dict())
     model_config.mlm_head = True
     self.model = get_model("seq").build(model_config, num_classes=0)
-
-  # The prediction slots per sequence when task.max_predictions is 0.
-  max_predictions_rule = "ceil(seq_len * mask_rate)"
-
-  def default_max_predictions(self):
-    return math.ceil(self.seq_len * self.rate)
 
   # Contract ------------------------------------------------------------------
 
@@ -266,12 +252,6 @@ class MLMTask(TaskBase):
     params = self.model.init(rng, batch["tokens"], batch["mask"])["params"]
     return {"encoder": params}, {}
 
-  def loss(self, params, state, batch, rng, step):
-    del step
-    loss, accuracy, _ = self.objective(params, batch["tokens"], batch["mask"],
-                                       rng)
-    return loss, ({"loss": loss, "mlm_accuracy": accuracy}, state)
-
   def features(self, params, state, inputs):
     del state
     return self.model.apply({"params": params["encoder"]}, inputs["tokens"],
@@ -279,6 +259,40 @@ class MLMTask(TaskBase):
 
   def encoder_params(self, params):
     return params["encoder"]
+
+
+class MLMTask(SequenceTask):
+  """BERT's masked LM (module docstring). Task contract: `init`, `loss`,
+  `preprocess`, `features`, `encoder_params`, `evaluators`. The mask rate
+  is `task.<rate_key>` (default `default_rate`)."""
+  rate_key = "mask_rate"
+  default_rate = 0.15
+
+  def __init__(self, config):
+    super().__init__(config)
+    t, key = config.task, self.rate_key
+    self.rate = t.get(key, self.default_rate)
+    if not 0 < self.rate < 1:
+      raise ConfigError(f"task.{key}={self.rate} must be in (0, 1); set a "
+                        "fraction of the tokens such as 0.15.")
+    self.max_predictions = (t.get("max_predictions", 0) or
+                            self.default_max_predictions())
+    if not 0 < self.max_predictions <= self.seq_len:
+      raise ConfigError(f"task.max_predictions={self.max_predictions} must be "
+                        f"in [1, data.seq_len={self.seq_len}] (0: "
+                        f"{self.max_predictions_rule.format(rate=key)}).")
+
+  # The prediction slots per sequence when task.max_predictions is 0.
+  max_predictions_rule = "ceil(seq_len * {rate})"
+
+  def default_max_predictions(self):
+    return math.ceil(self.seq_len * self.rate)
+
+  def loss(self, params, state, batch, rng, step):
+    del step
+    loss, accuracy, _ = self.objective(params, batch["tokens"], batch["mask"],
+                                       rng)
+    return loss, ({"loss": loss, "mlm_accuracy": accuracy}, state)
 
   def evaluators(self):
     return {"mlm": mlm_eval}
