@@ -65,6 +65,20 @@ def checkpoint_steps(workdir):
                 if p.isdigit())
 
 
+def random_byte_windows(rng, batch, seq_len, lengths=None):
+  """`(tokens, mask)`: byte-tokenizer windows ([CLS] ... [SEP] + padding) of
+  random content, `lengths[b]` real tokens each (default: full)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from maskmodel.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+  tok = get_tokenizer("bytes")
+  tokens = np.zeros((batch, seq_len), np.int32)
+  mask = np.zeros((batch, seq_len), bool)
+  for b in range(batch):
+    n = seq_len if lengths is None else int(lengths[b])
+    tokens[b], mask[b] = tok.window(rng.randint(0, 256, n - 2), seq_len)
+  return tokens, mask
+
+
 @pytest.fixture
 def smoke_config():
   return load_config(SMOKE)

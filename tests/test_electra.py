@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, random_byte_windows
 from maskmodel.config import ConfigError
 from maskmodel.data.tokenizers import get_tokenizer
 from maskmodel.tasks import electra
@@ -68,21 +68,11 @@ def official_fake_data(masked_ids, positions, ids, sampled):
   return updated, hit * (updated != unmasked)
 
 
-def random_windows(rng, batch, seq_len, lengths=None):
-  """Byte windows ([CLS] ... [SEP] + padding) of random content."""
-  tokens = np.zeros((batch, seq_len), np.int32)
-  mask = np.zeros((batch, seq_len), bool)
-  for b in range(batch):
-    n = seq_len if lengths is None else int(lengths[b])
-    tokens[b], mask[b] = BYTES.window(rng.randint(0, 256, n - 2), seq_len)
-  return tokens, mask
-
-
 @pytest.fixture(scope="module")
 def windows():
   rng = np.random.RandomState(0)
   lengths = np.where(rng.rand(512) < 0.5, 128, rng.randint(3, 128, 512))
-  tokens, mask = random_windows(rng, 512, 128, lengths)
+  tokens, mask = random_byte_windows(rng, 512, 128, lengths)
   return tokens, mask, lengths
 
 
@@ -182,7 +172,7 @@ def test_masking_statistics(windows):
 @pytest.fixture(scope="module")
 def trained():
   task = get_task(load_config(PYCODE + ":smoke"))
-  tokens, mask = random_windows(np.random.RandomState(0), 4, 128,
+  tokens, mask = random_byte_windows(np.random.RandomState(0), 4, 128,
                                 [128, 90, 60, 128])
   batch = {"tokens": jnp.asarray(tokens), "mask": jnp.asarray(mask)}
   params, state = jax.jit(task.init)(jax.random.PRNGKey(0), batch)

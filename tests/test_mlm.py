@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_resumes_bit_exactly, load_config
+from conftest import (ROOT, assert_resumes_bit_exactly, load_config,
+                      random_byte_windows)
 from maskmodel.config import ConfigError
 from maskmodel.data.tokenizers import get_tokenizer
 from maskmodel.tasks import get_task
@@ -27,16 +28,6 @@ def bert_num_to_predict(num_tokens, masked_lm_prob, max_predictions_per_seq):
              max(1, int(round(num_tokens * masked_lm_prob))))
 
 
-def random_windows(rng, batch, seq_len, lengths=None):
-  """Byte windows ([CLS] ... [SEP] + padding) of random content."""
-  tokens = np.zeros((batch, seq_len), np.int32)
-  mask = np.zeros((batch, seq_len), bool)
-  for b in range(batch):
-    n = seq_len if lengths is None else int(lengths[b])
-    tokens[b], mask[b] = BYTES.window(rng.randint(0, 256, n - 2), seq_len)
-  return tokens, mask
-
-
 _bert_mask = jax.jit(mlm.bert_mask, static_argnames=(
     "special_ids", "rate", "max_predictions", "vocab_size", "mask_id"))
 
@@ -51,7 +42,7 @@ def bert_mask(rng, tokens, mask, rate=0.15, max_predictions=20):
 
 def test_bert_counts_match_create_pretraining_data():
   lengths = np.arange(3, 99)
-  tokens, mask = random_windows(np.random.RandomState(0), len(lengths), 98,
+  tokens, mask = random_byte_windows(np.random.RandomState(0), len(lengths), 98,
                                 lengths)
   m = bert_mask(jax.random.PRNGKey(1), tokens, mask, 0.4, 40)
   want = [min(bert_num_to_predict(n, 0.4, 40), n - 2) for n in lengths]
@@ -62,7 +53,7 @@ def test_bert_80_10_10_and_specials_never_masked():
   rng = np.random.RandomState(0)
   # Half the rows full length, half shorter (padded).
   lengths = np.where(rng.rand(512) < 0.5, 128, rng.randint(3, 128, 512))
-  tokens, mask = random_windows(rng, 512, 128, lengths)
+  tokens, mask = random_byte_windows(rng, 512, 128, lengths)
   m = bert_mask(jax.random.PRNGKey(0), tokens, mask)
   want = [min(bert_num_to_predict(n, 0.15, 20), n - 2) for n in lengths]
   np.testing.assert_array_equal(m.weights.sum(1), want)
@@ -108,7 +99,7 @@ def ngram_mask(rng, tokens, mask, rate=0.15, p=0.2, max_n=4, max_ngrams=20):
 
 
 def test_ngram_lengths_follow_the_truncated_geometric():
-  tokens, mask = random_windows(np.random.RandomState(0), 512, 128)
+  tokens, mask = random_byte_windows(np.random.RandomState(0), 512, 128)
   m = ngram_mask(jax.random.PRNGKey(0), tokens, mask)
   picked = m.weights[:, :, 0] > 0
   lengths = m.weights.sum(-1)[picked].astype(int)
@@ -122,7 +113,7 @@ def test_ngram_lengths_follow_the_truncated_geometric():
 def test_ngram_collapse_restores_the_sequence():
   rng = np.random.RandomState(1)
   lengths = rng.randint(3, 129, 512)
-  tokens, mask = random_windows(rng, 512, 128, lengths)
+  tokens, mask = random_byte_windows(rng, 512, 128, lengths)
   m = ngram_mask(jax.random.PRNGKey(3), tokens, mask)
   for b in range(0, 512, 4):
     ids = m.inputs[b][m.mask[b]].tolist()
@@ -156,7 +147,7 @@ def test_mlm_and_electra_train_on_8_devices_and_resume_bit_exactly(tmp_path):
 def test_ngram_task_trains_its_offsets():
   config = load_config(PYCODE + ":smoke,ngram")
   task = get_task(config)
-  tokens, mask = random_windows(np.random.RandomState(0), 4, 128)
+  tokens, mask = random_byte_windows(np.random.RandomState(0), 4, 128)
   batch = {"tokens": jnp.asarray(tokens), "mask": jnp.asarray(mask)}
   params, state = jax.jit(task.init)(jax.random.PRNGKey(0), batch)
   grads = jax.jit(jax.grad(lambda p: task.loss(

@@ -94,6 +94,23 @@ def check_encoder(config):
                       "model.token_reduction; set its method to 'none'.")
 
 
+def jepa_networks(config, grid, target_width: int):
+  """`(encoder, model)`: the context encoder of `config.model` and the
+  `IJEPA` pair with a `config.task.predictor` that regresses `target_width`
+  features at the target blocks (checked: one-line errors)."""
+  m, p = config.model, config.task.predictor
+  heads = p.num_heads or m.num_heads
+  if p.width % heads or p.width % 4:
+    raise ConfigError(f"task.predictor.width={p.width} must be a multiple of 4 "
+                      f"and of its {heads} heads.")
+  dtype = build.dtype(m)
+  encoder = JEPAEncoder(m.patch_size, m.width, m.depth, m.num_heads,
+                        m.mlp_ratio, m.attn_impl, dtype)
+  predictor = JEPAPredictor(grid, p.width, p.depth, heads, target_width,
+                            m.mlp_ratio, m.attn_impl, dtype)
+  return encoder, IJEPA(encoder=encoder, predictor=predictor)
+
+
 def multiblock_options(config, grid):
   """`(mask_kw, group_size)`: the multi-block mask settings of `config.task`
   for `multiblock.multiblock_mask`, checked, and the group whose contexts
@@ -139,18 +156,7 @@ class IJEPATask(EncoderTask):
                         "0 <= start <= end <= 1 (I-JEPA: (0.996, 1.0)).")
     self.grid = build.grid(config)
     self.mask_kw, self.group_size = multiblock_options(config, self.grid)
-    p = t.predictor
-    heads = p.num_heads or m.num_heads
-    if p.width % heads or p.width % 4:
-      raise ConfigError(f"task.predictor.width={p.width} must be a multiple of 4 "
-                        f"and of its {heads} heads.")
-    dtype = build.dtype(m)
-    self.encoder = JEPAEncoder(m.patch_size, m.width, m.depth, m.num_heads,
-                               m.mlp_ratio, m.attn_impl, dtype)
-    self.model = IJEPA(
-        encoder=self.encoder,
-        predictor=JEPAPredictor(self.grid, p.width, p.depth, heads, m.width,
-                                m.mlp_ratio, m.attn_impl, dtype))
+    self.encoder, self.model = jepa_networks(config, self.grid, m.width)
 
   def masks(self, rng, batch_size, group_size=None):
     return multiblock.multiblock_mask(rng, batch_size, self.grid,

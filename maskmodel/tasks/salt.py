@@ -60,8 +60,8 @@ import jax.numpy as jnp
 from maskmodel.config import ConfigError
 from maskmodel.masking import multiblock
 from maskmodel.models import build
-from maskmodel.models.jepa import (IJEPA, JEPAEncoder, JEPAPredictor,
-                                   gather_tokens, layer_norm_no_affine)
+from maskmodel.models.jepa import (JEPAEncoder, gather_tokens,
+                                   layer_norm_no_affine)
 from maskmodel.models.patches import patchify
 from maskmodel.tasks import ijepa, teachers
 from maskmodel.tasks.base import EncoderTask
@@ -92,24 +92,14 @@ class MultiBlockRegressionTask(EncoderTask):
 
   def __init__(self, config, target_width: int):
     super().__init__(config)
-    m, t = config.model, config.task
+    t = config.task
     ijepa.check_encoder(config)
     if t.loss not in LOSSES:
       raise ConfigError(f"task.loss={t.loss!r} is unknown; use one of {LOSSES}.")
     self.grid = build.grid(config)
     self.mask_kw, self.group_size = ijepa.multiblock_options(config, self.grid)
-    p = t.predictor
-    heads = p.num_heads or m.num_heads
-    if p.width % heads or p.width % 4:
-      raise ConfigError(f"task.predictor.width={p.width} must be a multiple of 4 "
-                        f"and of its {heads} heads.")
-    dtype = build.dtype(m)
-    self.encoder = JEPAEncoder(m.patch_size, m.width, m.depth, m.num_heads,
-                               m.mlp_ratio, m.attn_impl, dtype)
-    self.model = IJEPA(
-        encoder=self.encoder,
-        predictor=JEPAPredictor(self.grid, p.width, p.depth, heads, target_width,
-                                m.mlp_ratio, m.attn_impl, dtype))
+    self.encoder, self.model = ijepa.jepa_networks(config, self.grid,
+                                                   target_width)
 
   def masks(self, rng, batch_size):
     return multiblock.multiblock_mask(rng, batch_size, self.grid,
