@@ -471,8 +471,11 @@ def _min_pairwise_distance(v, idx):
 
 
 def _divprune_numpy(v, k):
-  """The reference greedy: start at the token farthest from its nearest
-  neighbour, then add the token farthest from the selected set."""
+  """The official greedy, ported from `DivPrune` in vbdi/divprune's LLaVA
+  `llava_arch.py`: cosine distance d = 1 - cos; the first pick is the
+  argmax of each column's second-smallest distance (its nearest other
+  token), then each pick the argmax over tokens of the minimum distance to
+  the picked rows (the paper's Eq. 3)."""
   u = v / np.linalg.norm(v, axis=-1, keepdims=True)
   d = 1.0 - u @ u.T
   picked = [int(np.argmax(np.sort(d, axis=0)[1]))]
