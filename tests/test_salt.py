@@ -1,6 +1,7 @@
 """SALT: the frozen teacher (loaded once, never moved, no gradient, written
 once into `frozen/`, restored on resume, sharded like the student), the
-loss target against a direct computation, the teacher errors, and both
+loss target against a direct computation and the L1 loss against a port of
+V-JEPA's `loss_fn`, the teacher errors, and both
 stages trained and resumed on 8 devices."""
 import os
 
@@ -14,7 +15,7 @@ import pytest
 from conftest import ROOT, assert_resumes_bit_exactly, load_config
 from maskmodel import checkpoint, partitioning, train
 from maskmodel.config import ConfigError
-from maskmodel.tasks import get_task
+from maskmodel.tasks import get_task, ijepa
 
 TEACHER_SMOKE = os.path.join(ROOT, "configs", "salt", "mnist_vit_tiny_teacher.py") + ":smoke"
 STUDENT = os.path.join(ROOT, "configs", "salt", "mnist_vit_tiny.py")
@@ -210,3 +211,28 @@ def test_stage2_trains_and_resumes_bit_exactly_on_8_devices(salt, tmp_path):
   for a, b in zip(jax.tree.leaves(frozen["task_state"]["frozen"]["teacher"]["encoder"]),
                   jax.tree.leaves(salt[3])):
     np.testing.assert_array_equal(a, b)
+
+
+def _vjepa_loss_fn(z, h, loss_exp=1.0):
+  """`loss_fn` of facebookresearch/jepa `app/vjepa/train.py`, in numpy:
+  for each (prediction, target) pair of a mask, mean(|z - h|**loss_exp) /
+  loss_exp, summed and divided by the number of masks."""
+  loss = 0.0
+  for zi, hi in zip(z, h):
+    loss += np.mean(np.abs(zi - hi) ** loss_exp) / loss_exp
+  return loss / len(z)
+
+
+def test_l1_loss_is_vjepas_loss_fn():
+  """SALT's default loss (`task.loss="l1"`) on unpadded target blocks, the
+  official lists' case, against a port of V-JEPA's `loss_fn`
+  (`loss_exp: 1.0`)."""
+  config = load_config(f"{STUDENT}:smoke")
+  assert config.task.loss == "l1"
+  rng = np.random.default_rng(0)
+  pred = rng.normal(size=(4, 3, 7, 16)).astype(np.float32)    # [M, B, Kt, D]
+  target = rng.normal(size=(4, 3, 7, 16)).astype(np.float32)
+  got = ijepa.prediction_loss(jnp.asarray(pred), jnp.asarray(target),
+                              jnp.ones((4, 3, 7), bool), config.task.loss)
+  np.testing.assert_allclose(float(got), _vjepa_loss_fn(pred, target),
+                             rtol=1e-6)

@@ -70,11 +70,13 @@ def smooth_l1(x, y, beta: float = 1.0):
 
 
 def prediction_loss(pred, target, valid, kind: str = "smooth_l1"):
-  """The mean of the per-entry loss over the valid target patches and all
-  features; pred, target [M, B, Kt, D], valid [M, B, Kt]. The official
-  lists have no padding, so this is the official mean."""
+  """The mean of the per-entry loss ("smooth_l1", "l2", or "l1": V-JEPA's
+  `loss_exp` 1) over the valid target patches and all features; pred,
+  target [M, B, Kt, D], valid [M, B, Kt]. The official lists have no
+  padding, so this is the official mean."""
   pred = pred.astype(jnp.float32)
-  per = smooth_l1(pred, target) if kind == "smooth_l1" else (pred - target) ** 2
+  per = {"smooth_l1": smooth_l1, "l1": lambda p, t: jnp.abs(p - t),
+         "l2": lambda p, t: (p - t) ** 2}[kind](pred, target)
   w = valid[..., None].astype(jnp.float32)
   return (per * w).sum() / (w.sum() * pred.shape[-1])
 

@@ -70,25 +70,12 @@ from maskmodel.tasks.mae import normalized_pixel_target
 LOSSES = ("l1", "smooth_l1", "l2")
 
 
-def regression_loss(pred, target, valid, kind: str = "l1"):
-  """The mean of the per-entry loss (|d|, smooth-L1 or d^2) over the valid
-  target patches and every feature; pred, target [M, B, Kt, D], valid
-  [M, B, Kt]."""
-  d = pred.astype(jnp.float32) - target
-  if kind == "l1":
-    per = jnp.abs(d)
-  elif kind == "smooth_l1":
-    per = ijepa.smooth_l1(pred.astype(jnp.float32), target)
-  else:
-    per = d * d
-  w = valid[..., None].astype(jnp.float32)
-  return (per * w).sum() / (w.sum() * pred.shape[-1])
-
-
 class MultiBlockRegressionTask(EncoderTask):
   """A context encoder and a predictor that regresses a target of width
-  `target_width` at I-JEPA's target blocks; subclasses give `targets`.
-  Task contract: `init`, `loss`, and `features` for the evaluators."""
+  `target_width` at I-JEPA's target blocks. Subclasses define
+  `targets(state, images, masks)`: the [M, B, Kt, target_width] target at
+  each block, without gradient. Task contract: `init`, `loss`, and
+  `features` for the evaluators."""
 
   def __init__(self, config, target_width: int):
     super().__init__(config)
@@ -110,18 +97,14 @@ class MultiBlockRegressionTask(EncoderTask):
                                          **self.mask_kw)
     return self.model.init(rng, batch["image"], masks)["params"], {}
 
-  def targets(self, state, images, masks):
-    """[M, B, Kt, target_width], without gradient."""
-    raise NotImplementedError
-
   def loss(self, params, state, batch, rng, step):
     del step
     images = batch["image"]
     masks = self.masks(rng, images.shape[0])
     target = self.targets(state, images, masks)
     pred = self.model.apply({"params": params}, images, masks)
-    loss = regression_loss(pred, target, masks.targets_valid,
-                           self.config.task.loss)
+    loss = ijepa.prediction_loss(pred, target, masks.targets_valid,
+                                 self.config.task.loss)
     metrics = {
         "loss": loss,
         "context_patches": masks.context_valid.sum(axis=1).mean(),
