@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 
 from maskmodel.config import ConfigError
-from maskmodel.tasks.mlm import SequenceTask, weighted_cross_entropy
+from maskmodel.tasks.mlm import (SequenceTask, eval_split_means,
+                                 weighted_cross_entropy)
 
 # get_cycled_seed in the official script: 51 seeds, one per step, cycled.
 OFFICIAL_MASK_CYCLE = 51
@@ -164,7 +165,8 @@ class CLMTask(MEAPTask):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _next_token_metrics(task, params, tokens, mask, row_weight):
+def _next_token_metrics(task, params, tokens, mask, row_weight, rng):
+  del rng  # nothing is drawn
   return task.clm_objective(params, tokens, mask, row_weight)
 
 
@@ -172,12 +174,4 @@ def clm_eval(ctx, params, task_state, cache):
   """Next-token loss and accuracy over every real target of the test split,
   causal attention, no [MASK] in the input."""
   del task_state, cache
-  loss_sum = acc_sum = total = 0.0
-  for x, _ in ctx.test_batches():
-    loss, acc, count = jax.device_get(_next_token_metrics(
-        ctx.task, params, x["tokens"], x["mask"],
-        x["valid"].astype(jnp.float32)))
-    loss_sum += float(loss) * float(count)
-    acc_sum += float(acc) * float(count)
-    total += float(count)
-  return {"clm_loss": loss_sum / total, "clm_accuracy": acc_sum / total}
+  return eval_split_means(ctx, params, _next_token_metrics, "clm")

@@ -366,19 +366,28 @@ def _masked_metrics(task, params, tokens, mask, row_weight, rng):
   return task.objective(params, tokens, mask, rng, row_weight)
 
 
+def eval_split_means(ctx, params, metrics, prefix):
+  """`{prefix}_loss`, `{prefix}_accuracy` over every weighted target of the
+  test split: `metrics(task, params, tokens, mask, row_weight, rng)` gives
+  each batch's (loss, accuracy, count), with a key folded from the run's
+  seed and the batch index, so every eval round draws the same masks."""
+  rng = jax.random.PRNGKey(ctx.config.seed)
+  loss_sum = acc_sum = total = 0.0
+  for i, (x, _) in enumerate(ctx.test_batches()):
+    loss, acc, count = jax.device_get(metrics(
+        ctx.task, params, x["tokens"], x["mask"], x["valid"].astype(jnp.float32),
+        jax.random.fold_in(rng, i)))
+    loss_sum += float(loss) * float(count)
+    acc_sum += float(acc) * float(count)
+    total += float(count)
+  return {f"{prefix}_loss": loss_sum / total,
+          f"{prefix}_accuracy": acc_sum / total}
+
+
 def mlm_eval(ctx, params, task_state, cache):
   """Masked-token loss and accuracy over all predictions of the test split
   (for n-gram masking, every token of every n-gram), each batch masked with
   a key folded from the run's seed and the batch index: the same masks at
   every eval round."""
   del task_state, cache
-  rng = jax.random.PRNGKey(ctx.config.seed)
-  loss_sum = acc_sum = total = 0.0
-  for i, (x, _) in enumerate(ctx.test_batches()):
-    loss, acc, count = jax.device_get(_masked_metrics(
-        ctx.task, params, x["tokens"], x["mask"], x["valid"].astype(jnp.float32),
-        jax.random.fold_in(rng, i)))
-    loss_sum += float(loss) * float(count)
-    acc_sum += float(acc) * float(count)
-    total += float(count)
-  return {"mlm_loss": loss_sum / total, "mlm_accuracy": acc_sum / total}
+  return eval_split_means(ctx, params, _masked_metrics, "mlm")
