@@ -30,7 +30,7 @@ def get_config(arg=None):
   flags = set(arg.split(",")) if arg else set()
   unknown = flags - {"smoke", "no_replace", "dual"}
   if unknown:
-    raise mm.ConfigError(f"config argument {sorted(unknown)} is unknown; use "
+    raise ValueError(f"config argument {sorted(unknown)} is unknown; use "
                          "any of smoke, no_replace, dual (e.g. :dual,smoke).")
   c = mm.base_config()
   c.task = ml_collections.ConfigDict(dict(
