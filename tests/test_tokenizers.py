@@ -35,6 +35,9 @@ def test_assignment_is_the_brute_force_nearest_centroid():
     ids, dist = kmeans.assign(jnp.asarray(x), jnp.asarray(c), chunk=chunk)
     np.testing.assert_array_equal(np.asarray(ids), want)
     np.testing.assert_allclose(np.asarray(dist), d.min(1), rtol=1e-4, atol=1e-4)
+  # The batched form that `encode` uses: the same ids, leading axes kept.
+  ids = kmeans.nearest(jnp.asarray(x).reshape(30, 100, 12), jnp.asarray(c))
+  np.testing.assert_array_equal(np.asarray(ids), want.reshape(30, 100))
 
 
 K, STEPS = 32, 6

@@ -12,7 +12,8 @@ Here the same in JAX, as pure functions with static shapes:
 - `init_centroids`: k distinct points of the data, drawn at random (faiss'
   seeding);
 - `assign`: the nearest centroid under ||x||^2 - 2 x.c + ||c||^2, computed in
-  row chunks so that a [points, k] matrix is never whole;
+  row chunks so that a [points, k] matrix is never whole (`nearest`, the
+  same in one piece over a batch's leading axes, is what `encode` uses);
 - `lloyd_step`: every centroid moves to the mean of its points (one faiss
   iteration); `minibatch_step`: Sculley's web-scale k-means (2010), each
   centroid a running mean of the points it has won, for data too large to
@@ -48,6 +49,17 @@ def sq_distances(x, centroids):
   cross = jnp.matmul(x, c.T, precision=HIGHEST)
   return ((x * x).sum(-1, keepdims=True) - 2.0 * cross
           + (c * c).sum(-1)[None, :])
+
+
+def nearest(x, centroids):
+  """The id of the nearest centroid of each patch of `x` [..., P], int32
+  [...], in one piece and keeping the leading axes: inside a training step
+  the batch axis stays sharded as it came."""
+  c = centroids.astype(jnp.float32)
+  x = x.astype(jnp.float32)
+  cross = jnp.einsum("...p,kp->...k", x, c, precision=HIGHEST)
+  d = (x * x).sum(-1, keepdims=True) - 2.0 * cross + (c * c).sum(-1)
+  return jnp.argmin(d, axis=-1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames="chunk")
@@ -207,9 +219,7 @@ class KMeansTokenizer:
     return {"codebook": result.centroids}
 
   def encode(self, frozen, patches):
-    codebook = jax.lax.stop_gradient(frozen["codebook"])
-    ids, _ = assign(patches.reshape(-1, patches.shape[-1]), codebook)
-    return ids.reshape(patches.shape[:-1])
+    return nearest(patches, jax.lax.stop_gradient(frozen["codebook"]))
 
   def decode(self, frozen, ids):
     return jnp.take(jax.lax.stop_gradient(frozen["codebook"]), ids, axis=0)
