@@ -1,4 +1,4 @@
-"""k-means over raw image patches: CCViT's tokenizer (Yan et al. 2023, Sec. 3.1).
+"""k-means over raw image patches: CCViT's tokenizer (Yan et al. 2023).
 
 CCViT ("Centroid-centered Modeling for Efficient Vision Transformer
 Pre-training", Cakeyan/CCViT_Public `train_faiss_kmeans.py`) clusters the raw
