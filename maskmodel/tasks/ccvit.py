@@ -1,15 +1,16 @@
 """CCViT: Centroid-centered Modeling (Yan et al. 2023, "Centroid-centered
 Modeling for Efficient Vision Transformer Pre-training", arXiv 2303.04664).
 
-Tokenizer (Sec. 3.1): k-means on raw patches (`maskmodel.tokenizers.kmeans`;
-the official k = 8192 and 20 iterations on the 16x16x3 patches of 50,000
+Tokenizer: k-means on raw patches (`maskmodel.tokenizers.kmeans`; the
+official k = 8192 and 20 iterations on the 16x16x3 patches of 50,000
 ImageNet images). A patch's token is its nearest centroid's id, and its
 "centroid" is that centroid's pixels. It is fitted in `load_pretrained` on
 the first `task.tokenizer.images` training images and kept, never trained,
 under `task_state["frozen"]["tokenizer"]`.
 
-Corruption (Sec. 3.2, as `DataAugmentationForCCViT` in Cakeyan/CCViT_Public's
-`datasets.py` and `kmeans_mask` in its `utils.py`):
+Corruption, the paper's "patch masking and centroid replacing"
+(`DataAugmentationForCCViT` in Cakeyan/CCViT_Public's `datasets.py`,
+`kmeans_mask` in its `utils.py`):
 - BEiT block masks hide exactly `task.num_masked` patches (75 of 196 at
   ViT-B; smallest block `task.min_block`, 16 there), and the encoder sees a
   learned mask token in their place;
@@ -17,26 +18,31 @@ Corruption (Sec. 3.2, as `DataAugmentationForCCViT` in Cakeyan/CCViT_Public's
   ones, have their pixels replaced by their centroid's (in [0, 1] pixel
   units, then normalized like the rest of the input). 0 turns it off.
 
-Loss (Sec. 3.3, Eq. 4): cross-entropy of a linear head on the final, normed
-patch tokens against the centroid ids of the original image at the masked
-and replaced positions, L_c = -sum_{i in M u R} log p(z_i | x~). Every
+Token loss, the paper's L_CE: cross-entropy of a linear head on the final,
+normed patch tokens against the centroid ids of the original image at the
+masked and replaced positions, -mean_{i in M u R} log p(z_i | x~). Every
 sample has exactly `num_masked + replace` such positions, so they are
-gathered with static shapes and the mean over them is the official mean.
+gathered with static shapes and the mean over them is the official mean
+(`engine_for_pretraining.py`).
 
-`task.dual_loss` (the official `--use_dual_loss`, off by default in
-`run_ccvit_pretraining.py`, on in the README's pretraining command): a
-BEiT v2-style class-token bottleneck. The final [CLS] (before the last
-LayerNorm), followed by the patch tokens after block `task.dual_layer` (the
-official `early_layers`, 9 of 12 at ViT-B), goes through `task.dual_depth`
-(2) more blocks, a LayerNorm and a linear map to pixels; its loss is the MSE
-against each patch's normalized pixels, (x - mean) / sqrt(var + 1e-6) with
-torch's unbiased variance, at the same positions. The total is L_c + MSE
-(the official `loss_1 + loss_2`; `modeling_pretrain.py`'s
+Pixel loss, the paper's L_MSE, with `task.dual_loss`: a BEiT v2-style
+class-token bottleneck. The final [CLS] (before the last LayerNorm),
+followed by the patch tokens after block `task.dual_layer` (the official
+`early_layers`, 9 of 12 at ViT-B), goes through `task.dual_depth` (2) more
+blocks, a LayerNorm and a linear map to pixels; its loss is the MSE against
+each patch's normalized pixels, (x - mean) / sqrt(var + 1e-6) with torch's
+unbiased variance, at the same positions. The total is the paper's
+L_CIM = L_CE + L_MSE (`loss_1 + loss_2`; `modeling_pretrain.py`'s
 `VisionTransformerForMaskedImageModelingCLS` with `shared_lm_head False`).
+The paper and the README's pretraining command use it; the flag
+`--use_dual_loss` of `run_ccvit_pretraining.py` defaults to off, and so
+does `task.dual_loss` here (L_CE alone).
 
 Backbone: maskmodel's ViT (absolute sin-cos positions, no layer-scale). The
 official ViT-B uses BEiT's shared relative position bias and layer-scale
 0.1; that architecture is not ported here (as for SimMIM and MaskFeat).
+`task.dual_loss` reads the blocks' outputs by the names maskmodel's ViT
+gives them (`block_i`).
 """
 from __future__ import annotations
 
@@ -83,7 +89,7 @@ def prediction_positions(hidden, replaced, count: int):
 
 
 def centroid_cross_entropy(logits, ids):
-  """Eq. 4: the mean cross-entropy of logits [B, M, K] at ids [B, M]
+  """L_CE: the mean cross-entropy of logits [B, M, K] at ids [B, M]
   (torch's `CrossEntropyLoss` over the B*M selected tokens)."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return -jnp.take_along_axis(logp, ids[..., None], axis=-1).mean()
