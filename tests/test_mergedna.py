@@ -2,6 +2,7 @@
 window, L/N in the paper's [0.4, 0.6]), the unmerge back to the bases,
 AMTM's 1/g^2 sampling, the frozen tokenizer of the second loss term,
 one-line errors, and training on 8 devices with a bit-exact resume."""
+import itertools
 import os
 
 import jax
@@ -132,27 +133,28 @@ def test_amtm_sampling_follows_inverse_square_group_size():
   one = jax.device_get(mergedna.amtm_select(jax.random.PRNGKey(0), batch, 1))
   assert (one.sum(1) == 1).all()
   np.testing.assert_allclose(one.mean(0), want, atol=0.008)
-  # k = 4 without replacement: inclusion frequencies of drawing one token
-  # at a time from the renormalized weights of those left (numpy).
+  # k = 4 without replacement: the exact inclusion probabilities of drawing
+  # one token at a time from the renormalized weights of those left.
   four = jax.device_get(mergedna.amtm_select(jax.random.PRNGKey(1), batch, 4))
   assert (four.sum(1) == 4).all()
-  rng = np.random.RandomState(0)
   incl = np.zeros(len(sizes))
-  for _ in range(rows // 4):
-    left = np.ones(len(sizes), bool)
-    for _ in range(4):
-      p = np.where(left, want, 0.0)
-      j = rng.choice(len(sizes), p=p / p.sum())
-      left[j] = False
-    incl += ~left
-  np.testing.assert_allclose(four.mean(0), incl / (rows // 4), atol=0.02)
+  for seq in itertools.permutations(range(len(sizes)), 4):
+    p, left = 1.0, 1.0
+    for j in seq:
+      p *= want[j] / left
+      left -= want[j]
+    incl[list(seq)] += p
+  np.testing.assert_allclose(four.mean(0), incl, atol=0.01)
   # Size 1 tokens are drawn far more often than size 4 ones.
   assert four.mean(0)[0] > 4 * four.mean(0)[6]
 
 
 @pytest.fixture(scope="module")
 def smoke():
-  task = get_task(load_config(CONFIG + ":smoke"))
+  """The smoke config's task with two compression levels (8 and 9 of 16)."""
+  config = load_config(CONFIG + ":smoke")
+  config.model.window_keep = (8, 9)
+  task = get_task(config)
   src = sequences.get_corpus("genome", "train", seq_len=64)
   batch = {k: jnp.asarray(np.stack([src[i][k] for i in range(4)]))
            for k in ("tokens", "mask")}
@@ -160,22 +162,31 @@ def smoke():
   return task, batch, params
 
 
+def test_each_step_draws_its_compression(smoke):
+  """One jitted loss serves every level; the step's key picks one."""
+  task, batch, params = smoke
+  loss = jax.jit(lambda rng: task.loss(params, {}, batch, rng, 0)[1][0])
+  seen = [float(loss(jax.random.PRNGKey(i))["compression"]) for i in range(12)]
+  assert set(seen) == {0.5, 0.5625}
+
+
 def test_latent_term_leaves_the_tokenizer_frozen_and_amtm_masks_bases(smoke):
+  """The second term trains everything but the local encoder."""
   task, batch, params = smoke
   net = task.eval_net
 
   @jax.jit
   def grads(params):
-    out = lambda p: task.objective(net, p, batch["tokens"], batch["mask"],
-                                   jax.random.PRNGKey(2))
-    return (jax.grad(lambda p: out(p)["latent_mtr_loss"])(params),
-            jax.grad(lambda p: out(p)["amtm_loss"])(params), out(params))
-  latent, amtm, out = jax.device_get(grads(params))
+    def latent(p):
+      out = task.objective(net, p, batch["tokens"], batch["mask"],
+                           jax.random.PRNGKey(2))
+      return out["latent_mtr_loss"], out
+    return jax.grad(latent, has_aux=True)(params)
+  latent, out = jax.device_get(grads(params))
   norm = lambda tree: sum(float(np.abs(x).sum()) for x in jax.tree.leaves(tree))
   assert norm(latent["local_encoder"]) == 0.0
   for part in ("latent_encoder", "latent_decoder", "local_decoder"):
     assert norm(latent[part]) > 0
-  assert norm(amtm["local_encoder"]) > 0
   # AMTM masks the bases of K = L / 2 local tokens: about half the bases.
   assert 0.25 < float(out["num_masked"]) / float(out["num_bases"]) < 0.75
   assert out["compression"] == pytest.approx(0.5)
@@ -216,3 +227,15 @@ def test_bad_token_id_and_long_sequence_are_one_line(full_task, genome_batch):
   with pytest.raises(ValueError, match="max_len=128") as e:
     encoder.init(jax.random.PRNGKey(0), jnp.zeros((1, 144), jnp.int32) + 4)
   assert "\n" not in str(e.value)
+
+
+def test_fixed_tokenizer_ablation_cuts_equal_runs(genome_batch):
+  config = load_config(CONFIG)
+  config.model.local_merge = "fixed"
+  net = get_task(config).levels[1]     # 8 of 16 per window: 2-mers
+  params = jax.jit(net.local_encoder.init)(jax.random.PRNGKey(0), genome_batch)
+  _, size, source = jax.device_get(jax.jit(net.local_encoder.apply)(
+      params, genome_batch))
+  np.testing.assert_array_equal(source, np.broadcast_to(np.arange(128) // 2,
+                                                        (8, 128)))
+  assert (size == 2).all()

@@ -17,8 +17,8 @@ Hardware / time: 2 CPU cores, see "Measured".
 
   python -m maskmodel.main --config configs/mergedna/genome_tiny.py --workdir workdirs/mergedna_genome
 
-Variants: `:smoke` runs a few steps with smaller networks (64 bases, 2
-compression levels), for tests.
+Variants: `:smoke` runs a few steps with smaller networks (64 bases, one
+compression level, L = N/2), for tests.
 
 Measured: not yet.
 """
@@ -45,17 +45,17 @@ def get_config(arg=None):
       window=16, local_depth=2, latent_depth=2, latent_decoder_depth=1,
       local_decoder_depth=1, window_keep=(7, 8, 9), eval_window_keep=8,
       latent_keep=0.5)
-  c.total_steps = 400
+  c.total_steps = 200
   c.batch_size = 64
-  c.log_every = 50
-  c.checkpoint_every = 200
+  c.log_every = 25
+  c.checkpoint_every = 100
   c.optimizer.lr = 1e-3
   c.optimizer.warmup_steps = 40
   c.optimizer.weight_decay = 0.01
   c.evals.names = ("knn", "linear_probe", "mergedna")
   c.evals.compare_random_init = True
   c.evals.raw_kmer = 3     # the no-encoder baseline: codon (3-mer) counts
-  c.evals.mergedna = dict(every=200)
+  c.evals.mergedna = dict(every=0)   # at the end
 
   if "smoke" in args:
     c.total_steps = 20
@@ -67,9 +67,8 @@ def get_config(arg=None):
     c.data.train_examples = 256
     c.data.test_examples = 128
     c.model.update(dict(max_len=64, width=32, num_heads=2, mlp_dim=64,
-                        local_depth=1, latent_depth=1, window_keep=(8, 9),
+                        local_depth=1, latent_depth=1, window_keep=(8,),
                         eval_window_keep=8))
     c.evals.batch_size = 64
-    c.evals.mergedna.every = 10
     c.evals.linear_probe.steps = 50
   return c

@@ -20,7 +20,9 @@ it.
   each merge the window's tokens are put back in sequence order
   (`sort_by_first_base`). Every token then holds one contiguous run of
   bases inside one window. The number of tokens each window keeps after
-  each block is static (`keep` per block).
+  each block is static (`keep` per block). `local_merge="fixed"` is the
+  ablation of a fixed k-mer tokenizer at the same L (`fixed_merge`, all
+  in the first block, so the groups are equal runs of bases).
 - `LatentStack`: pre-LN `SeqBlock`s with full attention over the merged
   tokens; the latent encoder and the latent decoder are two of them. With a
   `SeqTokenReduction` plan (ToMe, no [CLS]) the latent encoder merges its
@@ -50,7 +52,8 @@ from maskmodel.models.seq import (SeqAttention, SeqBlock, SeqTokenReduction,
                                   _Mlp, check_length, check_token_ids,
                                   dense_init, embed_init)
 from maskmodel.models.vit import token_dense
-from maskmodel.tokens.common import gather_tokens, l2_normalize, relabel
+from maskmodel.tokens.common import (gather_tokens, l2_normalize,
+                                     merge_by_assignment, relabel)
 
 # Weight of the position code in the matching metric. Neighbours score
 # 0.5 * ADJACENCY + (1 - ADJACENCY) * cos >= 0.35, every other token at most
@@ -101,6 +104,16 @@ def local_merge(x, size, source, keys, keep: int):
   return sort_by_first_base(x, size, source)
 
 
+def fixed_merge(x, size, source, keep: int):
+  """The ablation of a fixed tokenizer: the w tokens of each window merge
+  into `keep` contiguous groups of (nearly) equal length, whatever they
+  hold (a k-mer tokenization with k = w / keep), by size-weighted mean."""
+  g, w = x.shape[:2]
+  label = jnp.broadcast_to((jnp.arange(w) * keep) // w, (g, w))
+  x, size, source, _ = merge_by_assignment(x, size, source, label, keep)
+  return x, size, source
+
+
 def to_windows(x, window: int):
   """`[B, N, ...] -> [B * N / window, window, ...]`."""
   b, n = x.shape[:2]
@@ -145,12 +158,14 @@ def window_keep_schedule(window: int, keep: int, depth: int):
 
 class LocalMergeBlock(nn.Module):
   """Pre-LN block over windows `[G, w, D]`: attention inside each window,
-  then (when `keep` < w) adjacent-only ToMe, then the MLP."""
+  then (when `keep` < w) adjacent-only ToMe (`merge="learned"`) or fixed
+  groups (`"fixed"`, `fixed_merge`), then the MLP."""
   num_heads: int
   mlp_dim: int
   keep: int
   layer_norm_eps: float = 1e-6
   attn_impl: str = "auto"
+  merge: str = "learned"
 
   @nn.compact
   def __call__(self, x, size, source):
@@ -158,7 +173,9 @@ class LocalMergeBlock(nn.Module):
     y, k = SeqAttention(self.num_heads, attn_impl=self.attn_impl,
                         name="attn")(ln("norm1")(x), None, False)
     x = x + y
-    if self.keep < x.shape[1]:
+    if self.keep < x.shape[1] and self.merge == "fixed":
+      x, size, source = fixed_merge(x, size, source, self.keep)
+    elif self.keep < x.shape[1]:
       x, size, source = local_merge(x, size, source, k, self.keep)
     return x + _Mlp(self.mlp_dim, name="mlp")(ln("norm2")(x)), size, source
 
@@ -178,6 +195,7 @@ class LocalEncoder(nn.Module):
   keep: tuple
   layer_norm_eps: float = 1e-6
   attn_impl: str = "auto"
+  merge: str = "learned"
 
   @nn.compact
   def __call__(self, ids):
@@ -194,7 +212,7 @@ class LocalEncoder(nn.Module):
     for i, keep in enumerate(self.keep):
       x, size, source = LocalMergeBlock(
           self.num_heads, self.mlp_dim, keep, self.layer_norm_eps,
-          self.attn_impl, name=f"block_{i}")(x, size, source)
+          self.attn_impl, self.merge, name=f"block_{i}")(x, size, source)
     x = norm_lib.LayerNorm(epsilon=self.layer_norm_eps, name="norm")(x)
     keep = x.shape[1]
     return (from_windows(x, b), from_windows(size, b)[..., 0],
@@ -286,6 +304,11 @@ def build_networks(m, num_bases: int, window_keep: int) -> MergeDNANetworks:
                 layer_norm_eps=m.get("layer_norm_eps", 1e-6),
                 attn_impl=m.get("attn_impl", "auto"))
   num_latent = num_bases // m.window * window_keep
+  merge = m.get("local_merge", "learned")
+  if merge == "fixed":   # equal k-mers: the first block cuts the window
+    keep = (window_keep,) * m.local_depth
+  else:
+    keep = window_keep_schedule(m.window, window_keep, m.local_depth)
   selected = max(1, int(round(num_latent * m.get("latent_keep", 0.5))))
   plan = SeqTokenReduction(
       method="tome", keep=latent_keep_schedule(num_latent, selected,
@@ -294,8 +317,7 @@ def build_networks(m, num_bases: int, window_keep: int) -> MergeDNANetworks:
   return MergeDNANetworks(
       local_encoder=LocalEncoder(
           m.vocab_size, m.max_len, m.width, window=m.window,
-          keep=window_keep_schedule(m.window, window_keep, m.local_depth),
-          **common),
+          keep=keep, merge=merge, **common),
       latent_encoder=LatentStack(m.latent_depth, **common),
       latent_selector=LatentStack(m.latent_depth, reduction=plan, **common),
       latent_decoder=LatentStack(m.latent_decoder_depth, **common),
@@ -313,6 +335,7 @@ def mergedna_config(**overrides):
       mlp_dim=256, window=16, local_depth=2, latent_depth=2,
       latent_decoder_depth=1, local_decoder_depth=1,
       window_keep=(7, 8, 9), eval_window_keep=8, latent_keep=0.5,
+      local_merge="learned",
       layer_norm_eps=1e-6, attn_impl="auto", dtype="float32"))
   c.update(overrides)
   return c

@@ -148,6 +148,9 @@ class MergeDNATask(TaskBase):
                         f"={m.eval_window_keep} must be tokens per window in "
                         f"[1, model.window={m.window}] (MergeDNA: 0.4 to 0.6 "
                         "of the window).")
+    if m.get("local_merge", "learned") not in ("learned", "fixed"):
+      raise ConfigError(f"model.local_merge={m.local_merge!r} is unknown; use "
+                        "'learned' (MergeDNA) or 'fixed' (k-mer groups).")
     if not 0 < m.get("latent_keep", 0.5) < 1:
       raise ConfigError(f"model.latent_keep={m.latent_keep} must be in (0, 1) "
                         "(MergeDNA: 0.5, the latent ToMe keeps L/2).")
