@@ -4,3 +4,4 @@ from maskmodel.models.registry import MODELS, ModelFamily, get_model, register
 from maskmodel.models import build as _vit  # registers "vit"
 from maskmodel.models import convnet as _convnet  # registers "convnet"
 from maskmodel.models import seq as _seq  # registers "seq"
+from maskmodel.models import mergedna as _mergedna  # registers "mergedna"

@@ -17,6 +17,7 @@ from maskmodel.tasks.lut import LUTTask
 from maskmodel.tasks.mae import MAETask
 from maskmodel.tasks.maskfeat import MaskFeatTask
 from maskmodel.tasks.meap import CLMTask, MEAPTask
+from maskmodel.tasks.mergedna import MergeDNATask
 from maskmodel.tasks.mlm import MLMTask, NgramMLMTask
 from maskmodel.tasks.salt import SALTTask, SALTTeacherTask
 from maskmodel.tasks.simmim import SimMIMTask
@@ -29,7 +30,7 @@ TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "salt_teacher": SALTTeacherTask, "salt": SALTTask,
          "classify": ClassifyTask, "mlm": MLMTask, "ngram_mlm": NgramMLMTask,
          "electra": ElectraTask, "meap": MEAPTask, "clm": CLMTask,
-         "clm_mlm": CLMThenMLMTask}
+         "clm_mlm": CLMThenMLMTask, "mergedna": MergeDNATask}
 
 
 def get_task(config):
