@@ -77,6 +77,37 @@ VARIANTS = {
     "cropmae_same": ("cropmae/mnist_vit_tiny.py", {"task.views": "same"},
                      "CropMAE's decoder, one view"),
     "spark": ("spark/mnist_convnet_tiny.py", {}, "SparK, convnet"),
+    # Part 2: latent and token targets.
+    "ijepa": ("ijepa/mnist_vit_tiny.py", {}, "I-JEPA, EMA target encoder"),
+    "dmtjepa": ("dmtjepa/mnist_vit_tiny.py", {}, "DMT-JEPA, discriminative targets"),
+    "ccvit": ("ccvit/mnist_vit_tiny.py", {}, "CCViT, k-means centroid ids"),
+    "ccvit_no_replace": ("ccvit/mnist_vit_tiny.py", {"task.replace": 0},
+                         "CCViT without centroid replacement"),
+    "ccvit_dual": ("ccvit/mnist_vit_tiny.py", {"task.dual_loss": True},
+                   "CCViT with the dual (pixel) loss"),
+    "salt": ("salt/mnist_vit_tiny.py", {},
+             "SALT, teacher 1/5 of the budget, student 4/5"),
+    "salt_teacher_heavy": ("salt/mnist_vit_tiny.py", {},
+                           "SALT, teacher 4/5 of the budget, student 1/5"),
+    "salt_long_teacher": ("salt/mnist_vit_tiny.py", {},
+                          "SALT, teacher a whole budget, student 4/5"),
+    "salt_small_teacher": ("salt/mnist_vit_tiny.py",
+                           {"task.teacher.width": 48, "task.teacher.depth": 2},
+                           "SALT, half-width 2-block teacher 1/5, student 4/5"),
+}
+# Two-stage variants: a first run (its config, options, and its share of the
+# budget) whose workdir the variant's config takes under `key`, and the
+# variant's own share. Runs with the same first stage share it.
+STAGE1 = {
+    "salt": ("salt/mnist_vit_tiny_teacher.py", {}, 0.2, 0.8,
+             "task.teacher_workdir"),
+    "salt_teacher_heavy": ("salt/mnist_vit_tiny_teacher.py", {}, 0.8, 0.2,
+                           "task.teacher_workdir"),
+    "salt_long_teacher": ("salt/mnist_vit_tiny_teacher.py", {}, 1.0, 0.8,
+                          "task.teacher_workdir"),
+    "salt_small_teacher": ("salt/mnist_vit_tiny_teacher.py",
+                           {"model.width": 48, "model.depth": 2}, 0.2, 0.8,
+                           "task.teacher_workdir"),
 }
 DATASETS = {
     "mnist5k": {},  # the tiny configs' own data settings
@@ -98,6 +129,16 @@ CLAIMS = (
     ("LUT's extra loss helps", "lut", "lut_no_bc"),
     ("CropMAE's global-to-local crops beat same-view crops", "cropmae",
      "cropmae_same"),
+    ("DMT-JEPA's discriminative targets beat I-JEPA's", "dmtjepa", "ijepa"),
+    ("CCViT's centroid replacement helps", "ccvit", "ccvit_no_replace"),
+    ("CCViT's dual loss helps", "ccvit_dual", "ccvit"),
+    ("SALT: at one budget, compute should favour the student", "salt",
+     "salt_teacher_heavy"),
+    # The paper's claim is robustness: "within noise" is what it predicts.
+    ("SALT: a long-trained teacher barely helps the student (paper: little "
+     "difference)", "salt_long_teacher", "salt"),
+    ("SALT: a same-size teacher barely beats a small one (paper: little "
+     "difference)", "salt", "salt_small_teacher"),
 )
 CLAIM_METRICS = ("linear_probe_accuracy", "low_label_10%")
 NUM_RECONSTRUCTIONS = 8
@@ -122,16 +163,49 @@ def load(path):
   return module.get_config()
 
 
-def run_config(variant, dataset, seed, steps):
-  """The method's tiny config with the zoo's data, budget and evals."""
+def stage_steps(variant, steps):
+  """(first-stage steps, the variant's own steps) of a `steps` budget; no
+  first stage is 0."""
+  if variant not in STAGE1:
+    return 0, steps
+  _, _, first, second, _ = STAGE1[variant]
+  return round(first * steps), round(second * steps)
+
+
+def run_config(variant, dataset, seed, steps, stage1_workdir=""):
+  """The method's tiny config with the zoo's data, budget and evals; a
+  two-stage variant's second stage reads its first from `stage1_workdir`."""
   path, options, _ = VARIANTS[variant]
+  c = configure(path, options, dataset, seed, stage_steps(variant, steps)[1])
+  c.evals.compare_random_init = variant in ("mae", "spark")
+  c.evals.compare_pixels = variant == "mae"
+  if variant in STAGE1:
+    set_option(c, STAGE1[variant][4], stage1_workdir)
+  return c
+
+
+def stage1_config(variant, dataset, seed, steps):
+  """The first stage of a two-stage variant: trained, never evaluated."""
+  path, options, first, _, _ = STAGE1[variant]
+  c = configure(path, options, dataset, seed, round(first * steps))
+  c.evals.names = ()
+  return c
+
+
+def set_option(c, key, value):
+  node = c
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def configure(path, options, dataset, seed, steps):
+  """`configs/<path>` with `options`, the dataset, the seed, `steps` steps at
+  the zoo's batch, and the zoo's evals."""
   c = load(ROOT / "configs" / path)
   for key, value in {**DATASETS[dataset], **options}.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    set_option(c, key, value)
   if c.model.name == "vit":
     # One feature for every ViT: the mean of the patch tokens, as the main
     # job's MAE (none of these methods trains its [CLS] token). The pooling
@@ -146,8 +220,6 @@ def run_config(variant, dataset, seed, steps):
   c.evals.names = ("knn", "linear_probe", "low_label")
   c.evals.knn.every = 0
   c.evals.low_label.every = 0
-  c.evals.compare_random_init = variant in ("mae", "spark")
-  c.evals.compare_pixels = variant == "mae"
   if c.task.name == "hpm":
     # HPM counts its schedules in epochs: the easy-to-hard fraction over the
     # run, the teacher's EMA ramp over its first half (as the tiny config).
@@ -176,8 +248,19 @@ def run_one(variant, dataset, seed, steps, workdir):
   done = folder / "result.json"
   if done.exists():
     return json.loads(done.read_text())
-  config = run_config(variant, dataset, seed, steps)
   t0 = time.time()
+  stage1 = ""
+  if variant in STAGE1:
+    # Keyed by what defines it, so variants with the same first stage share it.
+    path, options, _, _, _ = STAGE1[variant]
+    name = "_".join([pathlib.Path(path).stem, str(stage_steps(variant, steps)[0])]
+                    + [f"{k.split('.')[-1]}{v}" for k, v in sorted(options.items())])
+    stage1 = workdir / dataset / "stage1" / name / f"seed{seed}"
+    if not (stage1 / "done").exists():
+      train.train_and_evaluate(stage1_config(variant, dataset, seed, steps),
+                               str(stage1))
+      (stage1 / "done").write_text("")
+  config = run_config(variant, dataset, seed, steps, str(stage1))
   out = train.train_and_evaluate(config, str(folder))
   result = {"variant": variant, "dataset": dataset, "seed": seed,
             "steps": steps, "batch_size": BATCH,
