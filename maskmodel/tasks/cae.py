@@ -1,0 +1,185 @@
+"""CAE: Context Autoencoder for Self-Supervised Representation Learning
+(Chen et al. 2022).
+
+BEiT block masks hide half of the patches (98 of 196 for ViT-B, smallest
+block `task.min_block_patches`). The encoder F sees only the visible
+patches and [CLS]: Z_v = F(X_v). The latent contextual regressor H
+(`maskmodel.models.cae`, cross-attention with mask-token queries) predicts
+the masked patches' latents Z_m = H(Z_v, P_v, P_m) (Eq. 1). The alignment
+constraint (Eq. 2) asks them to equal what the encoder itself gives when
+the masked patches alone are its input, with no gradient:
+Z_m_bar = sg(F(X_m)). The decoder G maps Z_m to the targets Y_m of the
+masked patches (Eq. 3). The loss (Eq. 4) is
+
+  L = L_main(G(Z_m), Y_m) + align_weight * MSE(Z_m, sg(F(X_m)))
+
+with `align_weight` = 2 in the official scripts (`--align_loss_weight 2`;
+the MSE is torch's mean over every element, `engine_for_pretraining.py`);
+`task.align_weight = 0` turns the constraint off (the paper's ablation).
+
+Targets (`task.target`): the paper's are the ids of a pretrained DALL-E
+tokenizer (8192 classes, cross-entropy), which cannot be loaded offline.
+- "tokens": cross-entropy on the ids of a k-means patch tokenizer
+  (`maskmodel.tokenizers.kmeans`, the nearest offline stand-in for a
+  discrete visual tokenizer; its codebook is fitted once and stays frozen).
+- "pixels": the per-patch normalized pixels with MSE, as MAE's
+  `norm_pix_loss` (`task.norm_pix_loss = False` for raw pixels).
+
+Deliberate differences from lxtGH/CAE, all defaults of this codebase:
+- The encoder is maskmodel's ViT: no layer scale and no stochastic depth
+  in the encoder (the official ViT-B has both, 0.1 each); the regressor and
+  decoder have the official layer scale (`task.layer_scale`).
+- The teacher is the current encoder under `stop_gradient`. The official
+  teacher is a copy refreshed with momentum 0 inside each forward pass,
+  after its own forward, so it runs the params of one optimizer step
+  earlier; the paper describes the current encoder.
+- The block mask's count is made exact (`maskmodel.masking.block`).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from maskmodel import masking
+from maskmodel import models
+from maskmodel.config import ConfigError
+from maskmodel.models import build
+from maskmodel.models.cae import ContextRegressorDecoder
+from maskmodel.models.patches import patchify
+from maskmodel.tasks.base import EncoderTask
+from maskmodel.tasks.mae import normalized_pixel_target
+
+TARGETS = ("tokens", "pixels")
+
+
+def masked_ids(mask) -> jax.Array:
+  """The hidden patches' indices [B, N - K] of a `Mask` (the tail of its
+  shuffle, the complement of `ids_keep`)."""
+  keep = mask.ids_keep.shape[1]
+  return jnp.argsort(mask.ids_restore, axis=1)[:, keep:]
+
+
+def alignment_loss(latent_pred, latent_target):
+  """CAE Eq. 2: the MSE, averaged over every element, between the predicted
+  latents and the encoder's own latents of the masked patches, which carry
+  no gradient."""
+  diff = latent_pred - jax.lax.stop_gradient(latent_target)
+  return jnp.mean(diff.astype(jnp.float32) ** 2)
+
+
+class CAETask(EncoderTask):
+  """Task contract: `init`, `loss`, plus `features` for the evals."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    m, t = config.model, config.task
+    if m.name != "vit":
+      raise ConfigError(f"model.name={m.name!r}: CAE runs the encoder on the "
+                        "visible patches only, which needs model.name='vit'.")
+    reduction = m.get("token_reduction")
+    if reduction is not None and reduction.method not in ("none", None, ""):
+      raise ConfigError("CAE does not support model.token_reduction: the "
+                        "regressor needs one latent per visible patch; set "
+                        "--config.model.token_reduction.method=none.")
+    self.grid = build.grid(config)
+    n = self.grid[0] * self.grid[1]
+    self.num_hidden = masking.num_hidden_blocks(n, t.mask_ratio)
+    self.min_block_patches = t.get("min_block_patches", 16)
+    if not 1 <= self.min_block_patches <= self.num_hidden:
+      raise ConfigError(
+          f"task.min_block_patches={self.min_block_patches} must lie in "
+          f"[1, {self.num_hidden}] (the patches hidden); BEiT and CAE use 16 "
+          "of 196.")
+    self.target_name = t.get("target", "pixels")
+    if self.target_name not in TARGETS:
+      raise ConfigError(f"task.target={self.target_name!r} is unknown; use one "
+                        f"of {TARGETS} (k-means token ids, or the normalized "
+                        "pixels).")
+    self.align_weight = float(t.get("align_weight", 2.0))
+    if self.align_weight < 0:
+      raise ConfigError(f"task.align_weight={self.align_weight} is negative; "
+                        "use 2 (CAE's weight) or 0 to turn the alignment off.")
+    self.norm_pix_loss = t.get("norm_pix_loss", True)
+    self.tokenizer = None
+    if self.target_name == "tokens":
+      self.tokenizer = self._build_tokenizer(config)
+      out_dim = self.tokenizer.vocab_size
+    else:
+      out_dim = m.patch_size**2 * config.data.channels
+    self.encoder = models.get_model(m.name).build(m, num_classes=0)
+    self.neck = ContextRegressorDecoder(
+        grid=self.grid, out_dim=out_dim, num_heads=t.get("num_heads", m.num_heads),
+        regressor_depth=t.get("regressor_depth", 4),
+        decoder_depth=t.get("decoder_depth", 4), mlp_ratio=m.mlp_ratio,
+        layer_scale=t.get("layer_scale", 0.1), attn_impl=m.attn_impl,
+        dtype=build.dtype(m))
+
+  def _build_tokenizer(self, config):
+    raise ConfigError("task.target='tokens' needs maskmodel.tokenizers, which "
+                      "this build lacks; use --config.task.target=pixels.")
+
+  def mask_policy(self, rng, batch_size):
+    """BEiT's block mask, with exactly `num_hidden` patches hidden."""
+    return masking.block_mask(rng, batch_size, self.grid,
+                              num_hidden=self.num_hidden,
+                              min_patches=self.min_block_patches)
+
+  def init(self, rng, batch):
+    images = batch["image"]
+    mask = self.mask_policy(jax.random.PRNGKey(0), images.shape[0])
+    k_enc, k_neck = jax.random.split(rng)
+    encoder = self.encoder.init(k_enc, images, ids_keep=mask.ids_keep)
+    visible = jnp.zeros((images.shape[0], mask.ids_keep.shape[1],
+                         self.config.model.width), jnp.float32)
+    neck = self.neck.init(k_neck, visible, mask.ids_keep, masked_ids(mask))
+    state = {}
+    return {"encoder": encoder["params"], "regressor": neck["params"]}, state
+
+  def encode(self, params, images, ids):
+    """The encoder on the patches `ids` alone (+[CLS]): [B, len(ids), D]."""
+    out = self.encoder.apply({"params": params["encoder"]}, images,
+                             ids_keep=ids)
+    return out["tokens"][:, 1:]
+
+  def predict(self, params, images, mask):
+    """Predicted latents [B, M, D] and decoder outputs [B, M, out_dim] at the
+    hidden patches `masked_ids(mask)`."""
+    visible = self.encode(params, images, mask.ids_keep)
+    return self.neck.apply({"params": params["regressor"]}, visible,
+                           mask.ids_keep, masked_ids(mask))
+
+  def main_loss(self, out, images, ids_masked, state):
+    """L_main at the hidden patches: cross-entropy on token ids, or the MSE
+    on (normalized) pixels; and its metrics."""
+    if self.target_name == "tokens":
+      ids = self.tokenizer_ids(state, images)
+      labels = jnp.take_along_axis(ids, ids_masked, axis=1)
+      loss = optax.softmax_cross_entropy_with_integer_labels(out, labels).mean()
+      acc = (out.argmax(-1) == labels).mean()
+      return loss, {"loss_main": loss, "token_accuracy": acc}
+    target = patchify(images, self.config.model.patch_size)
+    if self.norm_pix_loss:
+      target = normalized_pixel_target(target)
+    target = jnp.take_along_axis(target, ids_masked[..., None], axis=1)
+    loss = jnp.mean((out - target) ** 2)
+    return loss, {"loss_main": loss}
+
+  def tokenizer_ids(self, state, images):
+    raise NotImplementedError  # only reached with target="tokens"
+
+  def loss(self, params, state, batch, rng, step):
+    del step
+    images = batch["image"]
+    mask = self.mask_policy(rng, images.shape[0])
+    ids_masked = masked_ids(mask)
+    latent_pred, out = self.predict(params, images, mask)
+    loss, metrics = self.main_loss(out, images, ids_masked, state)
+    if self.align_weight:
+      # The masked patches alone, as if they were the visible ones.
+      latent_target = self.encode(params, images, ids_masked)
+      align = alignment_loss(latent_pred, latent_target)
+      loss = loss + self.align_weight * align
+      metrics["loss_align"] = align
+    metrics["loss"] = loss
+    return loss, (metrics, state)
