@@ -230,6 +230,32 @@ def test_align_weight_zero_and_bad_options(setup):
       tasks.get_task(c)
 
 
+def test_token_target_is_cross_entropy_on_kmeans_ids(setup):
+  task = tasks.get_task(load_config(CONFIG + ":smoke,tokens"))
+  images = setup.images
+  params, state = jax.jit(task.init)(jax.random.PRNGKey(1), {"image": images})
+  _, state = task.load_pretrained(params, state)
+  codebook = np.asarray(state["frozen"]["codebook"], np.float64)
+  assert codebook.shape == (32, 16) and np.abs(codebook).max() > 0
+  rng = jax.random.PRNGKey(13)
+  _, (metrics, _) = jax.jit(lambda p, s: task.loss(
+      p, s, {"image": images}, rng, 0))(params, state)
+  mask = task.mask_policy(rng, images.shape[0])
+  _, logits = jax.jit(task.predict)(params, images, mask)
+  # Each hidden patch's id is its nearest centroid, in [0, 1] pixels.
+  px = np.asarray(patchify(images * 0.3081 + 0.1307, 4), np.float64)
+  ids = ((px[:, :, None] - codebook[None, None]) ** 2).sum(-1).argmin(-1)
+  labels = np.take_along_axis(ids, np.asarray(masked_ids(mask)), 1)
+  logits = np.asarray(logits, np.float64)
+  logp = logits - logits.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  want = -np.take_along_axis(logp, labels[..., None], -1).mean()
+  np.testing.assert_allclose(metrics["loss_main"], want, rtol=1e-5)
+  np.testing.assert_allclose(metrics["token_accuracy"],
+                             (logits.argmax(-1) == labels).mean())
+
+
 def test_trains_and_resumes_bit_exactly_on_8_devices(tmp_path):
-  final = assert_resumes_bit_exactly(SMOKE, tmp_path / "w")
+  # The token target: its fitted codebook must come back on resume.
+  final = assert_resumes_bit_exactly(CONFIG + ":smoke,tokens", tmp_path / "w")
   assert 0.1 < final["knn_accuracy"] <= 1.0

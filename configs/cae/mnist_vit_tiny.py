@@ -31,7 +31,11 @@ def get_config(arg=None):
   c.task = ml_collections.ConfigDict(dict(
       name="cae", mask_ratio=0.5, min_block_patches=4, target="pixels",
       norm_pix_loss=True, align_weight=2.0, layer_scale=0.1,
-      regressor_depth=4, decoder_depth=4))
+      regressor_depth=4, decoder_depth=4,
+      # Read only with target="tokens": k-means of the 4x4 patches of the
+      # first 2000 training digits, 20 Lloyd iterations (CCViT's count).
+      tokenizer=dict(name="kmeans", vocab_size=512, images=2000,
+                     iterations=20)))
   c.model.width = 96
   c.model.num_heads = 3
   # Fewer steps than MAE's tiny config (1500): a CAE step costs about twice
@@ -52,6 +56,8 @@ def get_config(arg=None):
   args = set((arg or "").split(",")) - {""}
   if "no_align" in args:
     c.task.align_weight = 0.0
+  if "tokens" in args:
+    c.task.target = "tokens"
   if "smoke" in args:
     c.total_steps = 10
     c.batch_size = 32
@@ -68,4 +74,7 @@ def get_config(arg=None):
     c.data.train_examples, c.data.test_examples = 1000, 500
     c.evals.low_label.steps = 5
     c.evals.low_label.batch_size = 16
+    c.task.tokenizer.vocab_size = 32
+    c.task.tokenizer.images = 100
+    c.task.tokenizer.iterations = 5
   return c

@@ -19,11 +19,15 @@ the MSE is torch's mean over every element, `engine_for_pretraining.py`);
 
 Targets (`task.target`): the paper's are the ids of a pretrained DALL-E
 tokenizer (8192 classes, cross-entropy), which cannot be loaded offline.
-- "tokens": cross-entropy on the ids of a k-means patch tokenizer
-  (`maskmodel.tokenizers.kmeans`, the nearest offline stand-in for a
-  discrete visual tokenizer; its codebook is fitted once and stays frozen).
+- "tokens" (the default): cross-entropy on the ids that a k-means patch
+  tokenizer (`task.tokenizer`, `maskmodel.tokenizers`; CCViT's k-means on
+  raw patches) gives the masked patches: the nearest offline stand-in for a
+  discrete visual tokenizer. It is fitted once, in `load_pretrained`, on the
+  first `task.tokenizer.images` training images, and kept frozen under
+  task_state["frozen"].
 - "pixels": the per-patch normalized pixels with MSE, as MAE's
-  `norm_pix_loss` (`task.norm_pix_loss = False` for raw pixels).
+  `norm_pix_loss` (`task.norm_pix_loss = False` for raw pixels); it needs
+  no fitted tokenizer.
 
 Deliberate differences from lxtGH/CAE, all defaults of this codebase:
 - The encoder is maskmodel's ViT: no layer scale and no stochastic depth
@@ -43,6 +47,7 @@ import optax
 
 from maskmodel import masking
 from maskmodel import models
+from maskmodel import tokenizers
 from maskmodel.config import ConfigError
 from maskmodel.models import build
 from maskmodel.models.cae import ContextRegressorDecoder
@@ -91,7 +96,7 @@ class CAETask(EncoderTask):
           f"task.min_block_patches={self.min_block_patches} must lie in "
           f"[1, {self.num_hidden}] (the patches hidden); BEiT and CAE use 16 "
           "of 196.")
-    self.target_name = t.get("target", "pixels")
+    self.target_name = t.get("target", "tokens")
     if self.target_name not in TARGETS:
       raise ConfigError(f"task.target={self.target_name!r} is unknown; use one "
                         f"of {TARGETS} (k-means token ids, or the normalized "
@@ -101,12 +106,17 @@ class CAETask(EncoderTask):
       raise ConfigError(f"task.align_weight={self.align_weight} is negative; "
                         "use 2 (CAE's weight) or 0 to turn the alignment off.")
     self.norm_pix_loss = t.get("norm_pix_loss", True)
+    self.patch_dim = m.patch_size**2 * config.data.channels
     self.tokenizer = None
     if self.target_name == "tokens":
-      self.tokenizer = self._build_tokenizer(config)
+      if t.get("tokenizer") is None:
+        raise ConfigError("task.target='tokens' needs task.tokenizer (e.g. "
+                          "dict(name='kmeans', vocab_size=8192, images=50000)"
+                          "); or use --config.task.target=pixels.")
+      self.tokenizer = tokenizers.get_patch_tokenizer(t.tokenizer)
       out_dim = self.tokenizer.vocab_size
     else:
-      out_dim = m.patch_size**2 * config.data.channels
+      out_dim = self.patch_dim
     self.encoder = models.get_model(m.name).build(m, num_classes=0)
     self.neck = ContextRegressorDecoder(
         grid=self.grid, out_dim=out_dim, num_heads=t.get("num_heads", m.num_heads),
@@ -114,10 +124,6 @@ class CAETask(EncoderTask):
         decoder_depth=t.get("decoder_depth", 4), mlp_ratio=m.mlp_ratio,
         layer_scale=t.get("layer_scale", 0.1), attn_impl=m.attn_impl,
         dtype=build.dtype(m))
-
-  def _build_tokenizer(self, config):
-    raise ConfigError("task.target='tokens' needs maskmodel.tokenizers, which "
-                      "this build lacks; use --config.task.target=pixels.")
 
   def mask_policy(self, rng, batch_size):
     """BEiT's block mask, with exactly `num_hidden` patches hidden."""
@@ -134,6 +140,8 @@ class CAETask(EncoderTask):
                          self.config.model.width), jnp.float32)
     neck = self.neck.init(k_neck, visible, mask.ids_keep, masked_ids(mask))
     state = {}
+    if self.tokenizer is not None:  # fitted in load_pretrained
+      state = {"frozen": self.tokenizer.placeholder(self.patch_dim)}
     return {"encoder": encoder["params"], "regressor": neck["params"]}, state
 
   def encode(self, params, images, ids):
@@ -165,8 +173,19 @@ class CAETask(EncoderTask):
     loss = jnp.mean((out - target) ** 2)
     return loss, {"loss_main": loss}
 
+  def load_pretrained(self, params, state):
+    """Fits the patch tokenizer once, before training (task.tokenizer.images
+    training images, the run's seed); a resume reads it back instead."""
+    if self.tokenizer is not None:
+      state = {"frozen": tokenizers.fit_on_training_images(
+          self.tokenizer, self.config, self.config.task.tokenizer)}
+    return params, state
+
   def tokenizer_ids(self, state, images):
-    raise NotImplementedError  # only reached with target="tokens"
+    """Each patch's token id [B, N], from its [0, 1] pixels."""
+    pixels = tokenizers.unit_pixels(images, self.config.data)
+    return self.tokenizer.encode(
+        state["frozen"], patchify(pixels, self.config.model.patch_size))
 
   def loss(self, params, state, batch, rng, step):
     del step
