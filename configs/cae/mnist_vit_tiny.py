@@ -10,7 +10,13 @@ predicted latents. The report compares k-NN, linear-probe and low-label
 fine-tuning accuracy with the same encoder at random init and with raw
 pixels. Features are the [CLS] token, as CAE's linear probe (`--use_cls`).
 
-Target: the paper's DALL-E token ids cannot be loaded offline. PLACEHOLDER
+Target: the paper's DALL-E token ids cannot be loaded offline. This config
+predicts the per-patch normalized pixels (MSE): they need no fitted
+tokenizer, and they are the target measured below. `:tokens` predicts
+instead the ids of a k-means tokenizer of the 4 x 4 patches (512 centroids
+fitted on the first 2,000 training digits, 20 Lloyd iterations): the
+nearest offline stand-in for the paper's discrete targets, the task's
+default, and the ImageNet config's target; not measured at this scale.
 
 Expected: PLACEHOLDER
 Hardware / time: PLACEHOLDER
@@ -19,7 +25,8 @@ Hardware / time: PLACEHOLDER
 
 Variants: `:smoke` runs a few steps with a smaller model, for tests;
 `:no_align` sets `task.align_weight=0` (the paper's ablation without the
-alignment constraint).
+alignment constraint); `:tokens` the k-means token target. They combine, as
+in `:smoke,tokens`.
 """
 import ml_collections
 
