@@ -223,8 +223,10 @@ def test_align_weight_zero_and_bad_options(setup):
   np.testing.assert_allclose(loss, metrics["loss_main"])
   for key, value, text in [("target", "dalle", "task.target='dalle'"),
                            ("align_weight", -1.0, "task.align_weight"),
-                           ("min_block_patches", 99, "task.min_block_patches")]:
-    c = load_config(SMOKE)
+                           ("min_block_patches", 99, "task.min_block_patches"),
+                           ("num_heads", 5, "task.num_heads=5"),
+                           ("tokenizer", None, "needs task.tokenizer")]:
+    c = load_config(SMOKE + ",tokens")
     c.task[key] = value
     with pytest.raises(ConfigError, match=text):
       tasks.get_task(c)

@@ -117,9 +117,13 @@ class CAETask(EncoderTask):
       out_dim = self.tokenizer.vocab_size
     else:
       out_dim = self.patch_dim
+    num_heads = t.get("num_heads", m.num_heads)
+    if m.width % num_heads:
+      raise ConfigError(f"task.num_heads={num_heads} does not divide the "
+                        f"regressor's width model.width={m.width}.")
     self.encoder = models.get_model(m.name).build(m, num_classes=0)
     self.neck = ContextRegressorDecoder(
-        grid=self.grid, out_dim=out_dim, num_heads=t.get("num_heads", m.num_heads),
+        grid=self.grid, out_dim=out_dim, num_heads=num_heads,
         regressor_depth=t.get("regressor_depth", 4),
         decoder_depth=t.get("decoder_depth", 4), mlp_ratio=m.mlp_ratio,
         layer_scale=t.get("layer_scale", 0.1), attn_impl=m.attn_impl,
