@@ -225,11 +225,36 @@ def test_align_weight_zero_and_bad_options(setup):
                            ("align_weight", -1.0, "task.align_weight"),
                            ("min_block_patches", 99, "task.min_block_patches"),
                            ("num_heads", 5, "task.num_heads=5"),
-                           ("tokenizer", None, "needs task.tokenizer")]:
+                           ("tokenizer", None, "needs task.tokenizer"),
+                           ("teacher_momentum", 1.0, "task.teacher_momentum")]:
     c = load_config(SMOKE + ",tokens")
     c.task[key] = value
     with pytest.raises(ConfigError, match=text):
       tasks.get_task(c)
+
+
+def test_official_teacher_is_one_step_old(setup):
+  """`task.teacher_momentum=0`: the target comes from the encoder copied at
+  the previous step (`momentum_update(0)` after the teacher's forward in
+  `VisionTransformerForMaskedImageModeling.forward`)."""
+  c = load_config(SMOKE)
+  c.task.teacher_momentum = 0.0
+  task = tasks.get_task(c)
+  images, new = setup.images, setup.params
+  _, state = jax.jit(task.init)(jax.random.PRNGKey(1), {"image": images})
+  old = state["teacher"]   # the init params' encoder, the step's teacher
+  assert not np.allclose(old["patch_embed"]["kernel"],
+                         new["encoder"]["patch_embed"]["kernel"])
+  rng = jax.random.PRNGKey(17)
+  _, (metrics, state) = jax.jit(lambda p, s: task.loss(
+      p, s, {"image": images}, rng, 0))(new, state)
+  mask = setup.mask(rng, images.shape[0])
+  latent, _ = setup.predict(new, images, mask)
+  target = setup.encode({"encoder": old}, images, masked_ids(mask))
+  np.testing.assert_allclose(metrics["loss_align"],
+                             np.mean((np.asarray(latent) - target) ** 2),
+                             rtol=1e-5)
+  jax.tree.map(np.testing.assert_array_equal, state["teacher"], new["encoder"])
 
 
 def test_token_target_is_cross_entropy_on_kmeans_ids(setup):

@@ -38,6 +38,9 @@ def get_config(arg=None):
   c.task = ml_collections.ConfigDict(dict(
       name="cae", mask_ratio=0.5, min_block_patches=4, target="pixels",
       norm_pix_loss=True, align_weight=2.0, layer_scale=0.1,
+      # None: the current encoder is the teacher; 0.0: the official code's
+      # copy of the encoder from one step earlier (maskmodel/tasks/cae.py).
+      teacher_momentum=ml_collections.FieldReference(None, field_type=float),
       regressor_depth=4, decoder_depth=4,
       # Read only with target="tokens": k-means of the 4x4 patches of the
       # first 2000 training digits, 20 Lloyd iterations (CCViT's count).

@@ -33,10 +33,13 @@ Deliberate differences from lxtGH/CAE, all defaults of this codebase:
 - The encoder is maskmodel's ViT: no layer scale and no stochastic depth
   in the encoder (the official ViT-B has both, 0.1 each); the regressor and
   decoder have the official layer scale (`task.layer_scale`).
-- The teacher is the current encoder under `stop_gradient`. The official
-  teacher is a copy refreshed with momentum 0 inside each forward pass,
-  after its own forward, so it runs the params of one optimizer step
-  earlier; the paper describes the current encoder.
+- The teacher is the current encoder under `stop_gradient`, as the paper
+  describes it. The official teacher is a copy in the model, moved toward
+  the encoder (`momentum_update(base_momentum)`, momentum 0 by default)
+  after its own forward in each step, so it runs the params of one
+  optimizer step earlier. `task.teacher_momentum = 0.0` gives that (any
+  m: teacher <- m teacher + (1 - m) encoder after each step's use), kept
+  in the task state; None (default) is the current encoder.
 - The block mask's count is made exact (`maskmodel.masking.block`).
 """
 from __future__ import annotations
@@ -52,6 +55,7 @@ from maskmodel.config import ConfigError
 from maskmodel.models import build
 from maskmodel.models.cae import ContextRegressorDecoder
 from maskmodel.models.patches import patchify
+from maskmodel.tasks import teachers
 from maskmodel.tasks.base import EncoderTask
 from maskmodel.tasks.mae import normalized_pixel_target
 
@@ -106,6 +110,11 @@ class CAETask(EncoderTask):
       raise ConfigError(f"task.align_weight={self.align_weight} is negative; "
                         "use 2 (CAE's weight) or 0 to turn the alignment off.")
     self.norm_pix_loss = t.get("norm_pix_loss", True)
+    self.teacher_momentum = t.get("teacher_momentum", None)
+    if self.teacher_momentum is not None and not 0 <= self.teacher_momentum < 1:
+      raise ConfigError(f"task.teacher_momentum={self.teacher_momentum} is "
+                        "outside [0, 1); use None (the current encoder) or 0 "
+                        "(the official one-step-old copy).")
     self.patch_dim = m.patch_size**2 * config.data.channels
     self.tokenizer = None
     if self.target_name == "tokens":
@@ -145,7 +154,9 @@ class CAETask(EncoderTask):
     neck = self.neck.init(k_neck, visible, mask.ids_keep, masked_ids(mask))
     state = {}
     if self.tokenizer is not None:  # fitted in load_pretrained
-      state = {"frozen": self.tokenizer.placeholder(self.patch_dim)}
+      state["frozen"] = self.tokenizer.placeholder(self.patch_dim)
+    if self.teacher_momentum is not None:  # the official `_init_teacher`
+      state["teacher"] = encoder["params"]
     return {"encoder": encoder["params"], "regressor": neck["params"]}, state
 
   def encode(self, params, images, ids):
@@ -181,8 +192,8 @@ class CAETask(EncoderTask):
     """Fits the patch tokenizer once, before training (task.tokenizer.images
     training images, the run's seed); a resume reads it back instead."""
     if self.tokenizer is not None:
-      state = {"frozen": tokenizers.fit_on_training_images(
-          self.tokenizer, self.config, self.config.task.tokenizer)}
+      state = dict(state, frozen=tokenizers.fit_on_training_images(
+          self.tokenizer, self.config, self.config.task.tokenizer))
     return params, state
 
   def tokenizer_ids(self, state, images):
@@ -199,8 +210,13 @@ class CAETask(EncoderTask):
     latent_pred, out = self.predict(params, images, mask)
     loss, metrics = self.main_loss(out, images, ids_masked, state)
     if self.align_weight:
+      teacher = params
+      if self.teacher_momentum is not None:
+        teacher = {"encoder": state["teacher"]}
+        state = dict(state, teacher=teachers.ema_update(
+            state["teacher"], params["encoder"], self.teacher_momentum))
       # The masked patches alone, as if they were the visible ones.
-      latent_target = self.encode(params, images, ids_masked)
+      latent_target = self.encode(teacher, images, ids_masked)
       align = alignment_loss(latent_pred, latent_target)
       loss = loss + self.align_weight * align
       metrics["loss_align"] = align
