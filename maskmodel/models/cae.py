@@ -14,9 +14,9 @@ is a cross-attention block (`RegressorBlock` in lxtGH/CAE's
 with the sin-cos positions P_v, P_m of the visible and masked patches,
 keys and values from the visible latents and the current queries together,
 and layer scales g1, g2 (initialized to 0.1 in the official recipe). A final
-LayerNorm gives the predicted latents Z_m (Eq. 1's regressor output). The
+LayerNorm gives the predicted latents Z_m (the regressor's output). The
 decoder adds P_m back, runs pre-LN self-attention blocks (with layer scale)
-on the masked positions only, a LayerNorm and a linear head (Eq. 3's
+on the masked positions only, a LayerNorm and a linear head (the
 decoder).
 
 The official keys have no bias while queries and values have one. The key

@@ -2,20 +2,24 @@
 (Chen et al. 2022).
 
 BEiT block masks hide half of the patches (98 of 196 for ViT-B, smallest
-block `task.min_block_patches`). The encoder F sees only the visible
-patches and [CLS]: Z_v = F(X_v). The latent contextual regressor H
-(`maskmodel.models.cae`, cross-attention with mask-token queries) predicts
-the masked patches' latents Z_m = H(Z_v, P_v, P_m) (Eq. 1). The alignment
-constraint (Eq. 2) asks them to equal what the encoder itself gives when
-the masked patches alone are its input, with no gradient:
-Z_m_bar = sg(F(X_m)). The decoder G maps Z_m to the targets Y_m of the
-masked patches (Eq. 3). The loss (Eq. 4) is
+block `task.min_block_patches`). In the paper's "Approach" section:
+- the encoder F sees only the visible patches and [CLS]: Z_v = F(X_v);
+- the latent contextual regressor H (`maskmodel.models.cae`,
+  cross-attention with mask-token queries) predicts the masked patches'
+  latents from them and the positions: Z_m = H(Z_v, P_v, P_m);
+- the alignment constraint asks Z_m to equal what the encoder itself gives
+  when the masked patches alone are its input, with no gradient:
+  Z_m_bar = sg(F(X_m));
+- the decoder G maps Z_m (plus P_m) to the targets of the masked patches,
+  Y_m_hat = G(Z_m);
+- the objective is
 
-  L = L_main(G(Z_m), Y_m) + align_weight * MSE(Z_m, sg(F(X_m)))
+  L = l_y(Y_m_hat, Y_m) + lambda * l_z(Z_m, Z_m_bar),   l_z = MSE,
 
-with `align_weight` = 2 in the official scripts (`--align_loss_weight 2`;
-the MSE is torch's mean over every element, `engine_for_pretraining.py`);
-`task.align_weight = 0` turns the constraint off (the paper's ablation).
+with lambda = `task.align_weight` = 2 in the official scripts
+(`--align_loss_weight 2`; the MSE is torch's mean over every element,
+`furnace/engine_for_pretraining.py` of lxtGH/CAE). `task.align_weight = 0`
+turns the constraint off (the paper's ablation).
 
 Targets (`task.target`): the paper's are the ids of a pretrained DALL-E
 tokenizer (8192 classes, cross-entropy), which cannot be loaded offline.
@@ -70,9 +74,9 @@ def masked_ids(mask) -> jax.Array:
 
 
 def alignment_loss(latent_pred, latent_target):
-  """CAE Eq. 2: the MSE, averaged over every element, between the predicted
-  latents and the encoder's own latents of the masked patches, which carry
-  no gradient."""
+  """CAE's alignment term l_z: the MSE, averaged over every element,
+  between the predicted latents and the encoder's own latents of the masked
+  patches, which carry no gradient."""
   diff = latent_pred - jax.lax.stop_gradient(latent_target)
   return jnp.mean(diff.astype(jnp.float32) ** 2)
 
