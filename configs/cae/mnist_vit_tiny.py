@@ -18,8 +18,23 @@ fitted on the first 2,000 training digits, 20 Lloyd iterations): the
 nearest offline stand-in for the paper's discrete targets, the task's
 default, and the ImageNet config's target; not measured at this scale.
 
-Expected: PLACEHOLDER
-Hardware / time: PLACEHOLDER
+Expected (seed 0, measured by the command below; [CLS] features):
+
+  | metric              | CAE   | random init | raw pixels |
+  |---------------------|-------|-------------|------------|
+  | k-NN                | 0.473 | 0.428       | 0.950      |
+  | linear probe        | 0.750 | 0.758       | 0.885      |
+  | 1%-label fine-tune  | 0.278 | 0.339       | 0.679      |
+  | 10%-label fine-tune | 0.246 | 0.261       | 0.860      |
+
+Raw pixels win every row by far, and the pretrained encoder is no better
+than its random init except on k-NN: at this scale and budget CAE with
+pixel targets does not learn useful digit features. The training loss
+barely moves (logged normalized-pixel MSE 0.553 at step 100, 0.545 at step
+600; alignment MSE between 0.015 and 0.032). `:no_align` and `:tokens`
+were not run.
+Hardware / time: 2 CPU cores shared with other jobs (load average about
+20): 49 min wall, of which 44 min training (600 steps), the rest evals.
 
   python -m maskmodel.main --config configs/cae/mnist_vit_tiny.py --workdir /tmp/cae_mnist
 
