@@ -30,13 +30,18 @@ Dtype = Any
 
 
 class CrossAttention(nn.Module):
-  """Queries [B, Nq, D] attend to memory [B, Nk, D]; returns [B, Nq, D]."""
+  """Queries [B, Nq, D] attend to memory [B, Nk, D]; returns [B, Nq, D].
+
+  Keys and values are projected from `memory`, or the values from `values`
+  ([B, Nk, D]) when given: CAE's regressor normalizes them apart and adds
+  positions to the keys only.
+  """
   num_heads: int
   attn_impl: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, memory):
+  def __call__(self, x, memory, values=None):
     b, nq, width = x.shape
     head_dim = width // self.num_heads
     def project(name, tokens):
@@ -44,7 +49,8 @@ class CrossAttention(nn.Module):
                                name=name), tokens)
       return y.reshape(b, tokens.shape[1], self.num_heads, head_dim)
     out = attention(project("query", x), project("key", memory),
-                    project("value", memory), impl=self.attn_impl)
+                    project("value", memory if values is None else values),
+                    impl=self.attn_impl)
     return token_dense(nn.Dense(width, dtype=self.dtype, kernel_init=dense_init,
                                 name="out"), out.reshape(b, nq, width))
 

@@ -4,6 +4,7 @@ plus the optional `after_update`, `param_labels`, `load_pretrained`,
 loop knows nothing else about it."""
 from maskmodel.config import ConfigError
 from maskmodel.tasks.base import Task, TaskBase
+from maskmodel.tasks.cae import CAETask
 from maskmodel.tasks.ccvit import CCViTTask
 from maskmodel.tasks.classify import ClassifyTask
 from maskmodel.tasks.clm_mlm import CLMThenMLMTask
@@ -24,7 +25,8 @@ from maskmodel.tasks.simmim import SimMIMTask
 from maskmodel.tasks.spark import SparKTask
 
 TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
-         "maskfeat": MaskFeatTask, "ccvit": CCViTTask, "cropmae": CropMAETask,
+         "maskfeat": MaskFeatTask, "ccvit": CCViTTask, "cae": CAETask,
+         "cropmae": CropMAETask,
          "colormae": ColorMAETask, "spark": SparKTask, "lut": LUTTask,
          "ijepa": IJEPATask, "dmtjepa": DMTJEPATask,
          "salt_teacher": SALTTeacherTask, "salt": SALTTask,
