@@ -75,9 +75,10 @@ def get_config(arg=None):
       tokenizer=dict(name="kmeans", vocab_size=8192, images=10_000,
                      iterations=20),
       norm_pix_loss=True, align_weight=2.0, layer_scale=0.1,
-      # None: the current encoder is the teacher; 0.0: the official code's
-      # copy of the encoder from one step earlier (maskmodel/tasks/cae.py).
-      teacher_momentum=ml_collections.FieldReference(None, field_type=float),
+      # 0.0: the official code's copy of the encoder from one step earlier;
+      # None: the current encoder, as the paper describes it
+      # (maskmodel/tasks/cae.py).
+      teacher_momentum=ml_collections.FieldReference(0.0, field_type=float),
       regressor_depth=4, decoder_depth=4))
 
   c.optimizer.lr = 1.5e-3

@@ -33,17 +33,17 @@ tokenizer (8192 classes, cross-entropy), which cannot be loaded offline.
   `norm_pix_loss` (`task.norm_pix_loss = False` for raw pixels); it needs
   no fitted tokenizer.
 
-Deliberate differences from lxtGH/CAE, all defaults of this codebase:
+Differences from lxtGH/CAE:
 - The encoder is maskmodel's ViT: no layer scale and no stochastic depth
   in the encoder (the official ViT-B has both, 0.1 each); the regressor and
   decoder have the official layer scale (`task.layer_scale`).
-- The teacher is the current encoder under `stop_gradient`, as the paper
-  describes it. The official teacher is a copy in the model, moved toward
-  the encoder (`momentum_update(base_momentum)`, momentum 0 by default)
-  after its own forward in each step, so it runs the params of one
-  optimizer step earlier. `task.teacher_momentum = 0.0` gives that (any
-  m: teacher <- m teacher + (1 - m) encoder after each step's use), kept
-  in the task state; None (default) is the current encoder.
+- (Not a difference by default.) The alignment teacher: the official teacher is a copy of the encoder in
+  the model, moved toward it (`momentum_update(base_momentum)`, momentum 0
+  by default) after its own forward in each step, so it runs the params of
+  one optimizer step earlier. `task.teacher_momentum = 0.0` (the configs'
+  default) is that copy, kept in the task state (any m: teacher <- m
+  teacher + (1 - m) encoder after each step's use). `None` is the current
+  encoder under `stop_gradient`, as the paper describes it.
 - The block mask's count is made exact (`maskmodel.masking.block`).
 """
 from __future__ import annotations
