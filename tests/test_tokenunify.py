@@ -210,3 +210,19 @@ def test_stage2_trains_and_resumes_bit_exactly_on_8_devices(tu, tmp_path):
   final = assert_resumes_bit_exactly(f"{STAGE2}:smoke,mae={mae_dir}",
                                      tmp_path / "stage2")
   assert 0.1 < final["knn_accuracy"] <= 1.0
+
+
+def test_imagenet_stages_fit_each_other():
+  """The ImageNet config's two commands work together: stage 1 is MAE at
+  40% masking and its params have the shapes of the encoder and decoder
+  that stage 2 loads."""
+  batch = {"image": jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)}
+  def shapes(path):
+    task = get_task(load_config(path))
+    return task, jax.eval_shape(lambda b: task.init(jax.random.PRNGKey(0), b), batch)
+  tu = os.path.join(ROOT, "configs", "tokenunify", "imagenet_vit_b16.py")
+  mae, (stage1, _) = shapes(f"{tu}:stage=1")
+  assert mae.config.task.name == "mae" and mae.config.task.mask_ratio == 0.4
+  _, (stage2, _) = shapes(tu)
+  assert not checkpoint.shape_mismatch(
+      stage1, {k: stage2[k] for k in ("encoder", "decoder")})
