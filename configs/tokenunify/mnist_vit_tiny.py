@@ -17,8 +17,19 @@ random resized crops of scale 0.5-1.0.
 Evaluation reads the encoder on clean images, its patch tokens
 average-pooled; the report compares k-NN, linear-probe and low-label
 accuracy with the same encoder at random init and with raw pixels.
-Measured: not yet.
-Hardware / time: 2 CPU cores shared with other jobs.
+Measured (seed 0, the two commands below; test-split accuracy, k-NN /
+linear probe / fine-tune on 1% / on 10% of the labels):
+  stage 2 (TokenUnify)         0.518 / 0.781 / 0.343 / 0.518
+  stage 1 alone (MAE at 40%)   0.708 / 0.836 / 0.452 / 0.703
+  random init (either run)     0.463 / 0.750 / 0.327 / 0.313
+  raw pixels                   0.950 / 0.885 / 0.679 / 0.860
+The paper's claim that the autoregressive stage improves on MAE alone does
+not hold here: stage 2 stays above random init but loses to its own
+starting point on every column, and pixels win by far. One seed, 1000
+steps per stage (so stage 2 has had twice MAE's training in all).
+Hardware / time: 2 CPU cores shared with other jobs (load average about
+20): 28m09s wall for the first command (390 s of user CPU), 42m38s for
+the second (559 s), evals included.
 
   python -m maskmodel.main --config configs/tokenunify/mnist_vit_tiny_mae.py --workdir workdirs/tokenunify_mae
   python -m maskmodel.main --config configs/tokenunify/mnist_vit_tiny.py --workdir workdirs/tokenunify --config.task.init_from=workdirs/tokenunify_mae

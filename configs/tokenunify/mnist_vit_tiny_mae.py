@@ -19,7 +19,12 @@ optimizer step). 1000 steps at batch 128; random resized crops of scale
 Evaluation reads the encoder, its patch tokens average-pooled, and compares
 k-NN, linear-probe and low-label accuracy with the same encoder at random
 init and with raw pixels.
-Measured: see configs/tokenunify/mnist_vit_tiny.py, which reports both stages.
+Measured (seed 0, the first command below): k-NN 0.708, linear probe
+0.836, fine-tune on 1% / 10% of the labels 0.452 / 0.703; the same encoder
+at random init 0.463 / 0.750 / 0.327 / 0.313; raw pixels 0.950 / 0.885 /
+0.679 / 0.860. Stage 2's figures are in configs/tokenunify/mnist_vit_tiny.py.
+Hardware / time: 2 CPU cores shared with other jobs (load average about
+20): 28m09s wall, 390 s of user CPU, evals included.
 
   python -m maskmodel.main --config configs/tokenunify/mnist_vit_tiny_mae.py --workdir workdirs/tokenunify_mae
   python -m maskmodel.main --config configs/tokenunify/mnist_vit_tiny.py --workdir workdirs/tokenunify --config.task.init_from=workdirs/tokenunify_mae
