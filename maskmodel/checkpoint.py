@@ -240,6 +240,14 @@ def load_encoder_params(workdir, option: str = "task.init_from"):
   the encoder under "encoder"; classifier params are the encoder (+ head).
   `option` is the config key that named `workdir`, for the errors.
   """
+  params = load_params(workdir, option)
+  return params["encoder"] if "patch_embed" not in params else params
+
+
+def load_params(workdir, option: str = "task.init_from"):
+  """All the params of the newest readable checkpoint in `workdir` (a run's
+  workdir or its `checkpoints/` folder), frozen leaves included; `option`
+  is the config key that named `workdir`, for the errors."""
   directory = workdir_path(workdir)
   if (directory / "checkpoints").is_dir():
     directory = directory / "checkpoints"
@@ -262,8 +270,7 @@ def load_encoder_params(workdir, option: str = "task.init_from"):
       reader = ocp.StandardCheckpointer()
       state = fill(state, reader.restore(frozen_dir, _on_this_host(
           reader.metadata(frozen_dir).item_metadata.tree)))
-    params = state["params"]
-    return params["encoder"] if "patch_embed" not in params else params
+    return state["params"]
   raise CheckpointError(
       f"no readable checkpoint in {str(directory)!r} ({'; '.join(errors) or 'empty'}); "
       f"point {option} at a finished run's workdir.")

@@ -23,6 +23,7 @@ from maskmodel.tasks.mlm import MLMTask, NgramMLMTask
 from maskmodel.tasks.salt import SALTTask, SALTTeacherTask
 from maskmodel.tasks.simmim import SimMIMTask
 from maskmodel.tasks.spark import SparKTask
+from maskmodel.tasks.tokenunify import TokenUnifyTask
 
 TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "maskfeat": MaskFeatTask, "ccvit": CCViTTask, "cae": CAETask,
@@ -30,6 +31,7 @@ TASKS = {"mae": MAETask, "hpm": HPMTask, "simmim": SimMIMTask,
          "colormae": ColorMAETask, "spark": SparKTask, "lut": LUTTask,
          "ijepa": IJEPATask, "dmtjepa": DMTJEPATask,
          "salt_teacher": SALTTeacherTask, "salt": SALTTask,
+         "tokenunify": TokenUnifyTask,
          "classify": ClassifyTask, "mlm": MLMTask, "ngram_mlm": NgramMLMTask,
          "electra": ElectraTask, "meap": MEAPTask, "clm": CLMTask,
          "clm_mlm": CLMThenMLMTask, "mergedna": MergeDNATask}
