@@ -85,6 +85,11 @@ VARIANTS = {
                          "CCViT without centroid replacement"),
     "ccvit_dual": ("ccvit/mnist_vit_tiny.py", {"task.dual_loss": True},
                    "CCViT with the dual (pixel) loss"),
+    "cae": ("cae/mnist_vit_tiny.py", {}, "CAE, pixel target"),
+    "cae_no_align": ("cae/mnist_vit_tiny.py", {"task.align_weight": 0.0},
+                     "CAE without the alignment loss"),
+    "tokenunify": ("tokenunify/mnist_vit_tiny.py", {},
+                   "TokenUnify, MAE (mask 0.4) half, autoregressive half"),
     "salt": ("salt/mnist_vit_tiny.py", {},
              "SALT, teacher 1/5 of the budget, student 4/5"),
     "salt_teacher_heavy": ("salt/mnist_vit_tiny.py", {},
@@ -99,6 +104,8 @@ VARIANTS = {
 # budget) whose workdir the variant's config takes under `key`, and the
 # variant's own share. Runs with the same first stage share it.
 STAGE1 = {
+    "tokenunify": ("tokenunify/mnist_vit_tiny_mae.py", {}, 0.5, 0.5,
+                   "task.init_from"),
     "salt": ("salt/mnist_vit_tiny_teacher.py", {}, 0.2, 0.8,
              "task.teacher_workdir"),
     "salt_teacher_heavy": ("salt/mnist_vit_tiny_teacher.py", {}, 0.8, 0.2,
@@ -130,6 +137,8 @@ CLAIMS = (
     ("CropMAE's global-to-local crops beat same-view crops", "cropmae",
      "cropmae_same"),
     ("DMT-JEPA's discriminative targets beat I-JEPA's", "dmtjepa", "ijepa"),
+    ("CAE's alignment loss helps", "cae", "cae_no_align"),
+    ("TokenUnify's autoregressive stage beats MAE alone", "tokenunify", "mae"),
     ("CCViT's centroid replacement helps", "ccvit", "ccvit_no_replace"),
     ("CCViT's dual loss helps", "ccvit_dual", "ccvit"),
     ("SALT: at one budget, compute should favour the student", "salt",
