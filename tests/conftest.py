@@ -95,11 +95,13 @@ assert jax.device_count() == 8
 for path, workdir in json.loads(sys.argv[1]):
   config = load_config(path)
   config.total_steps, config.checkpoint_every = 6, 3
-  # The random-init and pixel baselines, and the probe, are tested on their
-  # own; here they would only multiply the evals. One k-NN round at the end,
-  # on part of each split: the evals only have to run.
+  # The random-init and pixel baselines, the probe and the low-label
+  # fine-tunes are tested on their own; here they would only multiply the
+  # evals (and compile a fine-tuning step on 8 devices). One k-NN round at
+  # the end, on part of each split: the evals only have to run.
   config.evals.compare_random_init = config.evals.compare_pixels = False
-  config.evals.names = tuple(n for n in config.evals.names if n != "linear_probe")
+  config.evals.names = tuple(n for n in config.evals.names
+                             if n not in ("linear_probe", "low_label"))
   config.evals.knn.every = 0
   config.data.train_examples = min(config.data.train_examples or 1000, 1000)
   config.data.test_examples = min(config.data.test_examples or 500, 500)
