@@ -130,7 +130,7 @@ CLAIMS = (
     ("CLM is more stable to fine-tune than MLM (smaller spread)", "pycode",
      "clm", "mlm40", ("finetune_spread",)),
     ("MEAP retrieves key-value facts better than CLM", "pycode", "meap", "clm",
-     ("retrieval_token_accuracy", "retrieval_exact_match")),
+     ("retrieval_token_accuracy", "retrieval_exact_match", "retrieval_gain")),
 )
 # Lower is better for these.
 LOWER_BETTER = ("finetune_spread",)
@@ -312,6 +312,9 @@ def run_metrics(r):
       m[f"{prefix}_exact_match"] = scores["exact_match"]
       for p, acc in enumerate(scores["token_accuracy_at"]):
         m[f"{prefix}_token_accuracy_pos{p}"] = acc
+    # What the fact in the window adds: open book minus closed book.
+    m["retrieval_gain"] = (r["retrieval"]["open"]["token_accuracy"] -
+                           r["retrieval"]["closed"]["token_accuracy"])
   return m
 
 
@@ -370,6 +373,8 @@ def claims(table):
 def fmt(cell, digits=3):
   if not cell:
     return "-"
+  if cell["n"] < 2:   # one seed: no spread to show
+    return f"{cell['mean']:.{digits}f}"
   return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
 
 
@@ -386,18 +391,23 @@ def _table(rows, order, columns):
   return lines + [""]
 
 
-def markdown(table, claim_rows, budget, wall, summed=False):
+def markdown(table, claim_rows, budget, wall, summed=False, results=()):
   what = ("the runs' wall times added" if summed else
           "wall time of this command so far")
   lines = [f"{what.capitalize()}: {wall / 60:.1f} min. Mean ± std over the "
            "seeds each row holds (the last column).", ""]
   flops = budget["flops_per_step"]
+  walls = {}
+  for r in results:
+    walls.setdefault(r["row"], []).append(r["wall_seconds_last_invocation"] / 60)
   lines += ["### Budgets", "",
-            "| run | steps | train-step FLOPs | total FLOPs |", "|---|---|---|---|"]
+            "| run | steps | train-step FLOPs | total FLOPs | wall min per run "
+            "(last invocation, evals included) |", "|---|---|---|---|---|"]
   for row, steps in budget["steps"].items():
     f = flops.get(row)
-    lines.append(f"| {row} | {steps} | {f / 1e9:.2f} G | {f * steps / 1e12:.2f} T |"
-                 if f else f"| {row} | {steps} | - | - |")
+    w = ", ".join(f"{x:.1f}" for x in walls.get(row, [])) or "-"
+    lines.append(f"| {row} | {steps} | {f / 1e9:.2f} G | {f * steps / 1e12:.2f} T | {w} |"
+                 if f else f"| {row} | {steps} | - | - | {w} |")
   lines.append("")
   probes = {"knn_accuracy": "k-NN", "linear_probe_accuracy": "linear probe"}
   if "pycode" in table:
@@ -422,7 +432,8 @@ def markdown(table, claim_rows, budget, wall, summed=False):
             **{f"retrieval_token_accuracy_pos{p}": f"tokens, fact {p + 1}"
                for p in range(PROBE_FACTS)},
             "closed_book_token_accuracy": "closed book: tokens",
-            "closed_book_exact_match": "closed book: exact"}
+            "closed_book_exact_match": "closed book: exact",
+            "retrieval_gain": "open - closed (tokens)"}
     lines += _table(rows, [r.split("/")[1] for r in RETRIEVAL_ROWS], cols)
     lines += ["### pycode: the tasks' own evals (test split)", ""]
     lines += _table(rows, ["electra", "mlm15_eqflops", "mlm40", "clm_mlm", "clm",
@@ -457,7 +468,7 @@ def write_outputs(out, results, seeds, budget, wall, summed=False):
       "devices": str(jax.devices()), "table": table, "claims": claim_rows,
       "runs": results}, indent=1))
   (out / "results.md").write_text(markdown(table, claim_rows, budget, wall,
-                                           summed))
+                                           summed, results))
 
 
 def main():
@@ -531,26 +542,28 @@ SPEC_METRICS = (
     ("pycode", "clm_mlm", "finetune_accuracy", 0.05),
     ("pycode", "clm", "retrieval_token_accuracy", 0.03),
     ("pycode", "meap", "retrieval_token_accuracy", 0.03),
-    ("pycode", "clm", "closed_book_token_accuracy", 0.03),
-    ("pycode", "meap", "closed_book_token_accuracy", 0.03),
+    ("pycode", "clm", "retrieval_gain", 0.02),
+    ("pycode", "meap", "retrieval_gain", 0.02),
     ("genome", "electra", "linear_probe_accuracy", 0.02),
     ("genome", "mlm15_eqflops", "linear_probe_accuracy", 0.02),
 )
 CLAIM = ("At the tiny configs' budget (400 steps of a width-64, depth-2 "
-         "Transformer on 128-byte windows of the Python standard library), "
-         "CLM and MEAP retrieve the value of a held-out assignment repeated "
-         "from earlier in the window far better than with the assignment "
-         "removed (closed book), while no pretraining (ELECTRA, MLM, CLM, "
-         "CLM -> MLM, MEAP) beats a linear probe on the bag of bytes by "
-         "more than 2 points on the enclosing-construct label.")
+         "Transformer on 128-byte windows of the Python standard library; "
+         "the recorded seeds), the papers' claims do not show: MLM given "
+         "ELECTRA's training FLOPs beats ELECTRA on the enclosing-construct "
+         "probe, CLM -> MLM does not beat MLM alone, and neither MEAP nor "
+         "plain next-token training retrieves a held-out assignment's value "
+         "from the window (value-token accuracy within 2 points of the "
+         "closed-book control).")
 SPEC_VERDICT = (
-    "clm_retrieval > clm_closed_book",
-    "meap_retrieval > meap_closed_book",
-    "electra_probe < raw_probe_plus_2",
+    "mlm15_eqflops_probe > electra_probe",
+    "mlm40_probe > clm_mlm_probe",
+    "meap_retrieval_gain < 0.02",
+    "clm_retrieval_gain < 0.02",
 )
-TIME = ("5 to 16 min per run on 2 CPU cores shared with other jobs (load "
-        "average up to 20); 8 rows x 3 seeds; rerunning resumes where it "
-        "stopped")
+TIME = ("15 to 20 min per run (evals included) on 2 CPU cores shared with "
+        "other jobs at load average 15 to 20; 8 rows x 3 seeds; rerunning "
+        "resumes where it stopped")
 
 
 def spec(recorded):
@@ -558,7 +571,7 @@ def spec(recorded):
   results hold) and the verdict `SPEC_VERDICT`."""
   short = {"linear_probe_accuracy": "probe", "finetune_accuracy": "finetune",
            "retrieval_token_accuracy": "retrieval",
-           "closed_book_token_accuracy": "closed_book"}
+           "retrieval_gain": "retrieval_gain"}
   metrics = {}
   for dataset, row, metric, tol in SPEC_METRICS:
     cell = recorded["table"].get(dataset, {}).get(row, {}).get(metric)
