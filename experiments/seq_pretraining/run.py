@@ -19,8 +19,8 @@ The comparisons (`ROWS`):
   step (forward, backward and optimizer, XLA's `cost_analysis()` of the
   loop's own jitted step, `step_flops`): ELECTRA runs its config's 400
   steps, MLM (BERT's 15%, its config) runs round(400 x F_electra / F_mlm)
-  steps, the same total FLOPs. Measured wall time per step is recorded
-  next to it (CPU-shared, so noisy).
+  steps, the same total FLOPs. Each run's measured wall time is recorded
+  next to it (`wall_seconds_last_invocation`; CPU-shared, so noisy).
 - MLM (40%), CLM and CLM -> MLM (half the steps each) at a fixed budget of
   400 steps on `pycode`: the probes, and fine-tuning (network + linear head)
   on 4% of the training labels, 82 windows per class (the rarest class,
