@@ -21,8 +21,9 @@ The comparisons (`ROWS`):
   steps, MLM (BERT's 15%, its config) runs round(400 x F_electra / F_mlm)
   steps, the same total FLOPs. Each run's measured wall time is recorded
   next to it (`wall_seconds_last_invocation`; CPU-shared, so noisy).
-- MLM (40%), CLM and CLM -> MLM (half the steps each) at a fixed budget of
-  400 steps on `pycode`: the probes, and fine-tuning (network + linear head)
+- MLM (40%), CLM and CLM -> MLM (CLM for half the steps, then MLM) at a
+  fixed budget of 400 steps on `pycode`: the probes, and fine-tuning
+  (network + linear head)
   on 4% of the training labels, 82 windows per class (the rarest class,
   import, has 88 of the 8,192), with 3 fine-tuning seeds per pretrained
   model: the loop's `low_label` evaluator with `evals.low_label.seed` 0,
