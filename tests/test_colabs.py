@@ -12,7 +12,8 @@ from conftest import ROOT
 NOTEBOOKS = [("mae_quickstart.ipynb", "MAE-pretrained"),
              ("token_merging.ipynb", "| tome |"),
              ("mim_zoo.ipynb", "| ColorMAE |"),
-             ("scale_to_a_pod.ipynb", "| vit_b16 | v5e:16x16 |")]
+             ("scale_to_a_pod.ipynb", "| vit_b16 | v5e:16x16 |"),
+             ("sequences.ipynb", "| r | tokens left | mean cosine |")]
 
 
 @pytest.mark.parametrize("name,table_text", NOTEBOOKS)
