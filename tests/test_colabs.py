@@ -13,7 +13,7 @@ NOTEBOOKS = [("mae_quickstart.ipynb", "MAE-pretrained"),
              ("token_merging.ipynb", "| tome |"),
              ("mim_zoo.ipynb", "| ColorMAE |"),
              ("scale_to_a_pod.ipynb", "| vit_b16 | v5e:16x16 |"),
-             ("sequences.ipynb", "| r | tokens left | mean cosine |")]
+             ("sequences.ipynb", "| in a predicted gene |")]
 
 
 @pytest.mark.parametrize("name,table_text", NOTEBOOKS)
