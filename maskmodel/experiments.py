@@ -45,6 +45,7 @@ import os
 import pathlib
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -72,6 +73,16 @@ class Experiment:
   verdict: list  # [(lhs, op, rhs)], each a metric name or a float
   time: str = ""
   record: tuple = ()
+
+
+def mean_std(values):
+  """{"mean", "std", "n"} of a list of per-seed values (std 0 for one value;
+  None for none): how the experiments' tables aggregate seeds."""
+  if not values:
+    return None
+  return {"mean": statistics.fmean(values),
+          "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+          "n": len(values)}
 
 
 def load(folder: pathlib.Path) -> Experiment:

@@ -38,7 +38,6 @@ import importlib.util
 import json
 import pathlib
 import platform
-import statistics
 import sys
 import time
 
@@ -51,6 +50,7 @@ except ImportError:  # Run from a checkout without installing.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from maskmodel import tasks, train  # pylint: disable=g-import-not-at-top
+from maskmodel.experiments import mean_std  # pylint: disable=g-import-not-at-top
 from maskmodel.evaluators.plots import image_grid  # pylint: disable=g-import-not-at-top
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -282,14 +282,6 @@ def run_one(variant, dataset, seed, steps, workdir):
       np.savez_compressed(folder / "reconstructions.npz", **rec)
   done.write_text(json.dumps(result, indent=1))
   return result
-
-
-def mean_std(values):
-  if not values:
-    return None
-  return {"mean": statistics.fmean(values),
-          "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-          "n": len(values)}
 
 
 def summarize(results):

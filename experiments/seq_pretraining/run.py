@@ -77,6 +77,7 @@ except ImportError:  # Run from a checkout without installing.
 
 # pylint: disable=g-import-not-at-top
 from maskmodel import evaluators, sharding, tasks, train
+from maskmodel.experiments import mean_std
 from maskmodel.data import kv_retrieval
 from maskmodel.data import pipeline as data_lib
 # pylint: enable=g-import-not-at-top
@@ -290,14 +291,6 @@ def run_one(row, seed, steps, workdir, smoke=False):
   result["wall_seconds_loop_last_invocation"] = round(wall_train, 1)
   done.write_text(json.dumps(result, indent=1))
   return result
-
-
-def mean_std(values):
-  if not values:
-    return None
-  return {"mean": statistics.fmean(values),
-          "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-          "n": len(values)}
 
 
 def run_metrics(r):

@@ -63,9 +63,9 @@ import jax.numpy as jnp
 import optax
 
 from maskmodel.config import ConfigError
-from maskmodel.data import sequences
 from maskmodel.models import mergedna as net_lib
 from maskmodel.models import seq as seq_lib
+from maskmodel.tasks import mlm
 from maskmodel.tasks.base import TaskBase
 
 PAPER_RANGE = (0.4, 0.6)   # L / N, MergeDNA Sec. 3.3
@@ -110,30 +110,10 @@ class MergeDNATask(TaskBase):
 
   def __init__(self, config):
     super().__init__(config)
-    d, m, t = config.data, config.model, config.task
-    if d.name not in sequences.CORPORA:
-      raise ConfigError(f"task 'mergedna' reads token sequences, and "
-                        f"data.name={d.name!r} is not a sequence corpus; use "
-                        "'genome'.")
-    if m.name != "mergedna":
-      raise ConfigError(f"task 'mergedna' needs model.name='mergedna', not "
-                        f"{m.name!r} (start from maskmodel.models.mergedna."
-                        "mergedna_config()).")
-    try:
-      self.tokenizer = sequences.corpus_tokenizer(d)
-    except sequences.CorpusError as e:
-      raise ConfigError(str(e)) from None
-    if m.vocab_size < self.tokenizer.vocab_size:
-      raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the "
-                        f"{self.tokenizer.name} tokenizer's "
-                        f"{self.tokenizer.vocab_size} ids; set "
-                        f"model.vocab_size={self.tokenizer.vocab_size}.")
-    self.seq_len = d.get("seq_len", 128)
-    if self.seq_len > m.max_len:
-      raise ConfigError(f"data.seq_len={self.seq_len} is longer than the "
-                        f"model's model.max_len={m.max_len} positions; set "
-                        f"data.seq_len <= {m.max_len} or model.max_len >= "
-                        f"{self.seq_len}.")
+    m, t = config.model, config.task
+    self.tokenizer, self.seq_len = mlm.sequence_data(
+        config, "mergedna",
+        " (start from maskmodel.models.mergedna.mergedna_config())")
     if self.seq_len % m.window:
       raise ConfigError(f"data.seq_len={self.seq_len} is not a multiple of "
                         f"model.window={m.window}; the local encoder tiles "

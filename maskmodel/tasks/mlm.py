@@ -206,6 +206,37 @@ def weighted_cross_entropy(logits, targets, weights):
   return loss, accuracy, weights.sum()
 
 
+def sequence_data(config, model_name: str = "seq", hint: str = ""):
+  """`(tokenizer, seq_len)` of a task on token sequences, after the checks
+  every such task needs: a sequence corpus, `model.name == model_name`
+  (`hint` is added to that error), a vocabulary that holds the tokenizer's
+  ids and room for `data.seq_len` positions; each failure is one
+  ConfigError naming the fix."""
+  d, m, t = config.data, config.model, config.task
+  if d.name not in sequences.CORPORA:
+    raise ConfigError(f"task {t.name!r} reads token sequences, and "
+                      f"data.name={d.name!r} is not a sequence corpus; use "
+                      f"one of {sorted(sequences.CORPORA)}.")
+  if m.name != model_name:
+    raise ConfigError(f"task {t.name!r} needs model.name={model_name!r}, not "
+                      f"{m.name!r}{hint}.")
+  try:
+    tokenizer = sequences.corpus_tokenizer(d)
+  except sequences.CorpusError as e:
+    raise ConfigError(str(e)) from None
+  if m.vocab_size < tokenizer.vocab_size:
+    raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the "
+                      f"{tokenizer.name} tokenizer's {tokenizer.vocab_size} "
+                      f"ids; set model.vocab_size={tokenizer.vocab_size}.")
+  seq_len = d.get("seq_len", 128)
+  if seq_len > m.max_len:   # the model's own check_length, as config
+    raise ConfigError(f"data.seq_len={seq_len} is longer than the model's "
+                      f"model.max_len={m.max_len} positions; set "
+                      f"data.seq_len <= {m.max_len} or model.max_len >= "
+                      f"{seq_len}.")
+  return tokenizer, seq_len
+
+
 class SequenceTask(TaskBase):
   """What every task on token sequences shares: the corpus, tokenizer and
   model checks, a `SeqModel` with its tied LM head under "encoder", the
@@ -213,29 +244,8 @@ class SequenceTask(TaskBase):
 
   def __init__(self, config):
     super().__init__(config)
-    d, m, t = config.data, config.model, config.task
-    if d.name not in sequences.CORPORA:
-      raise ConfigError(f"task {t.name!r} reads token sequences, and "
-                        f"data.name={d.name!r} is not a sequence corpus; use "
-                        f"one of {sorted(sequences.CORPORA)}.")
-    if m.name != "seq":
-      raise ConfigError(f"task {t.name!r} needs model.name='seq', not "
-                        f"{m.name!r}.")
-    try:
-      self.tokenizer = sequences.corpus_tokenizer(d)
-    except sequences.CorpusError as e:
-      raise ConfigError(str(e)) from None
-    if m.vocab_size < self.tokenizer.vocab_size:
-      raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the "
-                        f"{self.tokenizer.name} tokenizer's "
-                        f"{self.tokenizer.vocab_size} ids; set "
-                        f"model.vocab_size={self.tokenizer.vocab_size}.")
-    self.seq_len = d.get("seq_len", 128)
-    if self.seq_len > m.max_len:   # the model's own check_length, as config
-      raise ConfigError(f"data.seq_len={self.seq_len} is longer than the "
-                        f"model's model.max_len={m.max_len} positions; set "
-                        f"data.seq_len <= {m.max_len} or model.max_len >= "
-                        f"{self.seq_len}.")
+    m = config.model
+    self.tokenizer, self.seq_len = sequence_data(config)
     model_config = ml_collections.ConfigDict(m.to_dict())
     model_config.mlm_head = True
     self.model = get_model("seq").build(model_config, num_classes=0)
