@@ -13,14 +13,34 @@ with no encoder.
 Needs: `make data` (installs ragout-examples under
 /usr/share/doc/ragout/examples).
 Expected: see "Measured" below.
-Hardware / time: 2 CPU cores, about 7 minutes including evals.
+Hardware / time: 2 CPU cores, about 3 minutes including evals.
 
   python -m maskmodel.main --config configs/mlm/species_tiny.py --workdir workdirs/mlm_species
 
 Variants (comma-separated): `:smoke` runs a few steps with a smaller model,
 for tests.
 
-Measured: MEASURED
+Measured (seed 0, the command above, 400 steps at batch 64; 2 CPU cores
+shared with other jobs, load average 8-11: 2 min 46 s wall, 123 s of it
+training). Train: 8,192 of the 277,863 windows of the 12 training
+genomes (13.3% E. coli, 19.5% H. pylori, 32.2% S. aureus, 35.0% V.
+cholerae); test: the first 2,048 of the 104,710 windows of the 4 held-out
+genomes, 35.7% E. coli, 12.8% H. pylori, 19.7% S. aureus, 31.7% V.
+cholerae (the labels of `data.get_source("species", split, seq_len=128,
+num_classes=4)`, first 8,192 / 2,048). E. coli has one training genome
+and is the largest test class: the split shifts the class shares.
+
+| eval                  | MLM    | random init | codon counts |
+|-----------------------|--------|-------------|--------------|
+| k-NN                  | 0.5259 | 0.5273      | 0.6387       |
+| linear probe          | 0.5200 | 0.4980      | 0.7383       |
+
+Masked-base accuracy on the test windows 0.3608 (loss 1.2875; ln 4 =
+1.386 is a uniform guess over the four bases). Codon counts (the report's
+"raw pixels" column) tell the species of an unseen genome's 126-base
+windows far better (0.738 linear) than the MLM encoder, which is within a
+few points of its random init: at this budget MLM on single bases learns
+next to nothing a probe can use, as on `genome_tiny.py`.
 """
 import ml_collections
 

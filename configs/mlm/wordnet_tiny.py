@@ -11,15 +11,32 @@ linear-probe accuracy against the same encoder at random init and against
 a bag of bytes (no encoder).
 Needs: `make data` (installs wordnet-base into /usr/share/wordnet).
 Expected: see "Measured" below.
-Hardware / time: 2 CPU cores, about 7 minutes including evals.
+Hardware / time: 2 CPU cores, about 3 minutes including evals.
 
   python -m maskmodel.main --config configs/mlm/wordnet_tiny.py --workdir workdirs/mlm_wordnet
 
 Variants (comma-separated): `:wordpiece` reads the glosses with MiniLM's
-WordPiece instead of bytes; `:smoke` runs a few steps with a smaller
-model, for tests.
+WordPiece instead of bytes;
+`:smoke` runs a few steps with a smaller model, for tests.
 
-Measured: MEASURED
+Measured (seed 0, the command above, 400 steps at batch 64; 2 CPU cores
+shared with other jobs, load average 8-11: 2 min 57 s wall, 131 s of it
+training). Train: 8,192 of the 105,869 training glosses; test: the first
+2,048 of the 11,790 held-out glosses, 68.8% noun, 12.4% verb, 16.1%
+adjective, 2.7% adverb (the labels of `data.get_source("wordnet", "test",
+seq_len=128, num_classes=4)`, first 2,048).
+
+| eval                  | MLM    | random init | bag of bytes |
+|-----------------------|--------|-------------|--------------|
+| k-NN                  | 0.6992 | 0.6987      | 0.7217       |
+| linear probe          | 0.7847 | 0.7681      | 0.7905       |
+
+Masked-byte accuracy on the test glosses 0.2428 (loss 2.766; 0.2373 at
+step 200). k-NN on every representation sits near the majority class
+(0.688); the linear probes beat it by ~8-10 points, but the bag of bytes
+(the report's "raw pixels" column) beats the MLM encoder, which beats its
+random init by 1.7 points on the linear probe only. The claim that MLM
+learns features of glosses is not shown at this scale.
 """
 import ml_collections
 
