@@ -188,5 +188,13 @@ def test_species_missing_or_unusable_is_one_line(tmp_path, monkeypatch):
   with pytest.raises(DataError, match="one genome") as e:
     data.get_source("species", "test", num_classes=4)
   assert "\n" not in str(e.value)
+  # A genome that is not DNA names its file.
+  (tmp_path / "one" / "D.delta" / "references").mkdir(parents=True)
+  for name, body in (("a", b">a\nACGT\n"), ("b", b">b\nACGTX\n")):
+    (tmp_path / "one" / "D.delta" / "references" / f"{name}.fasta").write_bytes(body)
+  (folder / "y.fasta.gz").write_bytes(gzip.compress(b">y\nACGT\n"))
+  with pytest.raises(DataError, match="b.fasta: character 'X'") as e:
+    data.get_source("species", "train", num_classes=2)
+  assert "\n" not in str(e.value)
   with pytest.raises(DataError, match="data.tokenizer"):
     data.get_source("species", "test", num_classes=4, tokenizer="bytes")

@@ -511,7 +511,7 @@ def fasta_records(raw: bytes) -> list[str]:
   """Every record's sequence of a (gzipped) FASTA file."""
   if raw[:2] == b"\x1f\x8b":
     raw = gzip.decompress(raw)
-  records = raw.decode("ascii").split(">")[1:]
+  records = raw.decode("ascii", errors="replace").split(">")[1:]
   if not records:
     raise CorpusError("species: a FASTA file has no '>' header line.")
   return ["".join(r.splitlines()[1:]) for r in records]
@@ -527,7 +527,10 @@ def _species(root, split, seq_len):
     with open(path, "rb") as f:
       records = fasta_records(f.read())
     for record in records:
-      record_ids, _ = tok.encode(record)
+      try:
+        record_ids, _ = tok.encode(record)
+      except ValueError as e:
+        raise CorpusError(f"species: {path}: {e}") from None
       s = np.arange(0, len(record_ids) - width + 1, width)
       ids.append(record_ids.astype(np.uint8))
       starts.append(s + offset)
