@@ -2,9 +2,14 @@
 #   make demo   installs everything into .venv and runs the main job
 #   make test   installs everything into .venv and runs the whole test suite
 # and the experiments' data, which neither of them needs:
-#   make data   installs Fashion-MNIST with apt-get (as root, or through sudo):
-#               Debian's dataset-fashion-mnist puts its four IDX files in
-#               /usr/share/datasets/fashion-mnist; does nothing if they are there
+#   make data   installs three Debian packages with apt-get (as root, or
+#               through sudo), each only if its files are not there yet:
+#               dataset-fashion-mnist (Fashion-MNIST's four IDX files, in
+#               /usr/share/datasets/fashion-mnist), wordnet-base (WordNet
+#               3.0's data files, in /usr/share/wordnet: the `wordnet`
+#               corpus) and ragout-examples (16 bacterial genomes of 4
+#               species, under /usr/share/doc/ragout/examples: the `species`
+#               corpus)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -43,14 +48,28 @@ FASHION_MNIST_FILES := $(foreach f,train-images-idx3 train-labels-idx1 t10k-imag
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-# A fresh machine may have no package lists yet: update only if install fails.
+space := $(subst ,, )
+comma := ,
+WORDNET_FILES := $(foreach f,noun verb adj adv,/usr/share/wordnet/data.$(f))
+RAGOUT_DIR := /usr/share/doc/ragout/examples
+# Each package's files, then the package: installed only where a file is
+# missing. A fresh machine may have no package lists yet: update only if
+# install fails.
+DATA_PACKAGES := \
+    dataset-fashion-mnist=$(subst $(space),$(comma),$(FASHION_MNIST_FILES)) \
+    wordnet-base=$(subst $(space),$(comma),$(WORDNET_FILES)) \
+    ragout-examples=$(RAGOUT_DIR)/E.Coli/references/DH1.fasta.gz
+
 data:
-	@if ls $(FASHION_MNIST_FILES) >/dev/null 2>&1; then \
-	  echo "Fashion-MNIST is installed in $(FASHION_MNIST_DIR)"; \
-	else \
-	  $(APT) install -y dataset-fashion-mnist || \
-	    { $(APT) update && $(APT) install -y dataset-fashion-mnist; }; \
-	fi
+	@for entry in $(DATA_PACKAGES); do \
+	  pkg=$${entry%%=*}; files=$$(echo $${entry#*=} | tr , ' '); \
+	  if ls $$files >/dev/null 2>&1; then \
+	    echo "$$pkg is installed"; \
+	  else \
+	    $(APT) install -y $$pkg || \
+	      { $(APT) update && $(APT) install -y $$pkg; } || exit 1; \
+	  fi; \
+	done
 
 clean:
 	rm -rf $(VENV) workdirs

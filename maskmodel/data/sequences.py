@@ -33,6 +33,27 @@ genome: the complete *Corynebacterium diphtheriae* NCTC11397 chromosome
   gene (either strand), else 0; with "strand", 0 non-coding, 1 coding on
   the forward strand, 2 on the reverse strand (the strand holding the most
   of its coding bases).
+
+wordnet: the glosses of WordNet 3.0's synsets (the text after `|` on each
+  line of `data.noun`, `data.verb`, `data.adj`, `data.adv`), from Debian's
+  `wordnet-base` (`WORDNET_DIR`; `make data` installs it). One window per
+  gloss: its first `L - 2` tokens (longer glosses are cut). A synset is in
+  the test split when the SHA-256 of `"<file>:<offset>"` (e.g.
+  "noun:00001740"), read as a fraction of 2^256, is below
+  `WORDNET_TEST_FRACTION`. Label (`data.label = "pos"`), the synset's part
+  of speech: noun 0, verb 1, adjective 2 (satellite adjectives, type `s`,
+  included), adverb 3.
+
+species: the 16 complete bacterial genomes of Debian's `ragout-examples`
+  (`RAGOUT_DIR/<species>/references/<genome>.fasta.gz`; 4 species, 2-5
+  genomes each, 48 Mbp; `make data` installs it). Label: the species (the
+  folders in sorted order: E.Coli, H.Pylori, S.Aureus, V.Cholerae). The
+  first genome of each species in sorted file-name order (DH1, ELS37, COL,
+  H1) is held out whole for the test split; the others are train, so a
+  probe is scored on genomes it never saw. Windows of `L - 2` bases tile
+  each FASTA record (a chromosome or plasmid; its remainder is dropped).
+  Genomes are read only for the split asked for, once per process, and
+  kept as uint8 token ids.
 """
 from __future__ import annotations
 
@@ -59,6 +80,13 @@ GENOME_TEST_EVERY = 10
 GENOME_TEST_FIRST = 4
 GENOME_LABELS = {"coding": ("non-coding", "coding"),
                  "strand": ("non-coding", "forward", "reverse")}
+WORDNET_DIR = "/usr/share/wordnet"
+WORDNET_FILES = ("noun", "verb", "adj", "adv")
+WORDNET_TEST_FRACTION = 0.1
+WORDNET_LABELS = ("noun", "verb", "adjective", "adverb")
+WORDNET_POS = {"n": 0, "v": 1, "a": 2, "s": 2, "r": 3}
+RAGOUT_DIR = "/usr/share/doc/ragout/examples"
+MAKE_DATA = "run `make data` (as root: it installs Debian's {})"
 INSTALL = "run `make install` (it installs the package's [data] extra)"
 _ORDER_SEED = 0
 # CPython 3.11's parser is not safe to run from several threads at once (the
@@ -363,8 +391,176 @@ def genome(split, *, seq_len=128, tokenizer="nucleotides", label="coding"):
   return _genome(split, seq_len, label)
 
 
+# wordnet --------------------------------------------------------------------
+
+
+def wordnet_split(key: str) -> str:
+  """'test' or 'train' by the SHA-256 of a synset's `"<file>:<offset>"`."""
+  digest = int.from_bytes(hashlib.sha256(key.encode()).digest(), "big")
+  return "test" if digest < WORDNET_TEST_FRACTION * 2**256 else "train"
+
+
+def parse_wordnet_line(line: str):
+  """`(offset, pos label, gloss)` of one synset line of a WordNet data file,
+  or None for the license header (lines that start with spaces)."""
+  if line.startswith(" ") or not line.strip():
+    return None
+  head, _, gloss = line.partition("|")
+  fields = head.split()
+  if len(fields) < 4 or fields[2] not in WORDNET_POS:
+    raise CorpusError(f"wordnet: the line {line[:40]!r}... is not a WordNet "
+                      "synset; reinstall wordnet-base (`make data`).")
+  return fields[0], WORDNET_POS[fields[2]], gloss.strip()
+
+
+@functools.lru_cache(maxsize=None)
+def wordnet_synsets(root: str) -> tuple[tuple[str, int, str], ...]:
+  """`(key, pos label, gloss)` of every synset in `root`'s data files, in
+  file order (noun, verb, adj, adv), then line order."""
+  paths = [os.path.join(root, f"data.{f}") for f in WORDNET_FILES]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise CorpusError(f"wordnet: {missing[0]} does not exist; "
+                      + MAKE_DATA.format("wordnet-base") + ".")
+  out = []
+  for name, path in zip(WORDNET_FILES, paths):
+    with open(path, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        parsed = parse_wordnet_line(line)
+        if parsed and parsed[2]:
+          out.append((f"{name}:{parsed[0]}", parsed[1], parsed[2]))
+  if not out:
+    raise CorpusError(f"wordnet: no synset in {root}'s data files; "
+                      "reinstall wordnet-base (`make data`).")
+  return tuple(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _wordnet(root, split, tokenizer_name, seq_len):
+  tok = get_tokenizer(tokenizer_name)
+  synsets = [s for s in wordnet_synsets(root) if wordnet_split(s[0]) == split]
+  # One encode over all glosses, one per line; each token goes to the gloss
+  # holding its first character, and the newlines themselves are dropped.
+  text = "\n".join(g for _, _, g in synsets)
+  first_char = np.cumsum([0] + [len(g) + 1 for _, _, g in synsets[:-1]])
+  ids, chars = tok.encode(text)
+  keep = np.frombuffer(text.encode("utf-32-le"), np.uint32)[chars] != ord("\n")
+  ids, chars = ids[keep], chars[keep]
+  gloss_of = np.searchsorted(first_char, chars, side="right") - 1
+  counts = np.bincount(gloss_of, minlength=len(synsets))
+  token_starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  has = counts > 0
+  labels = np.asarray([pos for _, pos, _ in synsets], np.int32)[has]
+  starts = token_starts[has]
+  lengths = np.minimum(counts[has], seq_len - 2)
+  dtype = np.uint16 if tok.vocab_size <= 2**16 else np.int32
+  return WindowSource(tok, seq_len, ids.astype(dtype), starts, lengths,
+                      _order(len(starts)), lambda w: labels[w],
+                      len(WORDNET_LABELS), WORDNET_LABELS)
+
+
+def wordnet(split, *, seq_len=128, tokenizer="bytes", label="pos", root=None):
+  """The `wordnet` corpus (module docstring): one window per gloss."""
+  _check_split("wordnet", split)
+  if label != "pos":
+    raise CorpusError(f"wordnet: data.label={label!r} is unknown; use "
+                      "'pos'.")
+  if tokenizer not in ("bytes", "wordpiece"):
+    raise CorpusError(f"wordnet: data.tokenizer={tokenizer!r} does not fit "
+                      "English text; use 'bytes' or 'wordpiece'.")
+  _check_seq_len(seq_len)
+  _tokenizer(tokenizer)
+  return _wordnet(root or WORDNET_DIR, split, tokenizer, seq_len)
+
+
+# species --------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def species_genomes(root: str):
+  """`{split: ((species index, file path), ...)}` of the ragout-examples
+  genomes under `root`; the first genome of each species (sorted by file
+  name) is test."""
+  fix = MAKE_DATA.format("ragout-examples")
+  if not os.path.isdir(root):
+    raise CorpusError(f"species: {root} does not exist; {fix}.")
+  names = sorted(d for d in os.listdir(root)
+                 if os.path.isdir(os.path.join(root, d, "references")))
+  out = {"train": [], "test": []}
+  species = []
+  for name in names:
+    folder = os.path.join(root, name, "references")
+    files = sorted(f for f in os.listdir(folder)
+                   if f.endswith((".fasta.gz", ".fasta")))
+    if not files:
+      continue
+    if len(files) < 2:
+      raise CorpusError(f"species: {folder} holds one genome, and one per "
+                        f"species is held out for test; {fix}.")
+    for i, f in enumerate(files):
+      out["test" if i == 0 else "train"].append(
+          (len(species), os.path.join(folder, f)))
+    species.append(name)
+  if len(species) < 2:
+    raise CorpusError(f"species: {root} holds the genomes of "
+                      f"{len(species)} species, fewer than 2; {fix}.")
+  return tuple(species), {k: tuple(v) for k, v in out.items()}
+
+
+def fasta_records(raw: bytes) -> list[str]:
+  """Every record's sequence of a (gzipped) FASTA file."""
+  if raw[:2] == b"\x1f\x8b":
+    raw = gzip.decompress(raw)
+  records = raw.decode("ascii", errors="replace").split(">")[1:]
+  if not records:
+    raise CorpusError("species: a FASTA file has no '>' header line.")
+  return ["".join(r.splitlines()[1:]) for r in records]
+
+
+@functools.lru_cache(maxsize=None)
+def _species(root, split, seq_len):
+  tok = get_tokenizer("nucleotides")
+  names, genomes = species_genomes(root)
+  width = seq_len - 2
+  ids, starts, labels, offset = [], [], [], 0
+  for species_index, path in genomes[split]:
+    with open(path, "rb") as f:
+      records = fasta_records(f.read())
+    for record in records:
+      try:
+        record_ids, _ = tok.encode(record)
+      except ValueError as e:
+        raise CorpusError(f"species: {path}: {e}") from None
+      s = np.arange(0, len(record_ids) - width + 1, width)
+      ids.append(record_ids.astype(np.uint8))
+      starts.append(s + offset)
+      labels.append(np.full(len(s), species_index, np.int32))
+      offset += len(record_ids)
+  starts, labels = np.concatenate(starts), np.concatenate(labels)
+  return WindowSource(tok, seq_len, np.concatenate(ids), starts,
+                      np.full(len(starts), width), _order(len(starts)),
+                      lambda w: labels[w], len(names), names)
+
+
+def species(split, *, seq_len=128, tokenizer="nucleotides", label="species",
+            root=None):
+  """The `species` corpus (module docstring): windows of `seq_len - 2`
+  bases, the test split from held-out genomes."""
+  _check_split("species", split)
+  if tokenizer != "nucleotides":
+    raise CorpusError(f"species: data.tokenizer={tokenizer!r} does not fit "
+                      "DNA; use 'nucleotides'.")
+  if label != "species":
+    raise CorpusError(f"species: data.label={label!r} is unknown; use "
+                      "'species'.")
+  _check_seq_len(seq_len)
+  return _species(root or RAGOUT_DIR, split, seq_len)
+
+
 CORPORA = {"pycode": (pycode, "bytes", "construct"),
-           "genome": (genome, "nucleotides", "coding")}
+           "genome": (genome, "nucleotides", "coding"),
+           "wordnet": (wordnet, "bytes", "pos"),
+           "species": (species, "nucleotides", "species")}
 
 
 def get_corpus(name, split, *, seq_len=128, tokenizer=None, label=None):

@@ -12,10 +12,13 @@ Names:
   tfds:NAME    a TFDS dataset already prepared (ArrayRecord) under `data_dir`,
                read with `tfds.data_source`. Never downloaded here.
   synthetic    random images, for shape and speed tests only.
-  pycode, genome  real sequence corpora (`maskmodel.data.sequences`): the
-               Python standard library's sources, and a bacterial chromosome
-               with pyrodigal's gene predictions; windows of `seq_len`
-               tokens from `tokenizer`, labelled by `label`.
+  pycode, genome, wordnet, species  real sequence corpora
+               (`maskmodel.data.sequences`): the Python standard library's
+               sources, a bacterial chromosome with pyrodigal's gene
+               predictions, WordNet's glosses and 16 bacterial genomes of 4
+               species (the last two from Debian packages, `make data`);
+               windows of `seq_len` tokens from `tokenizer`, labelled by
+               `label`.
 
 `limit` (the config's `data.train_examples` / `data.test_examples`) keeps
 the first N records of a split, in the split's own order: Fashion-MNIST's
@@ -254,4 +257,5 @@ def _get_source(name, split, *, data_dir, image_size, channels, num_classes):
   if name.startswith("tfds:"):
     return TfdsSource(name[len("tfds:"):], split, data_dir)
   raise DataError(f"dataset {name!r} is unknown; use one of mnist5k, digits, "
-                  "fashion_mnist, synthetic, pycode, genome, tfds:NAME.")
+                  "fashion_mnist, synthetic, pycode, genome, wordnet, species, "
+                  "tfds:NAME.")
