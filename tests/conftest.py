@@ -136,3 +136,19 @@ def assert_resumes_bit_exactly(config_path, workdir, *more):
             if l.startswith("FINAL ")]
   assert len(finals) == len(runs), proc.stdout[-2000:]
   return finals if more else finals[0]
+
+
+# The slowest test files (by `pytest --durations`), started first: with
+# `-n 2 --dist loadfile` a worker takes whole files in collection order, so
+# a long file that starts last keeps one worker busy while the other idles.
+SLOW_FILES_FIRST = ("test_scaleout.py", "test_checkpoint.py", "test_colabs.py",
+                    "test_tokens.py", "test_ijepa.py", "test_multihost.py",
+                    "test_lut.py", "test_imagenet_configs.py", "test_mlm.py",
+                    "test_salt.py", "test_mergedna.py", "test_cae.py",
+                    "test_meap.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -20,7 +20,7 @@ def _assert_clean_error(proc, *needles):
     (["--config.model.patch_size=5"], ["not divisible by model.patch_size=5"]),
     (["--config.task.mask_ratio=1.2"], ["mask_ratio=1.2 is outside (0, 1)"]),
     (["--config.data.name=imagenet_typo"], ["dataset 'imagenet_typo' is unknown"]),
-    (["--config.model.name=resnet"], ["model.name='resnet' is unknown; use one of ['convnet', 'seq', 'vit']"]),
+    (["--config.model.name=resnet"], ["model.name='resnet' is unknown; use one of ['convnet', 'mergedna', 'seq', 'vit']"]),
     (["--config.model.name=convnet"], ["model.name='convnet' needs model.widths, model.depths, model.stem"]),
     (["--config.batch_size=abc"], ["batch_size"]),
 ])
