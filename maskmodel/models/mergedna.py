@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from maskmodel import tokens
 from maskmodel.models import norm as norm_lib
 from maskmodel.models import registry
+from maskmodel.models.seq import num_tokens as seq_num_tokens
 from maskmodel.models.seq import (SeqAttention, SeqBlock, SeqTokenReduction,
                                   _Mlp, check_length, check_token_ids,
                                   dense_init, embed_init)
@@ -349,11 +350,6 @@ def _build(model_config, *, num_classes=0, num_tokens=None):
   return build_networks(m, num_tokens or m.max_len, m.eval_window_keep)
 
 
-def _num_tokens(config):
-  data = config.get("data") or {}
-  return data.get("seq_len", config.model.max_len)
-
-
 def _describe(config) -> str:
   m = config.model
   return (f"MergeDNA width {m.width}: local encoder {m.local_depth} merging "
@@ -362,5 +358,5 @@ def _describe(config) -> str:
           f"{m.latent_decoder_depth}, local decoder {m.local_decoder_depth}")
 
 
-registry.register("mergedna", build=_build, num_tokens=_num_tokens,
+registry.register("mergedna", build=_build, num_tokens=seq_num_tokens,
                   describe=_describe)
