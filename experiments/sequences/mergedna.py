@@ -158,7 +158,7 @@ def token_length_by_coding(config, params, max_windows):
 
 
 def write_md(path, rows, lengths, meta):
-  lines = [f"# MergeDNA on genome (coding label)", "",
+  lines = ["# MergeDNA on genome (coding label)", "",
            f"`{meta['command']}`; {meta['hardware']}; {meta['total_seconds']:.0f} s.",
            "", "| run | steps | train s | compression L/N | reconstruction acc | "
            "AMTM acc | k-NN | probe | k-NN rand | probe rand | k-NN codons | "
