@@ -29,6 +29,7 @@ import warnings
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.serialization import type_handler_registry  # pylint: disable=g-direct-orbax-import
 
 from maskmodel.paths import workdir_path
 
@@ -79,6 +80,32 @@ def fill(tree, other):
                       is_leaf=lambda x: x is None)
 
 
+def _single_process_array_handler():
+  """Orbax's `jax.Array` handler without replica-parallel saving, registered
+  once when the run has one process.
+
+  Replica-parallel saving splits each replicated array into one slice per
+  replica so that many hosts share the writing. With one process every
+  replica is local, so the split only adds an eagerly dispatched slice per
+  device and array: a third of a small model's save time on 8 devices.
+  Several processes keep orbax's default. The on-disk format is the same.
+  """
+  if jax.process_count() != 1:
+    return
+  handler = ocp.type_handlers.get_type_handler(jax.Array)
+  if not getattr(handler, "_use_replica_parallel", False):
+    return
+  # `register_type_handler` would log a warning for the override, on every
+  # run's stderr; the registry itself can take it quietly.
+  type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
+      jax.Array,
+      ocp.type_handlers.ArrayHandler(
+          use_replica_parallel=False,
+          # The default handler's store (typed PRNG keys' metadata).
+          array_metadata_store=handler._array_metadata_store),  # pylint: disable=protected-access
+      override=True, ignore_warnings=True)
+
+
 class Checkpointer:
   """Saves and restores `(train_state, data_state)` under `directory`.
 
@@ -91,6 +118,7 @@ class Checkpointer:
     self.frozen_dir = self.directory / FROZEN
     self._frozen = frozen if frozen is not None and any(jax.tree.leaves(frozen)) else None
     self._frozen_saved = False
+    _single_process_array_handler()
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),

@@ -1,5 +1,7 @@
-"""The Pallas Triton kernels compiled for sm_80, sm_86, sm_89 and sm_90a,
-without a GPU.
+"""The Pallas Triton kernels compiled for sm_80, sm_86 and sm_90a, without
+a GPU. sm_89 has sm_86's shared memory and gets its tiles, and compiles to
+the same figures (`benchmarks/results/gpu_compile.json`, which the benchmark
+writes for all four), so the suite leaves it out.
 
 Each kernel's Triton IR goes to PTX through the Triton compiler of XLA's
 CUDA plugin (`jax-cuda13-plugin`, `jax-cuda13-pjrt`; `make install` puts it
@@ -41,13 +43,15 @@ SPILL_BOUND = {
     "token_matching": 112,
 }
 
+ARCHS = ("sm_80", "sm_86", "sm_90a")
+
 _CHILD = """
 import json, sys
 sys.path.insert(0, {benchmarks!r})
 import gpu_compile
 from maskmodel import aot
 assert aot.cuda_compiler_available(), "no Triton compiler registered"
-rows = gpu_compile.reports(("float32", "bfloat16"), (64, 128))
+rows = gpu_compile.reports(("float32", "bfloat16"), (64, 128), archs={archs!r})
 old = gpu_compile.old_f32_d128("sm_86")
 print(json.dumps(dict(rows=rows, old=old)))
 """
@@ -59,17 +63,17 @@ def compiled():
   env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
   run = subprocess.run(
       [sys.executable, "-c",
-       _CHILD.format(benchmarks=str(ROOT / "benchmarks"))],
+       _CHILD.format(benchmarks=str(ROOT / "benchmarks"), archs=ARCHS)],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
       check=False)
   assert run.returncode == 0, run.stderr[-3000:]
   return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def test_every_kernel_compiles_for_every_arch(compiled):
+def test_every_kernel_compiles_for_sm80_sm86_sm90a(compiled):
   rows = compiled["rows"]
   seen = {(r["name"], r["dtype"], r["head_dim"], r["arch"]) for r in rows}
-  assert len(seen) == len(SPILL_BOUND) * 2 * 2 * len(aot.GPU_ARCHS)
+  assert len(seen) == len(SPILL_BOUND) * 2 * 2 * len(ARCHS)
   for r in rows:
     where = (r["name"], r["dtype"], r["head_dim"], r["arch"])
     assert 0 < r["smem"] <= r["smem_limit"], where

@@ -82,8 +82,8 @@ def test_imagenet_config_is_the_paper_recipe(name):
 def test_imagenet_config_trains_on_imagenet_shaped_tfds(tmp_path):
   """`imagenet_vit_b16.py` as written (bfloat16, random-resized-crop and
   flip of JPEGs of varying sizes, 1,000 classes, 224x224 patches of 16, the
-  0.875 center crop for evals), only smaller in depth, batch, steps and
-  warmup, and with a k-NN eval added."""
+  0.875 center crop for evals), only smaller in width, depth, batch, steps
+  and warmup, and with a k-NN eval added."""
   pytest.importorskip("tensorflow_datasets")
   import tfds_mnist_local  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path / "tfds")
@@ -93,7 +93,9 @@ def test_imagenet_config_trains_on_imagenet_shaped_tfds(tmp_path):
                  f"--config.data.name=tfds:{name}", f"--config.data.data_dir={data_dir}",
                  "--config.batch_size=8", "--config.total_steps=3", "--config.log_every=1",
                  "--config.optimizer.warmup_steps=1",
-                 "--config.model.depth=1", "--config.task.decoder.depth=1",
+                 "--config.model.depth=1", "--config.model.width=64",
+                 "--config.model.num_heads=2", "--config.task.decoder.depth=1",
+                 "--config.task.decoder.width=32", "--config.task.decoder.num_heads=2",
                  "--config.evals.names=('knn',)", "--config.evals.batch_size=16")
   assert proc.returncode == 0, proc.stderr[-3000:]
   # The k-NN eval read the validation split through the ImageNet eval crop.

