@@ -706,7 +706,7 @@ def test_flops_match_xla_for_maskmodel_vit_with_schedule(method, schedule):
   model = build.vit(build.with_token_reduction(m, method, schedule),
                     num_classes=10, num_tokens=65)
   images = jnp.zeros((1, 32, 32, 3))
-  params = model.init(jax.random.PRNGKey(0), images)["params"]
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)["params"]
   cost = jax.jit(lambda p, x: model.apply({"params": p}, x)["logits"]).lower(
       params, images).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
