@@ -150,6 +150,9 @@ def base_config():
   c.evals.compare_pixels = True
   c.evals.knn = dict(every=0, k=20)
   c.evals.linear_probe = dict(every=0, steps=500, lr=1e-2)
+  # k-NN and the probe also report the mean per-class recall
+  # (`knn_balanced_accuracy`, ...): for labels where one class dominates.
+  c.evals.balanced_accuracy = False
   # Fine-tune network + linear head on 1% and 10% of the training labels
   # (class-balanced, drawn with `seed`), the same steps from every start.
   c.evals.low_label = dict(every=0, fractions=(0.01, 0.1), steps=100, lr=3e-4,

@@ -8,7 +8,7 @@ import pytest
 from conftest import SMOKE, load_config, xla_env
 from maskmodel import config as mm_config, data, evaluators, sharding, train
 from maskmodel.evaluators import features as features_lib
-from maskmodel.evaluators.knn import knn_accuracy
+from maskmodel.evaluators.knn import balanced_accuracy, knn_accuracy
 from maskmodel.evaluators.linear_probe import linear_probe
 from maskmodel.tasks import get_task
 
@@ -63,7 +63,8 @@ def test_linear_probe_separates_what_a_line_separates():
     return np.stack([x1, x2], 1).astype(np.float32), y
   (xtr, ytr), (xte, yte) = data(100), data(100)
   r = linear_probe(xtr, ytr, xte, yte, num_classes=2, steps=100, lr=0.1)
-  assert r == {"train_accuracy": 1.0, "test_accuracy": 1.0}
+  assert (r["train_accuracy"], r["test_accuracy"]) == (1.0, 1.0)
+  np.testing.assert_array_equal(r["test_predictions"], yte)
 
 
 def test_linear_probe_cannot_learn_xor():
@@ -164,6 +165,24 @@ def test_pixel_baseline_scores_the_pixels_of_each_split(tmp_path):
   assert got == {"knn_accuracy": 0.75, "linear_probe_accuracy": 0.75,
                  "low_label_100%": 0.75}
   assert evaluators.run_on_pixels(ctx, ["accuracy"]) == {}
+  # Balanced: class 1's recall is 1/2, the others' 1.
+  ctx.config.evals.balanced_accuracy = True
+  with jax.set_mesh(ctx.mesh):
+    got = evaluators.run_on_pixels(ctx, ["knn", "linear_probe"])
+  assert got == pytest.approx({
+      "knn_accuracy": 0.75, "linear_probe_accuracy": 0.75,
+      "knn_balanced_accuracy": 2.5 / 3, "linear_probe_balanced_accuracy": 2.5 / 3})
+
+
+def test_balanced_accuracy_is_the_mean_recall():
+  rng = np.random.default_rng(0)
+  labels = rng.choice(3, size=500, p=[0.8, 0.15, 0.05])
+  pred = np.where(rng.random(500) < 0.7, labels, rng.integers(0, 3, 500))
+  recalls = [np.sum((pred == c) & (labels == c)) / np.sum(labels == c)
+             for c in range(3)]
+  assert balanced_accuracy(pred, labels) == pytest.approx(np.mean(recalls))
+  # A constant guess of the majority class: 1 / classes, not 0.8.
+  assert balanced_accuracy(np.zeros(500, int), labels) == pytest.approx(1 / 3)
 
 
 def test_knn_in_chunks_equals_knn_at_once():
@@ -180,7 +199,7 @@ def test_knn_in_chunks_equals_knn_at_once():
 KNN_8_DEVICES = """
 import jax, numpy as np
 from maskmodel import sharding
-from maskmodel.evaluators.knn import knn_accuracy
+from maskmodel.evaluators.knn import balanced_accuracy, knn_accuracy
 assert jax.device_count() == 8
 rng = np.random.default_rng(1)
 train_x, test_x = rng.normal(size=(301, 8)), rng.normal(size=(50, 8))

@@ -73,6 +73,7 @@ def get_config(arg=None):
   c.evals.names = ("knn", "linear_probe", "electra")
   c.evals.compare_random_init = True
   c.evals.raw_kmer = 3     # the no-encoder baseline: codon (3-mer) counts
+  c.evals.balanced_accuracy = True  # imbalanced labels: also mean recall
   c.evals.electra = dict(every=200)
 
   if "smoke" in args:

@@ -112,11 +112,17 @@ def step_flops(config):
   return float(cost["flops"])
 
 
-def run(name, config, out):
+def run(name, config, out, previous):
+  """Trains (or, if finished, only evaluates) one run. A finished run keeps
+  the wall seconds of the invocation that trained it, from `previous`."""
   workdir = os.path.join(out, name)
+  finished = os.path.isdir(os.path.join(workdir, "checkpoints",
+                                        str(config.total_steps)))
   start = time.time()
   result = train.train_and_evaluate(config, workdir)
   seconds = time.time() - start
+  if finished and "seconds" in previous.get(name, {}):
+    seconds = previous[name]["seconds"]
   pick = lambda d: {k: float(v) for k, v in d.items()
                     if isinstance(v, (int, float, np.floating))}
   return result, {"name": name, "steps": int(config.total_steps),
@@ -173,6 +179,16 @@ def write_md(path, rows, lengths, meta):
         f"{g(f, 'linear_probe_accuracy')} | {g(ri, 'knn_accuracy')} | "
         f"{g(ri, 'linear_probe_accuracy')} | {g(km, 'knn_accuracy')} | "
         f"{g(km, 'linear_probe_accuracy')} |")
+  lines += ["", "Balanced accuracy (the mean of the two classes' recalls: "
+            "0.5 for any constant guess):", "",
+            "| run | k-NN | probe | k-NN rand | probe rand | k-NN codons | "
+            "probe codons |", "|" + "---|" * 7]
+  for r in rows:
+    f, ri, km = r["final"], r["random_init"], r["kmer_counts"]
+    g = lambda d, k: f"{d[k]:.4f}" if k in d else "-"
+    cells = [g(d, f"{m}_balanced_accuracy") for d in (f, ri, km)
+             for m in ("knn", "linear_probe")]
+    lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
   lines += ["", "Length of the token holding each base (learned tokenizer, "
             "L = N/2, test windows):", "",
             "| tokenizer | coding bases | non-coding bases |", "|---|---|---|"]
@@ -201,9 +217,12 @@ def main(argv=None):
                                      * flops["mergedna"] / flops["mlm_bases"])))
   mlm.optimizer.warmup_steps = min(mlm.optimizer.warmup_steps,
                                    mlm.total_steps // 2)
+  old = os.path.join(args.out, "results.json")
+  previous = ({r["name"]: r for r in json.load(open(old))["rows"]}
+              if os.path.exists(old) else {})
   rows, lengths = [], {}
   for name, config in cfgs.items():
-    result, row = run(name, config, args.out)
+    result, row = run(name, config, args.out, previous)
     rows.append(row)
     if name in ("mergedna", "fixed_kmer"):
       params = jax.device_get(result["state"]["params"])

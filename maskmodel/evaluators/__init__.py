@@ -20,7 +20,7 @@ from maskmodel.config import ConfigError
 from maskmodel.data.pipeline import eval_preprocess
 from maskmodel.evaluators import features as features_lib
 from maskmodel.evaluators import low_label as low_label_lib
-from maskmodel.evaluators.knn import knn_accuracy
+from maskmodel.evaluators.knn import balanced_accuracy, knn_predict
 from maskmodel.evaluators.linear_probe import linear_probe
 from maskmodel.evaluators.plots import image_grid
 from maskmodel.paths import workdir_path
@@ -91,12 +91,21 @@ def _features(ctx, params, task_state, cache):
   return cache["features"]
 
 
+def _scores(ctx, name, pred, labels):
+  """`{name}_accuracy`, and with `evals.balanced_accuracy` (imbalanced
+  labels, such as the genome's coding windows) `{name}_balanced_accuracy`."""
+  out = {f"{name}_accuracy": float(np.mean(pred == labels))}
+  if ctx.config.evals.get("balanced_accuracy", False):
+    out[f"{name}_balanced_accuracy"] = balanced_accuracy(pred, labels)
+  return out
+
+
 def knn(ctx, params, task_state, cache):
   (xtr, ytr), (xte, yte) = _features(ctx, params, task_state, cache)
   c = ctx.config.evals.knn
-  return {"knn_accuracy": knn_accuracy(
-      xtr, ytr, xte, yte, k=c.k, num_classes=ctx.config.data.num_classes,
-      mesh=ctx.mesh)}
+  pred = knn_predict(xtr, ytr, xte, k=c.k,
+                     num_classes=ctx.config.data.num_classes, mesh=ctx.mesh)
+  return _scores(ctx, "knn", pred, np.asarray(yte))
 
 
 def probe(ctx, params, task_state, cache):
@@ -104,7 +113,7 @@ def probe(ctx, params, task_state, cache):
   c = ctx.config.evals.linear_probe
   r = linear_probe(xtr, ytr, xte, yte, num_classes=ctx.config.data.num_classes,
                    steps=c.steps, lr=c.lr)
-  return {"linear_probe_accuracy": r["test_accuracy"]}
+  return _scores(ctx, "linear_probe", r["test_predictions"], np.asarray(yte))
 
 
 def low_label_finetune(ctx, params, task_state, cache):

@@ -43,7 +43,16 @@ def _chunk_predictions(test_x, train_n, train_y, *, k, num_classes,
 
 def knn_accuracy(train_x, train_y, test_x, test_y, *, num_classes, k=20,
                  temperature=0.07, chunk=1024, mesh=None):
-  """Top-1 accuracy of a cosine-similarity k-NN vote weighted by exp(s/T).
+  """Top-1 accuracy of `knn_predict` (same arguments)."""
+  pred = knn_predict(train_x, train_y, test_x, num_classes=num_classes, k=k,
+                     temperature=temperature, chunk=chunk, mesh=mesh)
+  return float(np.mean(pred == np.asarray(test_y)))
+
+
+def knn_predict(train_x, train_y, test_x, *, num_classes, k=20,
+                temperature=0.07, chunk=1024, mesh=None):
+  """The class of each test row by a cosine-similarity k-NN vote weighted
+  by exp(s/T), as a numpy array.
 
   With a `mesh`, the train rows are split over its batch axes
   (`sharding.batch_sharded`); without one they sit on the default device. Test
@@ -53,7 +62,6 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, num_classes, k=20,
   train_x = np.asarray(train_x, np.float32)
   train_y = np.asarray(train_y, np.int32)
   test_x = np.asarray(test_x, np.float32)
-  test_y = np.asarray(test_y)
   k = min(k, len(train_x))
   # Pad the train rows to a multiple of the shards (label -1: never votes).
   shards = 1 if mesh is None else sharding_lib.data_parallel_size(mesh)
@@ -65,13 +73,22 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, num_classes, k=20,
   train_n = jax.jit(_normalize)(put(train_x))
   train_y = put(train_y)
   chunk = min(chunk, len(test_x))
-  correct = 0
+  preds = []
   for start in range(0, len(test_x), chunk):
     rows = test_x[start:start + chunk]
     n = len(rows)
     rows = np.concatenate([rows, np.zeros((chunk - n, rows.shape[1]), np.float32)])
     pred = _chunk_predictions(rows, train_n, train_y, k=k,
                               num_classes=num_classes, temperature=temperature)
-    correct += int(np.sum(np.asarray(pred)[:n] == test_y[start:start + n]))
-  return correct / len(test_x)
+    preds.append(np.asarray(pred)[:n])
+  return np.concatenate(preds)
+
+
+def balanced_accuracy(pred, labels):
+  """The mean over the classes present in `labels` of the fraction of that
+  class predicted right (recall): chance is 1 / classes and a constant
+  majority-class guess scores 1 / classes too, whatever the imbalance."""
+  pred, labels = np.asarray(pred), np.asarray(labels)
+  return float(np.mean([np.mean(pred[labels == c] == c)
+                        for c in np.unique(labels)]))
 

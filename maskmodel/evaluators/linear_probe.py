@@ -16,7 +16,8 @@ import optax
 
 def linear_probe(train_x, train_y, test_x, test_y, *, num_classes, steps=500,
                  lr=1e-2, weight_decay=1e-4, seed=0):
-  """Returns {"train_accuracy", "test_accuracy"} of a linear softmax head."""
+  """Returns {"train_accuracy", "test_accuracy", "test_predictions"} of a
+  linear softmax head."""
   mean, std = train_x.mean(0), train_x.std(0) + 1e-6
   xs, xt = (train_x - mean) / std, (test_x - mean) / std
   d = xs.shape[1]
@@ -24,8 +25,11 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes, steps=500,
   del seed  # zero init and full-batch updates make this deterministic
   params = _fit(params, jnp.asarray(xs), jnp.asarray(train_y), lr, weight_decay,
                 steps=steps)
-  acc = lambda x, y: float(np.mean(np.asarray(x @ params["w"] + params["b"]).argmax(1) == y))
-  return {"train_accuracy": acc(xs, train_y), "test_accuracy": acc(xt, test_y)}
+  predict = lambda x: np.asarray(x @ params["w"] + params["b"]).argmax(1)
+  test_pred = predict(xt)
+  return {"train_accuracy": float(np.mean(predict(xs) == train_y)),
+          "test_accuracy": float(np.mean(test_pred == test_y)),
+          "test_predictions": test_pred}
 
 
 def _loss(p, x, y):
