@@ -138,6 +138,15 @@ def test_finished_run_is_not_run_again_and_budgets_are_kept(runner, tmp_path):
   (folder / "result.json").write_text(json.dumps(recorded))
   # No training: a finished run comes back as recorded.
   assert runner.run_one("pycode/clm", 1, 400, tmp_path) == recorded
+  # A genome run recorded before its config asked for balanced accuracy
+  # gets its evals again; one with it, or a pycode run, does not.
+  old = {"final": {"knn_accuracy": 0.9}}
+  genome = runner.run_config("genome/electra", seed=0)
+  assert runner._lacks_balanced_accuracy(old, genome)  # pylint: disable=protected-access
+  new = {"final": {"knn_accuracy": 0.9, "knn_balanced_accuracy": 0.6}}
+  assert not runner._lacks_balanced_accuracy(new, genome)  # pylint: disable=protected-access
+  pycode = runner.run_config("pycode/clm", seed=0)
+  assert not runner._lacks_balanced_accuracy(old, pycode)  # pylint: disable=protected-access
   budget = {"flops_per_step": {}, "steps": {"pycode/clm": 400}}
   (tmp_path / "flops.json").write_text(json.dumps(budget))
   assert runner.budgets(tmp_path) == budget

@@ -123,8 +123,10 @@ RETRIEVAL_ROWS = ("pycode/clm", "pycode/meap")
 CLAIMS = (
     ("ELECTRA beats MLM at equal compute", "pycode", "electra", "mlm15_eqflops",
      ("linear_probe_accuracy", "knn_accuracy")),
+    # 91.5% of the genome's test windows are coding: plain accuracy sits at
+    # the majority class, so the claim is judged by the mean class recall.
     ("ELECTRA beats MLM at equal compute", "genome", "electra", "mlm15_eqflops",
-     ("linear_probe_accuracy", "knn_accuracy")),
+     ("linear_probe_balanced_accuracy", "knn_balanced_accuracy")),
     ("MLM beats CLM on representations", "pycode", "mlm40", "clm",
      ("linear_probe_accuracy", "knn_accuracy", "finetune_accuracy")),
     ("CLM -> MLM beats MLM alone at a fixed budget", "pycode", "clm_mlm",
@@ -271,9 +273,12 @@ def run_one(row, seed, steps, workdir, smoke=False):
   """Trains and evaluates one run unless it already finished; its result."""
   folder = workdir / row / f"seed{seed}"
   done = folder / "result.json"
-  if done.exists():
-    return json.loads(done.read_text())
   config = run_config(row, seed, steps, smoke)
+  if done.exists():
+    result = json.loads(done.read_text())
+    if not _lacks_balanced_accuracy(result, config):
+      return result
+    return _reevaluate(result, config, folder)
   t0 = time.time()
   out = train.train_and_evaluate(config, str(folder))
   final = dict(out["final"])
@@ -290,6 +295,23 @@ def run_one(row, seed, steps, workdir, smoke=False):
   result["wall_seconds_last_invocation"] = round(time.time() - t0, 1)
   result["wall_seconds_loop_last_invocation"] = round(wall_train, 1)
   done.write_text(json.dumps(result, indent=1))
+  return result
+
+
+def _lacks_balanced_accuracy(result, config):
+  """A run finished before its config asked for balanced accuracy."""
+  return (config.evals.get("balanced_accuracy", False)
+          and "knn_balanced_accuracy" not in result["final"])
+
+
+def _reevaluate(result, config, folder):
+  """The finished run's evals again (the loop resumes at its last step and
+  trains nothing), into its result; its wall times and fine-tuning and
+  retrieval results stay those of the run that trained it."""
+  out = train.train_and_evaluate(config, str(folder))
+  result.update(final=dict(out["final"]), random_init=out["random_init"],
+                raw=out["pixels"])
+  (folder / "result.json").write_text(json.dumps(result, indent=1))
   return result
 
 
@@ -440,7 +462,10 @@ def markdown(table, claim_rows, budget, wall, summed=False, results=()):
   if "genome" in table:
     lines += ["### genome: probes (coding vs non-coding, held-out blocks)", ""]
     lines += _table(table["genome"], ["electra", "mlm15_eqflops",
-                                      "random_init_bidirectional", "raw"], probes)
+                                      "random_init_bidirectional", "raw"],
+                    {**probes,
+                     "knn_balanced_accuracy": "k-NN, balanced",
+                     "linear_probe_balanced_accuracy": "linear probe, balanced"})
   lines += ["### Claims", "",
             "| claim | dataset | metric | difference | std sum | verdict | seeds |",
             "|---|---|---|---|---|---|---|"]
