@@ -141,13 +141,13 @@ def token_length_by_coding(config, params, max_windows):
   src = sequences.get_corpus("genome", "test", seq_len=seq_len)
   cover = sequences.gene_coverage().any(0)
   count = min(len(src), max_windows)
-  encode = jax.jit(lambda ids: task.tokenize(task.eval_net, params, ids))
+  encode = jax.jit(lambda p, ids: task.tokenize(task.eval_net, p, ids))
   sums = {True: 0.0, False: 0.0}
   bases = {True: 0, False: 0}
   for lo in range(0, count, 64):
     idx = range(lo, min(count, lo + 64))
     ids = np.stack([src[i]["tokens"] for i in idx])
-    _, size, source = jax.device_get(encode(jnp.asarray(ids)))
+    _, size, source = jax.device_get(encode(params, jnp.asarray(ids)))
     length = np.take_along_axis(size, source, axis=1)   # [b, N] per base
     for row, i in enumerate(idx):
       start = int(src.starts[int(src.order[i])])
