@@ -1,0 +1,95 @@
+"""`experiments/mim_zoo/run.py` without training: the configs it builds, the
+two-stage budgets, the table's means over seeds with the baseline rows, the
+claim verdicts, and `--report`, which reads finished runs only."""
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def zoo():
+  spec = importlib.util.spec_from_file_location(
+      "mim_zoo_run", os.path.join(ROOT, "experiments", "mim_zoo", "run.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _result(variant, seed, knn, random_init=None, pixels=None):
+  """A run's result.json as `run_one` writes it (test input, not a result)."""
+  return {"variant": variant, "dataset": "mnist5k", "seed": seed,
+          "final": {"knn_accuracy": knn, "linear_probe_accuracy": knn},
+          "random_init": random_init or {}, "pixels": pixels or {},
+          "wall_seconds_last_invocation": 60.0}
+
+
+def test_configs_share_the_budget_and_split_two_stage_variants(zoo):
+  assert zoo.stage_steps("mae", 500) == (0, 500)
+  assert zoo.stage_steps("salt", 500) == (100, 400)
+  assert zoo.stage_steps("salt_teacher_heavy", 500) == (400, 100)
+  assert zoo.stage_steps("salt_long_teacher", 500) == (500, 400)
+  mae = zoo.run_config("mae", "fashion_mnist", 2, 500)
+  assert (mae.seed, mae.total_steps, mae.batch_size) == (2, 500, zoo.BATCH)
+  assert mae.data.name == "fashion_mnist" and mae.model.pool == "gap"
+  assert mae.evals.compare_random_init and mae.evals.compare_pixels
+  salt = zoo.run_config("salt_small_teacher", "mnist5k", 0, 500, "stage1/dir")
+  assert salt.total_steps == 400 and salt.task.teacher_workdir == "stage1/dir"
+  assert not salt.evals.compare_pixels
+  teacher = zoo.stage1_config("salt_small_teacher", "mnist5k", 0, 500)
+  assert (teacher.model.width, teacher.model.depth) == (48, 2)
+  assert teacher.total_steps == 100 and teacher.evals.names == ()
+  fine = zoo.run_config("simmim_fine", "mnist5k", 0, 500)
+  assert fine.task.mask_patch_size == 4
+
+
+def test_table_means_seeds_and_claims_judge_by_the_spread(zoo):
+  results = [
+      _result("mae", 0, 0.60, {"knn_accuracy": 0.40}, {"knn_accuracy": 0.90}),
+      _result("mae", 1, 0.62, {"knn_accuracy": 0.42}, {"knn_accuracy": 0.90}),
+      _result("hpm", 0, 0.70), _result("hpm", 1, 0.72),
+      _result("spark", 0, 0.30, {"knn_accuracy": 0.20}),
+      _result("colormae", 0, 0.61)]
+  table = zoo.summarize(results)["mnist5k"]
+  assert table["mae"]["knn_accuracy"]["mean"] == pytest.approx(0.61)
+  assert table["mae"]["knn_accuracy"]["n"] == 2
+  assert table["random_init_vit"]["knn_accuracy"]["mean"] == pytest.approx(0.41)
+  assert table["random_init_convnet"]["knn_accuracy"]["n"] == 1
+  assert table["pixels"]["knn_accuracy"]["mean"] == pytest.approx(0.90)
+  verdicts = {(c["better"], c["metric"]): c["verdict"]
+              for c in zoo.claims({"mnist5k": table})}
+  # HPM ahead by 0.10 with a spread of 0.01 + 0.01 on two seeds: holds.
+  assert verdicts[("hpm", "linear_probe_accuracy")] == "holds"
+  # ColorMAE has one seed: no spread, only the side it is on.
+  assert verdicts[("colormae", "linear_probe_accuracy")] == "ahead on one seed"
+  text = zoo.markdown({"mnist5k": table}, zoo.claims({"mnist5k": table}),
+                      500, 600.0, summed=True)
+  assert "the runs' wall times added: 10.0 min" in text
+  assert "| hpm | 0.710 ± 0.010 |" in text
+
+
+def test_report_reads_finished_runs_and_trains_nothing(zoo, tmp_path,
+                                                       monkeypatch):
+  workdir, out = tmp_path / "runs", tmp_path / "out"
+  done = workdir / "mnist5k" / "mae" / "seed0"
+  done.mkdir(parents=True)
+  (done / "result.json").write_text(json.dumps(
+      _result("mae", 0, 0.6, {"knn_accuracy": 0.4}, {"knn_accuracy": 0.9})))
+  (workdir / "mnist5k" / "hpm" / "seed0").mkdir(parents=True)  # unfinished
+  finished_only = zoo.run_one
+  def run_one(variant, dataset, seed, steps, wd):
+    assert (wd / dataset / variant / f"seed{seed}" / "result.json").exists(), (
+        f"--report started {variant}")
+    return finished_only(variant, dataset, seed, steps, wd)
+  monkeypatch.setattr(zoo, "run_one", run_one)
+  monkeypatch.setattr(sys, "argv", [
+      "run.py", "--workdir", str(workdir), "--out", str(out), "--report",
+      "--datasets", "mnist5k", "--seeds", "0", "--methods", "mae,hpm"])
+  zoo.main()
+  results = json.loads((out / "results.json").read_text())
+  assert [r["variant"] for r in results["runs"]] == ["mae"]
+  assert "wall times added: 1.0 min" in (out / "results.md").read_text()
