@@ -51,6 +51,16 @@ def load_config(path_arg):
   return mod.get_config(arg or None)
 
 
+def load_experiment(name, script="run.py"):
+  """`experiments/<name>/<script>` imported as a module (they are scripts,
+  not a package), for tests of their functions and `main`."""
+  path = os.path.join(ROOT, "experiments", name, script)
+  spec = importlib.util.spec_from_file_location(f"{name}_{script[:-3]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def run_cli(*args, env=None, timeout=600):
   """Runs `python -m maskmodel.main ARGS`; returns the CompletedProcess."""
   full_env = dict(os.environ, **(env or {}))

@@ -1,24 +1,14 @@
 """`experiments/mergedna/run.py` end to end at toy size: one seed of the
 fixed 2-mer run, its table with balanced accuracy, and its token lengths."""
-import importlib.util
 import json
-import os
 
 import pytest
 
-from conftest import ROOT
-
-
-def _runner():
-  spec = importlib.util.spec_from_file_location(
-      "mergedna_table", os.path.join(ROOT, "experiments", "mergedna", "run.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from conftest import load_experiment
 
 
 def test_table_runs_and_reports_balanced_accuracy(tmp_path):
-  runner = _runner()
+  runner = load_experiment("mergedna")
   out = tmp_path / "out"
   runner.main(["--smoke", "--seeds", "0", "--runs", "fixed_kmer",
                "--out", str(out)])

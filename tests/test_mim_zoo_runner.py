@@ -1,23 +1,17 @@
 """`experiments/mim_zoo/run.py` without training: the configs it builds, the
 two-stage budgets, the table's means over seeds with the baseline rows, the
 claim verdicts, and `--report`, which reads finished runs only."""
-import importlib.util
 import json
-import os
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import load_experiment
 
 
 @pytest.fixture(scope="module")
 def zoo():
-  spec = importlib.util.spec_from_file_location(
-      "mim_zoo_run", os.path.join(ROOT, "experiments", "mim_zoo", "run.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment("mim_zoo")
 
 
 def _result(variant, seed, knn, random_init=None, pixels=None):

@@ -1,13 +1,11 @@
 """The key-value retrieval probe's data (`maskmodel.data.kv_retrieval`) and
 the resume / aggregation logic of `experiments/seq_pretraining/run.py`."""
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import load_experiment
 from maskmodel.data import kv_retrieval, sequences
 from maskmodel.data.tokenizers import get_tokenizer
 
@@ -124,11 +122,7 @@ def test_retrieval_scores_count_value_tokens_and_exact_matches(pool):
 
 @pytest.fixture(scope="module")
 def runner():
-  path = os.path.join(ROOT, "experiments", "seq_pretraining", "run.py")
-  spec = importlib.util.spec_from_file_location("seq_pretraining_run", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment("seq_pretraining")
 
 
 def test_finished_run_is_not_run_again_and_budgets_are_kept(runner, tmp_path):

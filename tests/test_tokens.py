@@ -1,6 +1,5 @@
 """Properties of the token-reduction library (maskmodel.tokens)."""
 import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import xla_env
+from conftest import load_experiment, xla_env
 
 from maskmodel import config as config_lib
 from maskmodel import tokens as T
@@ -761,13 +760,7 @@ def test_token_map_colours_groups_and_draws_borders(tmp_path):
 
 
 def _token_reduction_runner():
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location(
-      "token_reduction_run",
-      os.path.join(root, "experiments", "token_reduction", "run.py"))
-  run = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(run)
-  return run
+  return load_experiment("token_reduction")
 
 
 def test_token_reduction_experiment_fashion_mnist_data_settings():
