@@ -191,7 +191,8 @@ def test_spark_densify_matches_the_official_densify():
   _, inter = jax.jit(lambda v, x, a: task.model.apply(
       v, x, a, False,
       capture_intermediates=lambda mdl, _: (mdl.name or "").startswith("densify_proj"),
-      mutable=["intermediates"]))({"params": params, **state}, images, jnp.asarray(active))
+      mutable=["intermediates"]))({"params": params, **state}, images,
+                                  jnp.asarray(active))
   feats = jax.jit(task.encoder.apply)({"params": params["encoder"]}, images,
                                       jnp.asarray(active))["features"][::-1]
   p = _params(params)
