@@ -270,7 +270,7 @@ def test_token_target_is_cross_entropy_on_kmeans_ids(setup):
   assert codebook.shape == (32, 16) and np.abs(codebook).max() > 0
   mask = setup.mask(jax.random.PRNGKey(13), images.shape[0])
   _, logits = jax.jit(task.predict)(params, images, mask)
-  _, metrics = task.main_loss(logits, images, masked_ids(mask), state)
+  _, metrics = jax.jit(task.main_loss)(logits, images, masked_ids(mask), state)
   # Each hidden patch's id is its nearest centroid, in [0, 1] pixels.
   px = np.asarray(patchify(images * 0.3081 + 0.1307, 4), np.float64)
   ids = ((px[:, :, None] - codebook[None, None]) ** 2).sum(-1).argmin(-1)

@@ -81,17 +81,18 @@ def test_decoder_block_matches_the_official_post_norm_layer():
   x = rng.normal(size=(2, 10, 32)).astype(np.float32)
   mem = rng.normal(size=(2, 7, 32)).astype(np.float32)
   block = CrossDecoderBlock(num_heads=4, mlp_dim=64, dropout=0.1, attn_impl="xla")
-  params = block.init(jax.random.PRNGKey(0), x, mem, False)["params"]
+  params = jax.jit(block.init, static_argnums=3)(
+      jax.random.PRNGKey(0), x, mem, False)["params"]
   # Random norms and biases, so that every parameter matters.
   params = jax.tree.map(lambda a: a + 0.1 * rng.normal(size=a.shape).astype(a.dtype),
                         params)
-  got = block.apply({"params": params}, x, mem, False)
+  got = jax.jit(lambda p: block.apply({"params": p}, x, mem, False))(params)
   want = official_block(x.astype(np.float64), mem.astype(np.float64),
                         jax.tree.map(lambda a: np.asarray(a, np.float64), params), 4)
   np.testing.assert_allclose(got, want, atol=1e-4)
   # Training mode drops activations.
-  dropped = block.apply({"params": params}, x, mem, True,
-                        rngs={"dropout": jax.random.PRNGKey(1)})
+  dropped = jax.jit(lambda p: block.apply(
+      {"params": p}, x, mem, True, rngs={"dropout": jax.random.PRNGKey(1)}))(params)
   assert not np.allclose(dropped, got)
 
 

@@ -139,11 +139,12 @@ def test_pixel_target_is_the_masked_mse_on_normalized_pixels():
   c.task.target = "pixels"
   task = tasks.get_task(c)
   images = jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 1))
-  params, state = task.init(jax.random.PRNGKey(1), {"image": images})
+  params, state = jax.jit(task.init)(jax.random.PRNGKey(1), {"image": images})
   rng = jax.random.PRNGKey(2)
-  loss, _ = task.loss(params, state, {"image": images}, rng, 0)
+  loss, _ = jax.jit(task.loss, static_argnums=4)(
+      params, state, {"image": images}, rng, 0)
   mask = task.mask_policy(rng, 4).mask
-  pred = task.model.apply({"params": params}, images, mask)
+  pred = jax.jit(task.model.apply)({"params": params}, images, mask)
   assert pred.shape == (4, 49, 16)
   np.testing.assert_allclose(loss, masked_mse(pred, patchify(images, 4), mask),
                              rtol=1e-6)

@@ -98,7 +98,8 @@ def test_classify_trains_any_registered_model(mlp_family, tmp_path):
 def test_classify_layer_decay_comes_from_the_family():
   config = load_config(CLASSIFY_SMOKE)  # layer_decay 0.75, depth 1
   task = get_task(config)
-  params, _ = task.init(jax.random.PRNGKey(0), {"image": jnp.ones((2, 28, 28, 1))})
+  params, _ = jax.eval_shape(task.init, jax.random.PRNGKey(0),
+                             {"image": jnp.ones((2, 28, 28, 1))})
   scales = task.param_labels(params)
   # Embeddings are layer 0 of 2, block_0 layer 1, the head layer 2.
   assert scales["patch_embed"]["kernel"] == pytest.approx(0.75 ** 2)
@@ -111,13 +112,15 @@ def test_mae_reconstruct_returns_images_and_the_eval_needs_no_patches(tmp_path):
   config = load_config(SMOKE)
   task = get_task(config)
   images = jax.random.normal(jax.random.PRNGKey(0), (3, 28, 28, 1))
-  params, state = task.init(jax.random.PRNGKey(1), {"image": images})
+  params, state = jax.jit(task.init)(jax.random.PRNGKey(1), {"image": images})
   rng = jax.random.PRNGKey(2)
-  out = {k: np.asarray(v) for k, v in task.reconstruct(params, state, images, rng).items()}
+  out = {k: np.asarray(v) for k, v in
+         jax.jit(task.reconstruct)(params, state, images, rng).items()}
   for k in ("original", "masked", "reconstruction"):
     assert out[k].shape == images.shape, k
   assert out["mask"].shape == (3, 28, 28, 1)
-  _, mask = task.predict(params, images, rng)
+  predict = jax.jit(task.predict)
+  _, mask = predict(params, images, rng)
   hidden = np.kron(np.asarray(mask.mask).reshape(3, 7, 7), np.ones((4, 4)))[..., None]
   np.testing.assert_array_equal(out["mask"], hidden)
   np.testing.assert_array_equal(out["original"], np.asarray(images))
@@ -126,7 +129,7 @@ def test_mae_reconstruct_returns_images_and_the_eval_needs_no_patches(tmp_path):
   np.testing.assert_allclose(out["reconstruction"][visible[..., 0]],
                              np.asarray(images)[visible[..., 0]], atol=0)
   # At hidden pixels: the prediction, mapped back with each patch's stats.
-  pred, _ = task.predict(params, images, rng)
+  pred, _ = predict(params, images, rng)
   target = patchify(images, 4)
   mean, std = target.mean(-1, keepdims=True), jnp.sqrt(target.var(-1, keepdims=True, ddof=1) + 1e-6)
   want = np.asarray(pred * std + mean)[np.asarray(mask.mask) == 1]
@@ -143,7 +146,7 @@ def test_mae_reconstruct_returns_images_and_the_eval_needs_no_patches(tmp_path):
   ctx = evaluators.Context(config, task, None, None, test_src, spec, str(tmp_path))
   got = evaluators.reconstruction(ctx, params, state, {})["reconstruction_mse_pixels"]
   x = np.stack([evaluators.eval_preprocess(r, spec)["image"] for r in test_src])
-  pred, m = task.predict(params, jnp.asarray(x), jax.random.PRNGKey(config.seed))
+  pred, m = predict(params, jnp.asarray(x), jax.random.PRNGKey(config.seed))
   t = patchify(jnp.asarray(x), 4)
   mean, std = t.mean(-1, keepdims=True), jnp.sqrt(t.var(-1, keepdims=True, ddof=1) + 1e-6)
   per_patch = (((pred * std + mean) - t) ** 2).mean(-1)
@@ -181,11 +184,11 @@ def test_remat_keeps_params_and_gradients_and_recomputes_the_blocks(policy):
     m.remat = policy
   remat = build.vit(m, num_classes=10)
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 1))
-  params = plain.init(jax.random.PRNGKey(1), images)
-  assert (jax.tree.structure(remat.init(jax.random.PRNGKey(1), images))
+  params = jax.jit(plain.init)(jax.random.PRNGKey(1), images)
+  assert (jax.tree.structure(jax.eval_shape(remat.init, jax.random.PRNGKey(1), images))
           == jax.tree.structure(params))
   loss = lambda model: lambda p: (model.apply(p, images)["logits"] ** 2).sum()
-  grads = [jax.grad(loss(model))(params) for model in (plain, remat)]
+  grads = [jax.jit(jax.grad(loss(model)))(params) for model in (plain, remat)]
   for a, b in zip(*map(jax.tree.leaves, grads)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   programs = [str(jax.make_jaxpr(jax.grad(loss(model)))(params))

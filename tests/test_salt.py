@@ -39,7 +39,7 @@ def salt(tmp_path_factory):
   task = get_task(config)
   images = jax.random.normal(jax.random.PRNGKey(0), (32, 28, 28, 1))
   batch = {"image": images, "label": jnp.zeros((32,), jnp.int32)}
-  encoder = task.teacher.init(jax.random.PRNGKey(42), images)["params"]
+  encoder = jax.jit(task.teacher.init)(jax.random.PRNGKey(42), images)["params"]
   ckpt = checkpoint.Checkpointer(teacher_dir / "checkpoints")
   ckpt.save(10, {"step": jnp.int32(10), "params": {"encoder": encoder}}, {})
   ckpt.wait()

@@ -89,8 +89,8 @@ def test_mlm_head_is_tied_to_the_token_embeddings():
   np.testing.assert_allclose(out["mlm_logits"], want, rtol=1e-4, atol=1e-4)
   # A token absent from the input still gets gradient through the decoder.
   absent = int(np.setdiff1d(np.arange(VOCAB), np.asarray(ids))[0])
-  grad = jax.grad(lambda q: model.apply(
-      {"params": q}, ids)["mlm_logits"][..., absent].sum())(p)
+  grad = jax.jit(jax.grad(lambda q: model.apply(
+      {"params": q}, ids)["mlm_logits"][..., absent].sum()))(p)
   assert np.abs(grad["token_embed"]["embedding"][absent]).sum() > 0
   # mlm_positions gathers before the head.
   pos = jnp.array([[0, 3], [5, N - 1]])

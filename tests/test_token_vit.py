@@ -43,7 +43,7 @@ def _vit(method="none", schedule=0, **kw):
 @functools.lru_cache(maxsize=None)
 def _images_and_params():
   images = jax.random.normal(jax.random.PRNGKey(0), (2, IMAGE, IMAGE, 1))
-  params = _vit().init(jax.random.PRNGKey(1), images)["params"]
+  params = jax.jit(_vit().init)(jax.random.PRNGKey(1), images)["params"]
   # Random (not zero) head weights, so logits depend on the tokens.
   params = dict(params, head={"kernel": jax.random.normal(
       jax.random.PRNGKey(2), params["head"]["kernel"].shape), "bias":
@@ -407,7 +407,7 @@ def test_gtp_sparsity_edits_the_attention_as_the_official_code():
                                N0).edit_attn is None
   x = jax.random.normal(jax.random.PRNGKey(3), (2, N0, 16))
   mha = MultiHeadAttention(num_heads=2)
-  params = mha.init(jax.random.PRNGKey(4), x)["params"]
+  params = jax.jit(mha.init)(jax.random.PRNGKey(4), x)["params"]
   params = jax.tree.map(   # non-zero biases, so they are checked too
       lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(5), a.shape),
       params)

@@ -172,7 +172,8 @@ def test_spark_sparse_encoder_matches_the_official_sparse_convnext():
   config, task, images, params, _ = _spark_setup()
   m = config.model
   active = _spark_mask(np.random.default_rng(1).random((3, 49)), task.keep).reshape(3, 7, 7)
-  got = task.encoder.apply({"params": params["encoder"]}, images, jnp.asarray(active))
+  got = jax.jit(task.encoder.apply)({"params": params["encoder"]}, images,
+                                    jnp.asarray(active))
   want = _sparse_convnext(_params(params["encoder"]), np.asarray(images, np.float64),
                           active, m.widths, m.depths, m.stem)
   for g, w in zip(got["features"], want):
@@ -187,12 +188,13 @@ def test_spark_densify_matches_the_official_densify():
   where inactive, then the projection conv (1x1 at the coarsest scale)."""
   _, task, images, params, state = _spark_setup()
   active = _spark_mask(np.random.default_rng(2).random((3, 49)), task.keep).reshape(3, 7, 7)
-  _, inter = task.model.apply(
-      {"params": params, **state}, images, jnp.asarray(active), False,
+  _, inter = jax.jit(lambda v, x, a: task.model.apply(
+      v, x, a, False,
       capture_intermediates=lambda mdl, _: (mdl.name or "").startswith("densify_proj"),
-      mutable=["intermediates"])
-  feats = task.encoder.apply({"params": params["encoder"]}, images,
-                             jnp.asarray(active))["features"][::-1]
+      mutable=["intermediates"]))({"params": params, **state}, images,
+                                  jnp.asarray(active))
+  feats = jax.jit(task.encoder.apply)({"params": params["encoder"]}, images,
+                                      jnp.asarray(active))["features"][::-1]
   p = _params(params)
   checked = 0
   for i, f in enumerate(feats):
@@ -211,8 +213,10 @@ def test_spark_densify_matches_the_official_densify():
 def test_spark_loss_is_the_official_loss():
   _, task, images, params, state = _spark_setup()
   key = jax.random.PRNGKey(3)
-  loss, _ = task.loss(params, state, {"image": images}, key, 0)
-  pred, mask, _ = task.predict(params, state, images, key, True)
+  loss, _ = jax.jit(task.loss, static_argnums=4)(
+      params, state, {"image": images}, key, 0)
+  pred, mask, _ = jax.jit(task.predict, static_argnums=4)(
+      params, state, images, key, True)
   rec = np.asarray(pred, np.float64)
   # Back to an image, so the port patchifies it the official way.
   p = task.downsample
