@@ -155,7 +155,7 @@ SLOW_FILES_FIRST = ("test_scaleout.py", "test_checkpoint.py", "test_colabs.py",
                     "test_tokens.py", "test_ijepa.py", "test_multihost.py",
                     "test_lut.py", "test_imagenet_configs.py", "test_mlm.py",
                     "test_salt.py", "test_mergedna.py", "test_cae.py",
-                    "test_meap.py")
+                    "test_meap.py", "test_mergedna_table.py")
 
 
 def pytest_collection_modifyitems(config, items):
