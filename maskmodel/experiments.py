@@ -75,6 +75,19 @@ class Experiment:
   record: tuple = ()
 
 
+def seed_list(text):
+  """argparse `type` for the experiments' `--seeds`: "0,1,2" -> [0, 1, 2];
+  anything else is argparse's one-line usage error."""
+  try:
+    seeds = [int(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    seeds = []
+  if not seeds:
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a comma-separated list of ints")
+  return seeds
+
+
 def mean_std(values):
   """{"mean", "std", "n"} of a list of per-seed values (std 0 for one value;
   None for none): how the experiments' tables aggregate seeds."""

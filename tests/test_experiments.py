@@ -3,6 +3,7 @@
 Nothing here trains: the fake experiments' commands are python one-liners
 that write a results file.
 """
+import argparse
 import json
 import pathlib
 import subprocess
@@ -209,3 +210,11 @@ def test_selector_picks_exactly_one_entry():
                                    "accuracy"], "x") == 0.82
   with pytest.raises(experiments.ExperimentError, match="2 entries match"):
     experiments.lookup(rows, ["rows", {"method": "topk"}, "accuracy"], "x")
+
+
+def test_seed_list_parses_the_runners_seeds():
+  assert experiments.seed_list("0,1,2") == [0, 1, 2]
+  assert experiments.seed_list("3,") == [3]
+  for bad in ("a", "", "0;1"):
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated"):
+      experiments.seed_list(bad)

@@ -57,6 +57,7 @@ except ImportError:  # Run from a checkout without installing.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from maskmodel import train  # pylint: disable=g-import-not-at-top
+from maskmodel.experiments import seed_list
 from maskmodel.data import sequences
 from maskmodel.tasks import get_task
 
@@ -236,7 +237,7 @@ RUNS = ("mergedna", "fixed_kmer", "mlm_bases")
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True)
-  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--seeds", type=seed_list, default="0,1,2")
   parser.add_argument("--runs", default=",".join(RUNS))
   parser.add_argument("--steps", type=int, default=0)
   parser.add_argument("--length-windows", type=int, default=2048)
@@ -247,10 +248,6 @@ def main(argv=None):
   bad = [n for n in names if n not in RUNS]
   if bad:
     parser.error(f"unknown run {', '.join(bad)}; use some of {', '.join(RUNS)}")
-  try:
-    seeds = [int(x) for x in args.seeds.split(",")]
-  except ValueError:
-    parser.error(f"--seeds={args.seeds!r} is not a comma-separated list of ints")
   os.makedirs(args.out, exist_ok=True)
   start = time.time()
   cfgs = configs(args.steps, args.smoke)
@@ -272,7 +269,7 @@ def main(argv=None):
                       f"{jax.devices()[0].platform}",
           "flops_per_step": flops}
   rows, lengths = [], {}
-  for seed in seeds:  # seed by seed: a partial grid has every run once
+  for seed in args.seeds:  # seed by seed: a partial grid has every run once
     for name in names:
       result, row = run(name, seed, cfgs[name], args.out, previous)
       rows.append(row)

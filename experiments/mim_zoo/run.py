@@ -50,7 +50,7 @@ except ImportError:  # Run from a checkout without installing.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from maskmodel import tasks, train  # pylint: disable=g-import-not-at-top
-from maskmodel.experiments import mean_std  # pylint: disable=g-import-not-at-top
+from maskmodel.experiments import mean_std, seed_list  # pylint: disable=g-import-not-at-top
 from maskmodel.evaluators.plots import image_grid  # pylint: disable=g-import-not-at-top
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -412,7 +412,7 @@ def main():
   p.add_argument("--workdir", help="the runs' checkpoints")
   p.add_argument("--out", help="results.json, results.md, figures")
   p.add_argument("--steps", type=int, default=500)
-  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--seeds", type=seed_list, default="0,1,2")
   p.add_argument("--datasets", default=",".join(DATASETS))
   p.add_argument("--methods", default=",".join(VARIANTS))
   p.add_argument("--write-spec", action="store_true",
@@ -428,7 +428,7 @@ def main():
     return
   if not a.workdir or not a.out:
     sys.exit("error: --workdir and --out are required to run the zoo.")
-  seeds = [int(s) for s in a.seeds.split(",")]
+  seeds = a.seeds
   datasets, methods = a.datasets.split(","), a.methods.split(",")
   for name, known in (("dataset", DATASETS), ("method", VARIANTS)):
     bad = [x for x in (datasets if name == "dataset" else methods) if x not in known]

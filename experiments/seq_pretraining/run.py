@@ -77,7 +77,7 @@ except ImportError:  # Run from a checkout without installing.
 
 # pylint: disable=g-import-not-at-top
 from maskmodel import evaluators, sharding, tasks, train
-from maskmodel.experiments import mean_std
+from maskmodel.experiments import mean_std, seed_list
 from maskmodel.data import kv_retrieval
 from maskmodel.data import pipeline as data_lib
 # pylint: enable=g-import-not-at-top
@@ -494,7 +494,7 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", help="the runs' checkpoints")
   p.add_argument("--out", help="results.json and results.md")
-  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--seeds", type=seed_list, default="0,1,2")
   p.add_argument("--rows", default=",".join(ROWS))
   p.add_argument("--report", action="store_true",
                  help="write results.json / results.md from the runs that "
@@ -516,10 +516,7 @@ def main():
   bad = [r for r in rows if r not in ROWS]
   if bad:
     sys.exit(f"error: unknown row {', '.join(bad)}; use some of {', '.join(ROWS)}.")
-  try:
-    seeds = [int(s) for s in a.seeds.split(",")]
-  except ValueError:
-    sys.exit(f"error: --seeds={a.seeds!r} is not a comma-separated list of ints.")
+  seeds = a.seeds
   workdir, out = pathlib.Path(a.workdir), pathlib.Path(a.out)
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.time()

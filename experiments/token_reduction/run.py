@@ -65,6 +65,7 @@ from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
 from maskmodel import data as data_lib  # pylint: disable=g-import-not-at-top
 from maskmodel import tokens, train  # pylint: disable=g-import-not-at-top
+from maskmodel.experiments import seed_list  # pylint: disable=g-import-not-at-top
 from maskmodel.models import build  # pylint: disable=g-import-not-at-top
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -330,7 +331,7 @@ def main(argv=None):
   parser.add_argument("--out", default=str(HERE),
                       help="where results.{md,json} and tradeoff.png go")
   parser.add_argument("--steps", type=int, default=600)
-  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--seeds", type=seed_list, default="0,1,2")
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--flip-prop-attn", default="tome,topk",
                       help="methods also run with proportional attention the "
@@ -354,7 +355,7 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=21)
   args = parser.parse_args(argv)
   split = lambda text: [x for x in text.split(",") if x]
-  methods, seeds = split(args.methods), [int(s) for s in split(args.seeds)]
+  methods, seeds = split(args.methods), args.seeds
   unknown = set(methods + split(args.flip_prop_attn)) - set(METHODS)
   if unknown or not seeds:
     parser.error(f"unknown methods {sorted(unknown)} (known: "
