@@ -57,7 +57,7 @@ except ImportError:  # Run from a checkout without installing.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from maskmodel import train  # pylint: disable=g-import-not-at-top
-from maskmodel.experiments import seed_list
+from maskmodel.experiments import mean_std, seed_list
 from maskmodel.data import sequences
 from maskmodel.tasks import get_task
 
@@ -152,8 +152,7 @@ def summarize(rows):
       cell = table.setdefault(r["name"], {}).setdefault(part, {})
       for m, v in r[key].items():
         cell.setdefault(m, []).append(v)
-  return {name: {part: {m: {"mean": float(np.mean(v)), "std": float(np.std(v)),
-                            "n": len(v)} for m, v in cell.items()}
+  return {name: {part: {m: mean_std(v) for m, v in cell.items()}
                  for part, cell in parts.items()}
           for name, parts in table.items()}
 
