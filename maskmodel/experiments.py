@@ -98,6 +98,39 @@ def mean_std(values):
           "n": len(values)}
 
 
+def seed_verdict(a, b, lower_better=False):
+  """A claim "a beats b" judged on two `mean_std` cells: {"difference",
+  "std_sum", "verdict", "seeds"}. The difference is a - b (b - a where lower
+  is better); the claim "holds" when it exceeds the two standard deviations
+  added, "does not hold" when the other side wins by as much, else it is
+  "within noise". On one seed there is no spread to judge by, and the
+  verdict only says which side is ahead."""
+  diff = (b["mean"] - a["mean"]) if lower_better else (a["mean"] - b["mean"])
+  noise = a["std"] + b["std"]
+  seeds = min(a["n"], b["n"])
+  if seeds < 2:
+    verdict = ("ahead on one seed" if diff > 0 else
+               "behind on one seed" if diff < 0 else "tied on one seed")
+  else:
+    verdict = ("holds" if diff > noise else
+               "does not hold" if diff < -noise else "within noise")
+  return {"difference": diff, "std_sum": noise, "verdict": verdict,
+          "seeds": seeds}
+
+
+def claims_markdown(claim_rows, digits=3, metric_name=str):
+  """The "Claims" table of an experiment's results.md: one row per
+  `seed_verdict` (with its "claim", "dataset" and "metric")."""
+  lines = ["### Claims", "",
+           "| claim | dataset | metric | difference | std sum | verdict | seeds |",
+           "|---|---|---|---|---|---|---|"]
+  for c in claim_rows:
+    lines.append(f"| {c['claim']} | {c['dataset']} | {metric_name(c['metric'])} "
+                 f"| {c['difference']:+.{digits}f} | {c['std_sum']:.{digits}f} "
+                 f"| {c['verdict']} | {c['seeds']} |")
+  return lines
+
+
 def load(folder: pathlib.Path) -> Experiment:
   """Reads and checks `folder/experiment.json`."""
   path = folder / SPEC

@@ -218,3 +218,28 @@ def test_seed_list_parses_the_runners_seeds():
   for bad in ("a", "", "0;1"):
     with pytest.raises(argparse.ArgumentTypeError, match="comma-separated"):
       experiments.seed_list(bad)
+
+
+def test_seed_verdict_judges_by_the_two_stds_added():
+  cell = lambda *v: experiments.mean_std(list(v))
+  a, b = cell(0.80, 0.82, 0.84), cell(0.70, 0.71, 0.72)  # std 0.02 and 0.01
+  got = experiments.seed_verdict(a, b)
+  assert got["difference"] == pytest.approx(0.11)
+  assert got["std_sum"] == pytest.approx(0.03)
+  assert (got["verdict"], got["seeds"]) == ("holds", 3)
+  assert experiments.seed_verdict(b, a)["verdict"] == "does not hold"
+  assert experiments.seed_verdict(a, cell(0.81, 0.83))["verdict"] == "within noise"
+  # Lower is better (a spread): a's larger value is the worse one.
+  assert experiments.seed_verdict(a, b, lower_better=True)["verdict"] == (
+      "does not hold")
+  one = lambda v: cell(v)
+  assert experiments.seed_verdict(one(0.5), one(0.4))["verdict"] == (
+      "ahead on one seed")
+  assert experiments.seed_verdict(one(0.4), one(0.5))["verdict"] == (
+      "behind on one seed")
+  assert experiments.seed_verdict(one(0.4), one(0.4))["verdict"] == (
+      "tied on one seed")
+  rows = experiments.claims_markdown(
+      [{"claim": "A beats B", "dataset": "d", "metric": "knn", **got}],
+      digits=2, metric_name=str.upper)
+  assert rows[-1] == "| A beats B | d | KNN | +0.11 | 0.03 | holds | 3 |"

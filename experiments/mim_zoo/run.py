@@ -50,7 +50,8 @@ except ImportError:  # Run from a checkout without installing.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from maskmodel import tasks, train  # pylint: disable=g-import-not-at-top
-from maskmodel.experiments import mean_std, seed_list  # pylint: disable=g-import-not-at-top
+from maskmodel.experiments import (  # pylint: disable=g-import-not-at-top
+    claims_markdown, mean_std, seed_list, seed_verdict)
 from maskmodel.evaluators.plots import image_grid  # pylint: disable=g-import-not-at-top
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -305,10 +306,8 @@ def summarize(results):
 
 
 def claims(table):
-  """Each claim per dataset and metric: the mean difference, and whether it
-  exceeds the two standard deviations added ("holds"; "does not hold" when
-  the other side wins by as much; else "within noise"). On one seed there is
-  no spread, and the verdict only says which side is ahead."""
+  """Each claim per dataset and metric, judged by `seed_verdict` over the
+  seeds."""
   out = []
   for text, better, worse in CLAIMS:
     for dataset, rows in table.items():
@@ -316,19 +315,10 @@ def claims(table):
         continue
       for m in CLAIM_METRICS:
         a, b = rows[better].get(m), rows[worse].get(m)
-        if not a or not b:
-          continue
-        diff = a["mean"] - b["mean"]
-        noise = a["std"] + b["std"]
-        seeds = min(a["n"], b["n"])
-        if seeds < 2:  # no spread to judge a difference by
-          verdict = "ahead on one seed" if diff > 0 else "behind on one seed"
-        else:
-          verdict = ("holds" if diff > noise else
-                     "does not hold" if diff < -noise else "within noise")
-        out.append({"claim": text, "dataset": dataset, "metric": m,
-                    "better": better, "worse": worse, "difference": diff,
-                    "std_sum": noise, "verdict": verdict, "seeds": seeds})
+        if a and b:
+          out.append({"claim": text, "dataset": dataset, "metric": m,
+                      "better": better, "worse": worse,
+                      **seed_verdict(a, b)})
   return out
 
 
@@ -357,13 +347,7 @@ def markdown(table, claim_rows, steps, wall, summed=False):
       lines.append(f"| {row} | " + " | ".join(fmt(cell.get(m)) for m in names)
                    + f" | {n} |")
     lines.append("")
-  lines += ["### Claims", "",
-            "| claim | dataset | metric | difference | std sum | verdict | seeds |",
-            "|---|---|---|---|---|---|---|"]
-  for c in claim_rows:
-    lines.append(f"| {c['claim']} | {c['dataset']} | {names[c['metric']]} | "
-                 f"{c['difference']:+.3f} | {c['std_sum']:.3f} | {c['verdict']} | "
-                 f"{c['seeds']} |")
+  lines += claims_markdown(claim_rows, 3, names.__getitem__)
   return "\n".join(lines) + "\n"
 
 

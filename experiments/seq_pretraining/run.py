@@ -77,7 +77,8 @@ except ImportError:  # Run from a checkout without installing.
 
 # pylint: disable=g-import-not-at-top
 from maskmodel import evaluators, sharding, tasks, train
-from maskmodel.experiments import mean_std, seed_list
+from maskmodel.experiments import (claims_markdown, mean_std, seed_list,
+                                   seed_verdict)
 from maskmodel.data import kv_retrieval
 from maskmodel.data import pipeline as data_lib
 # pylint: enable=g-import-not-at-top
@@ -355,11 +356,8 @@ def summarize(results):
 
 
 def claims(table):
-  """Each claim per metric: the mean difference (better - worse; for a
-  spread, worse - better), and "holds" when it exceeds the two standard
-  deviations added, "does not hold" when the other side wins by as much,
-  else "within noise". On one seed there is no spread to judge by, and the
-  verdict only says which side is ahead."""
+  """Each claim per metric, judged by `seed_verdict` over the seeds (for a
+  spread, lower is better)."""
   out = []
   for text, dataset, better, worse, metrics in CLAIMS:
     rows = table.get(dataset, {})
@@ -367,22 +365,10 @@ def claims(table):
       continue
     for m in metrics:
       a, b = rows[better].get(m), rows[worse].get(m)
-      if not a or not b:
-        continue
-      diff = a["mean"] - b["mean"]
-      if m in LOWER_BETTER:
-        diff = -diff
-      noise = a["std"] + b["std"]
-      seeds = min(a["n"], b["n"])
-      if seeds < 2:
-        verdict = ("ahead on one seed" if diff > 0 else
-                   "behind on one seed" if diff < 0 else "tied on one seed")
-      else:
-        verdict = ("holds" if diff > noise else
-                   "does not hold" if diff < -noise else "within noise")
-      out.append({"claim": text, "dataset": dataset, "metric": m,
-                  "better": better, "worse": worse, "difference": diff,
-                  "std_sum": noise, "verdict": verdict, "seeds": seeds})
+      if a and b:
+        out.append({"claim": text, "dataset": dataset, "metric": m,
+                    "better": better, "worse": worse,
+                    **seed_verdict(a, b, lower_better=m in LOWER_BETTER)})
   return out
 
 
@@ -466,13 +452,7 @@ def markdown(table, claim_rows, budget, wall, summed=False, results=()):
                     {**probes,
                      "knn_balanced_accuracy": "k-NN, balanced",
                      "linear_probe_balanced_accuracy": "linear probe, balanced"})
-  lines += ["### Claims", "",
-            "| claim | dataset | metric | difference | std sum | verdict | seeds |",
-            "|---|---|---|---|---|---|---|"]
-  for c in claim_rows:
-    lines.append(f"| {c['claim']} | {c['dataset']} | {c['metric']} | "
-                 f"{c['difference']:+.4f} | {c['std_sum']:.4f} | {c['verdict']} | "
-                 f"{c['seeds']} |")
+  lines += claims_markdown(claim_rows, 4)
   return "\n".join(lines) + "\n"
 
 
