@@ -34,19 +34,31 @@ from maskmodel.tasks import get_task  # pylint: disable=g-import-not-at-top,wron
 NUM_IMAGES = 512
 
 
-def saved_params(folder, like):
-  """The newest checkpoint's params in `folder`, shaped as `like`: runs
-  written before the ViT's qkv got its explicit head axis store it flat
-  ([D, 3 H Dh]); the reshape restores the same values."""
+def saved_state(folder, state):
+  """The newest checkpoint's params and task state in `folder`, shaped as
+  `state`'s. The task state matters where features come from a teacher
+  (I-JEPA's and DMT-JEPA's EMA encoder); its frozen part (SALT's teacher,
+  CCViT's codebook) is not in the step's files, and is the one `state` was
+  built with, as when the run started.
+  Runs written before the ViT's qkv got its explicit head axis store it
+  flat ([D, 3 H Dh]); the reshape restores the same values."""
   mngr = ocp.CheckpointManager(folder, item_handlers={
-      "state": ocp.StandardCheckpointHandler()})
+      "state": ocp.StandardCheckpointHandler(),
+      "data": ocp.JsonCheckpointHandler()})
   step = max(mngr.all_steps())
   abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
                           mngr.item_metadata(step)["state"].tree)
   saved = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))["state"]["params"]
-  return jax.tree.map(lambda n, o: jnp.asarray(np.asarray(o).reshape(n.shape),
-                                               n.dtype), like, saved)
+      state=ocp.args.StandardRestore(abstract)))["state"]
+  like = lambda new, old: jax.tree.map(
+      lambda n, o: jnp.asarray(np.asarray(o).reshape(n.shape), n.dtype),
+      new, old)
+  task_state = state["task_state"]
+  if isinstance(task_state, dict):
+    saved_task = saved.get("task_state") or {}
+    task_state = {k: v if k == "frozen" or k not in saved_task
+                  else like(v, saved_task[k]) for k, v in task_state.items()}
+  return like(state["params"], saved["params"]), task_state
 
 
 def spread(features):
@@ -80,10 +92,11 @@ def main():
       images = np.stack([task.preprocess(test_src[i], None, False)["image"]
                          for i in range(NUM_IMAGES)])
       features = jax.jit(task.features)
-      for which, params in (("trained", saved_params(folder, state["params"])),
-                            ("random init", state["params"])):
-        f = np.asarray(features(task.eval_params(params, state["task_state"]),
-                                state["task_state"], images))
+      for which, (params, task_state) in (
+          ("trained", saved_state(folder, state)),
+          ("random init", (state["params"], state["task_state"]))):
+        f = np.asarray(features(task.eval_params(params, task_state),
+                                task_state, images))
         level, std, ratio = spread(f)
         print(f"| {variant} | {which} | {level:.3f} | {std:.3f} | {ratio:.3f} |",
               flush=True)
