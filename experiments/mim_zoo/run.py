@@ -156,13 +156,14 @@ NUM_RECONSTRUCTIONS = 8
 HERE = pathlib.Path(__file__).resolve().parent
 # The experiment's claim, checked on the recorded MNIST table (`spec`).
 CLAIM = ("On one budget (500 steps at batch 128, the same tiny ViT), raw pixels "
-         "beat every part-1 masked-image-modeling method under k-NN on the "
-         "embedded MNIST sample, while MAE's encoder still beats its random init.")
+         "beat every masked-image-modeling method of the zoo (parts 1 and 2) "
+         "under k-NN on the embedded MNIST sample, while MAE's encoder still "
+         "beats its random init.")
 CLAIM_DATASET = "mnist5k"
-TIME = ("3 to 10 min per 500-step ViT run and about 16 min for SparK's, on 2 "
-        "CPU cores shared with other jobs (its depthwise convolutions are slow "
-        "on CPU); 13 methods x 2 datasets x 3 seeds; rerunning resumes where "
-        "it stopped")
+TIME = ("3 to 10 min per 500-step ViT run (up to 20 on cores shared with "
+        "other jobs), about 16 min for SparK's (its depthwise convolutions are "
+        "slow on CPU); 26 variants x 2 datasets x 3 seeds; rerunning resumes "
+        "where it stopped")
 SPEC_METRICS = {"knn": "knn_accuracy", "probe": "linear_probe_accuracy"}
 
 
