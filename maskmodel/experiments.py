@@ -98,6 +98,16 @@ def mean_std(values):
           "n": len(values)}
 
 
+def fmt_mean_std(cell, digits=3):
+  """A `mean_std` cell as a table entry: "mean ± std", the mean alone for
+  one seed (no spread to show), "-" for none."""
+  if not cell:
+    return "-"
+  if cell["n"] < 2:
+    return f"{cell['mean']:.{digits}f}"
+  return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+
+
 def seed_verdict(a, b, lower_better=False):
   """A claim "a beats b" judged on two `mean_std` cells: {"difference",
   "std_sum", "verdict", "seeds"}. The difference is a - b (b - a where lower

@@ -220,6 +220,13 @@ def test_seed_list_parses_the_runners_seeds():
       experiments.seed_list(bad)
 
 
+def test_table_cells_show_the_spread_only_over_several_seeds():
+  cell = lambda *v: experiments.mean_std(list(v))
+  assert experiments.fmt_mean_std(cell(0.80, 0.82, 0.84)) == "0.820 ± 0.020"
+  assert experiments.fmt_mean_std(cell(0.8123), digits=2) == "0.81"
+  assert experiments.fmt_mean_std(cell()) == "-"
+
+
 def test_seed_verdict_judges_by_the_two_stds_added():
   cell = lambda *v: experiments.mean_std(list(v))
   a, b = cell(0.80, 0.82, 0.84), cell(0.70, 0.71, 0.72)  # std 0.02 and 0.01

@@ -51,7 +51,7 @@ except ImportError:  # Run from a checkout without installing.
 
 from maskmodel import tasks, train  # pylint: disable=g-import-not-at-top
 from maskmodel.experiments import (  # pylint: disable=g-import-not-at-top
-    claims_markdown, mean_std, seed_list, seed_verdict)
+    claims_markdown, fmt_mean_std, mean_std, seed_list, seed_verdict)
 from maskmodel.evaluators.plots import image_grid  # pylint: disable=g-import-not-at-top
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -323,12 +323,6 @@ def claims(table):
   return out
 
 
-def fmt(cell):
-  if not cell:
-    return "-"
-  return f"{cell['mean']:.3f} ± {cell['std']:.3f}"
-
-
 def markdown(table, claim_rows, steps, wall, summed=False):
   names = {"knn_accuracy": "k-NN", "linear_probe_accuracy": "linear probe",
            "low_label_1%": "1% labels", "low_label_10%": "10% labels"}
@@ -345,7 +339,8 @@ def markdown(table, claim_rows, steps, wall, summed=False):
     for row in order:
       cell = rows[row]
       n = max((c["n"] for c in cell.values() if c), default=0)
-      lines.append(f"| {row} | " + " | ".join(fmt(cell.get(m)) for m in names)
+      lines.append(f"| {row} | "
+                   + " | ".join(fmt_mean_std(cell.get(m)) for m in names)
                    + f" | {n} |")
     lines.append("")
   lines += claims_markdown(claim_rows, 3, names.__getitem__)

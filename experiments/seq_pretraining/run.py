@@ -77,8 +77,8 @@ except ImportError:  # Run from a checkout without installing.
 
 # pylint: disable=g-import-not-at-top
 from maskmodel import evaluators, sharding, tasks, train
-from maskmodel.experiments import (claims_markdown, mean_std, seed_list,
-                                   seed_verdict)
+from maskmodel.experiments import (claims_markdown, fmt_mean_std, mean_std,
+                                   seed_list, seed_verdict)
 from maskmodel.data import kv_retrieval
 from maskmodel.data import pipeline as data_lib
 # pylint: enable=g-import-not-at-top
@@ -372,14 +372,6 @@ def claims(table):
   return out
 
 
-def fmt(cell, digits=3):
-  if not cell:
-    return "-"
-  if cell["n"] < 2:   # one seed: no spread to show
-    return f"{cell['mean']:.{digits}f}"
-  return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
-
-
 def _table(rows, order, columns):
   lines = ["| run | " + " | ".join(columns.values()) + " | seeds |",
            "|---|" + "---|" * (len(columns) + 1)]
@@ -388,7 +380,7 @@ def _table(rows, order, columns):
       continue
     cell = rows[row]
     n = max((cell[m]["n"] for m in columns if cell.get(m)), default=0)
-    lines.append(f"| {row} | " + " | ".join(fmt(cell.get(m)) for m in columns)
+    lines.append(f"| {row} | " + " | ".join(fmt_mean_std(cell.get(m)) for m in columns)
                  + f" | {n} |")
   return lines + [""]
 
