@@ -47,6 +47,8 @@ EXTRAS = {
         "nbclient==0.11.0",
         "nbformat==5.11.1",
         "ipykernel==7.4.0",
+        # MaskFeat's HOG is checked against skimage.feature.hog.
+        "scikit-image==0.26.0",
     ],
 }
 

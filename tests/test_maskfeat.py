@@ -1,6 +1,6 @@
 """MaskFeat (Wei et al. 2022): BEiT block masks against a port of the
-official generator, HOG against a port of the official HOG layer, and
-training through the loop."""
+official generator, HOG against a port of the official HOG layer and against
+scikit-image's `hog`, and training through the loop."""
 import math
 import os
 import random
@@ -12,7 +12,7 @@ import numpy as np
 from conftest import ROOT, assert_resumes_bit_exactly, load_config
 from maskmodel import masking
 from maskmodel.masking.block import official_block_mask
-from maskmodel.tasks.maskfeat import hog_targets
+from maskmodel.tasks.maskfeat import NBINS, hog, hog_targets
 
 SMOKE = os.path.join(ROOT, "configs", "maskfeat", "mnist_vit_tiny.py") + ":smoke"
 
@@ -124,6 +124,34 @@ def test_hog_matches_the_official_hog_layer():
   got = hog_targets(jnp.asarray(x.transpose(0, 2, 3, 1)), 16, 8)
   assert got.shape == (2, 6, 108)
   np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_hog_matches_skimage_on_one_channel():
+  """`skimage.feature.hog` with the same cells (8 px), bins (9 unsigned) and
+  per-cell L2 norm (`cells_per_block=(1, 1)`). Two conventions differ, so
+  the image is chosen where they provably agree:
+  - skimage's gradient is the central difference (zero across the border);
+    the official Sobel kernel also smooths [1, 2, 1] across it. On an
+    additively separable image f(row) + g(col) that smoothing is exactly 4x,
+    and with reflect padding the border gradients agree too; the per-cell
+    L2 norm cancels the factor (and skimage's division by the cell area);
+  - skimage measures the angle from the column axis, the official code
+    (atan2(gx, gy)) from the row axis: skimage is run on the transpose,
+    whose cell (j, i) is cell (i, j) here.
+  Integer steps keep every angle clear of a bin edge."""
+  from skimage.feature import hog as skimage_hog  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  f = np.cumsum(rng.integers(-3, 4, size=40))
+  g = np.cumsum(rng.integers(-3, 4, size=32))
+  image = (f[:, None] + g[None, :]).astype(np.float64)   # 40 x 32: 5 x 4 cells
+  want = skimage_hog(image.T, orientations=NBINS, pixels_per_cell=(8, 8),
+                     cells_per_block=(1, 1), block_norm="L2",
+                     feature_vector=False)[:, :, 0, 0, :]   # [4, 5, 9]
+  got = np.asarray(hog(jnp.asarray(image, jnp.float32)[None, :, :, None], 8))
+  assert got.shape == (1, 5, 4, 1, NBINS)
+  np.testing.assert_allclose(got[0, :, :, 0], want.transpose(1, 0, 2),
+                             atol=1e-5)
+  assert (want.sum(axis=(0, 1)) > 0).all()   # every bin is exercised
 
 
 def test_trains_and_resumes_bit_exactly_on_8_devices(tmp_path):
