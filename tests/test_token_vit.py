@@ -298,7 +298,8 @@ def test_restore_from_the_index_map_equals_the_dense_path():
 @pytest.mark.parametrize("method", ["tome", "topk"])
 def test_restore_tokens_matches_the_dense_path_in_the_vit(method):
   """MAE's path: every output token copied back to the inputs it holds,
-  bit for bit what the one-hot map gives."""
+  what the one-hot map gives. (The two applies are separate fusions, which
+  XLA may round differently in the last bit; a wrong copy is off by O(1).)"""
   model = _vit(method, ("keep", KEEP))
   images, params = _images_and_params()
 
@@ -311,7 +312,7 @@ def test_restore_tokens_matches_the_dense_path_in_the_vit(method):
   merged, restored = both(params, images)
   dense = tokens.dense_source(merged["source"], KEEP[-1])
   want_x, want_size = _dense_restore(dense, merged["tokens"], merged["size"])
-  np.testing.assert_array_equal(restored["tokens"], want_x)
+  np.testing.assert_allclose(restored["tokens"], want_x, rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(restored["size"], want_size)
 
 
