@@ -64,7 +64,7 @@ def test_table_means_seeds_and_claims_judge_by_the_spread(zoo):
   text = zoo.markdown({"mnist5k": table}, zoo.claims({"mnist5k": table}),
                       500, 600.0, summed=True)
   assert "the runs' wall times added: 10.0 min" in text
-  assert "| hpm | 0.710 ± 0.014 |" in text
+  assert "| hpm | HPM, hard patches mined | 0.710 ± 0.014 |" in text
 
 
 def test_report_reads_finished_runs_and_trains_nothing(zoo, tmp_path,

@@ -125,6 +125,10 @@ DATASETS = {
                       "data.std": (0.3530,), "data.flip": True,
                       "data.train_examples": 10000, "data.test_examples": 2000},
 }
+# The rows every variant is compared with.
+BASELINES = {"random_init_vit": "the ViT at random init (the MAE run's)",
+             "random_init_convnet": "the convnet at random init (SparK's)",
+             "pixels": "raw pixels, no encoder"}
 METRICS = ("knn_accuracy", "linear_probe_accuracy", "low_label_1%",
            "low_label_10%", "reconstruction_mse_pixels")
 # Each claim: (paper, better variant, worse variant).
@@ -332,14 +336,15 @@ def markdown(table, claim_rows, steps, wall, summed=False):
            f"({what}: {wall / 60:.1f} min).", ""]
   for dataset, rows in table.items():
     lines += [f"### {dataset}", "",
-              "| encoder | " + " | ".join(names.values()) + " | seeds |",
-              "|---|" + "---|" * (len(names) + 1)]
+              "| encoder | what | " + " | ".join(names.values()) + " | seeds |",
+              "|---|---|" + "---|" * (len(names) + 1)]
+    what = {v: VARIANTS[v][2] for v in VARIANTS} | BASELINES
     order = [v for v in VARIANTS if v in rows] + [
-        r for r in ("random_init_vit", "random_init_convnet", "pixels") if r in rows]
+        r for r in BASELINES if r in rows]
     for row in order:
       cell = rows[row]
       n = max((c["n"] for c in cell.values() if c), default=0)
-      lines.append(f"| {row} | "
+      lines.append(f"| {row} | {what[row]} | "
                    + " | ".join(fmt_mean_std(cell.get(m)) for m in names)
                    + f" | {n} |")
     lines.append("")
