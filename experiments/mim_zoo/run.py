@@ -334,11 +334,11 @@ def markdown(table, claim_rows, steps, wall, summed=False):
           else "total wall time of this command so far")
   lines = [f"Budget: {steps} steps at batch {BATCH} for every method "
            f"({what}: {wall / 60:.1f} min).", ""]
+  what = {v: VARIANTS[v][2] for v in VARIANTS} | BASELINES
   for dataset, rows in table.items():
     lines += [f"### {dataset}", "",
               "| encoder | what | " + " | ".join(names.values()) + " | seeds |",
               "|---|---|" + "---|" * (len(names) + 1)]
-    what = {v: VARIANTS[v][2] for v in VARIANTS} | BASELINES
     order = [v for v in VARIANTS if v in rows] + [
         r for r in BASELINES if r in rows]
     for row in order:
