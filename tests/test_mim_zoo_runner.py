@@ -1,6 +1,7 @@
 """`experiments/mim_zoo/run.py` without training: the configs it builds, the
 two-stage budgets, the table's means over seeds with the baseline rows, the
-claim verdicts, and `--report`, which reads finished runs only."""
+claim verdicts, and `--report`, which reads finished and recorded runs
+only."""
 import json
 import sys
 
@@ -16,7 +17,7 @@ def zoo():
 
 def _result(variant, seed, knn, random_init=None, pixels=None):
   """A run's result.json as `run_one` writes it (test input, not a result)."""
-  return {"variant": variant, "dataset": "mnist5k", "seed": seed,
+  return {"variant": variant, "dataset": "mnist5k", "seed": seed, "steps": 500,
           "final": {"knn_accuracy": knn, "linear_probe_accuracy": knn},
           "random_init": random_init or {}, "pixels": pixels or {},
           "wall_seconds_last_invocation": 60.0}
@@ -67,24 +68,30 @@ def test_table_means_seeds_and_claims_judge_by_the_spread(zoo):
   assert "| hpm | HPM, hard patches mined | 0.710 ± 0.014 |" in text
 
 
-def test_report_reads_finished_runs_and_trains_nothing(zoo, tmp_path,
-                                                       monkeypatch):
+def test_report_reads_finished_and_recorded_runs_and_trains_nothing(
+    zoo, tmp_path, monkeypatch):
   workdir, out = tmp_path / "runs", tmp_path / "out"
   done = workdir / "mnist5k" / "mae" / "seed0"
   done.mkdir(parents=True)
   (done / "result.json").write_text(json.dumps(
       _result("mae", 0, 0.6, {"knn_accuracy": 0.4}, {"knn_accuracy": 0.9})))
   (workdir / "mnist5k" / "hpm" / "seed0").mkdir(parents=True)  # unfinished
-  finished_only = zoo.run_one
+  # Recorded in --out from a workdir that is gone: kept, not run again. A
+  # record at another budget is not this run.
+  out.mkdir()
+  other_budget = dict(_result("colormae", 0, 0.5), steps=1000)
+  (out / "results.json").write_text(json.dumps(
+      {"runs": [_result("hpm", 1, 0.7), other_budget]}))
   def run_one(variant, dataset, seed, steps, wd):
-    assert (wd / dataset / variant / f"seed{seed}" / "result.json").exists(), (
-        f"--report started {variant}")
-    return finished_only(variant, dataset, seed, steps, wd)
+    raise AssertionError(f"--report started {variant} seed {seed}")
   monkeypatch.setattr(zoo, "run_one", run_one)
   monkeypatch.setattr(sys, "argv", [
       "run.py", "--workdir", str(workdir), "--out", str(out), "--report",
-      "--datasets", "mnist5k", "--seeds", "0", "--methods", "mae,hpm"])
+      "--datasets", "mnist5k", "--seeds", "0,1",
+      "--methods", "mae,hpm,colormae"])
   zoo.main()
   results = json.loads((out / "results.json").read_text())
-  assert [r["variant"] for r in results["runs"]] == ["mae"]
-  assert "wall times added: 1.0 min" in (out / "results.md").read_text()
+  assert [(r["variant"], r["seed"]) for r in results["runs"]] == [
+      ("mae", 0), ("hpm", 1)]
+  assert results["table"]["mnist5k"]["hpm"]["knn_accuracy"]["mean"] == 0.7
+  assert "wall times added: 2.0 min" in (out / "results.md").read_text()

@@ -19,7 +19,9 @@ Resumable: a run that finished has its `result.json` and is not run again;
 an interrupted one resumes from its last checkpoint (every 100 steps) when
 the command is run again. `results.json` and `results.md` are rewritten
 after every run, so a partial grid is reported as far as it went (the
-seeds column says how many).
+seeds column says how many). The runs already in `--out`'s results.json
+count as finished too, so a recorded grid grows from a fresh workdir: its
+checkpoints need not be kept (only the figures need seed 0's workdir).
 
   python experiments/mim_zoo/run.py --workdir workdirs/mim_zoo --out workdirs/mim_zoo
 
@@ -257,12 +259,32 @@ def reconstructions(config, state, test_source):
   return {k: np.asarray(out[k]) for k in ("original", "masked", "reconstruction")}
 
 
-def run_one(variant, dataset, seed, steps, workdir):
-  """Trains and evaluates one run unless it already finished; its metrics."""
-  folder = workdir / dataset / variant / f"seed{seed}"
-  done = folder / "result.json"
+def run_key(variant, dataset, seed, steps):
+  return variant, dataset, seed, steps
+
+
+def recorded_runs(out):
+  """The runs in `out`'s results.json, by `run_key`: finished elsewhere."""
+  path = out / "results.json"
+  if not path.exists():
+    return {}
+  runs = json.loads(path.read_text())["runs"]
+  return {run_key(r["variant"], r["dataset"], r["seed"], r["steps"]): r
+          for r in runs}
+
+
+def finished(variant, dataset, seed, steps, workdir, recorded):
+  """The run's metrics if it finished in `workdir` or is in `recorded`."""
+  done = workdir / dataset / variant / f"seed{seed}" / "result.json"
   if done.exists():
     return json.loads(done.read_text())
+  return recorded.get(run_key(variant, dataset, seed, steps))
+
+
+def run_one(variant, dataset, seed, steps, workdir):
+  """Trains and evaluates one run; its metrics."""
+  folder = workdir / dataset / variant / f"seed{seed}"
+  done = folder / "result.json"
   t0 = time.time()
   stage1 = ""
   if variant in STAGE1:
@@ -425,15 +447,16 @@ def main():
              "(100); use 100 or more.")
   workdir, out = pathlib.Path(a.workdir), pathlib.Path(a.out)
   out.mkdir(parents=True, exist_ok=True)
-  t0, results = time.time(), []
+  t0, results, recorded = time.time(), [], recorded_runs(out)
   # Seed by seed, so that a partial grid has every method at least once.
   for seed in seeds:
     for dataset in datasets:
       for variant in methods:
-        if a.report and not (workdir / dataset / variant / f"seed{seed}"
-                             / "result.json").exists():
+        result = finished(variant, dataset, seed, a.steps, workdir, recorded)
+        if result is None and a.report:
           continue
-        results.append(run_one(variant, dataset, seed, a.steps, workdir))
+        results.append(result or run_one(variant, dataset, seed, a.steps,
+                                         workdir))
         table = summarize(results)
         claim_rows = claims(table)
         wall = (sum(r["wall_seconds_last_invocation"] for r in results)
