@@ -122,7 +122,7 @@ STAGE1 = {
 DATASETS = {
     "mnist5k": {},  # the tiny configs' own data settings
     # The first 10,000 / 2,000 images of the official split: the evals run
-    # on every image of both, for each of the 3 x 13 runs.
+    # on every image of both, for each of the 3 x 25 runs.
     "fashion_mnist": {"data.name": "fashion_mnist", "data.mean": (0.2860,),
                       "data.std": (0.3530,), "data.flip": True,
                       "data.train_examples": 10000, "data.test_examples": 2000},
@@ -168,7 +168,7 @@ CLAIM = ("On one budget (500 steps at batch 128, the same tiny ViT), raw pixels 
 CLAIM_DATASET = "mnist5k"
 TIME = ("3 to 10 min per 500-step ViT run (up to 20 on cores shared with "
         "other jobs), about 16 min for SparK's (its depthwise convolutions are "
-        "slow on CPU); 26 variants x 2 datasets x 3 seeds; rerunning resumes "
+        "slow on CPU); 25 variants x 2 datasets x 3 seeds; rerunning resumes "
         "where it stopped")
 SPEC_METRICS = {"knn": "knn_accuracy", "probe": "linear_probe_accuracy"}
 
