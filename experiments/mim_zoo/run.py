@@ -259,31 +259,31 @@ def reconstructions(config, state, test_source):
   return {k: np.asarray(out[k]) for k in ("original", "masked", "reconstruction")}
 
 
-def run_key(variant, dataset, seed, steps):
-  return variant, dataset, seed, steps
+def run_folder(workdir, variant, dataset, seed):
+  return workdir / dataset / variant / f"seed{seed}"
 
 
 def recorded_runs(out):
-  """The runs in `out`'s results.json, by `run_key`: finished elsewhere."""
+  """The runs in `out`'s results.json, by (variant, dataset, seed, steps):
+  finished elsewhere."""
   path = out / "results.json"
   if not path.exists():
     return {}
   runs = json.loads(path.read_text())["runs"]
-  return {run_key(r["variant"], r["dataset"], r["seed"], r["steps"]): r
-          for r in runs}
+  return {(r["variant"], r["dataset"], r["seed"], r["steps"]): r for r in runs}
 
 
 def finished(variant, dataset, seed, steps, workdir, recorded):
   """The run's metrics if it finished in `workdir` or is in `recorded`."""
-  done = workdir / dataset / variant / f"seed{seed}" / "result.json"
+  done = run_folder(workdir, variant, dataset, seed) / "result.json"
   if done.exists():
     return json.loads(done.read_text())
-  return recorded.get(run_key(variant, dataset, seed, steps))
+  return recorded.get((variant, dataset, seed, steps))
 
 
 def run_one(variant, dataset, seed, steps, workdir):
   """Trains and evaluates one run; its metrics."""
-  folder = workdir / dataset / variant / f"seed{seed}"
+  folder = run_folder(workdir, variant, dataset, seed)
   done = folder / "result.json"
   t0 = time.time()
   stage1 = ""
@@ -378,7 +378,7 @@ def figures(workdir, out, datasets):
   for dataset in datasets:
     rows = {}
     for variant in VARIANTS:
-      path = workdir / dataset / variant / "seed0" / "reconstructions.npz"
+      path = run_folder(workdir, variant, dataset, 0) / "reconstructions.npz"
       if path.exists():
         rec = np.load(path)
         rows.setdefault("original", rec["original"])
